@@ -1,0 +1,3 @@
+from diffier_cli.app import main
+
+main()

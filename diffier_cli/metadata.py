@@ -1,0 +1,66 @@
+"""Provenance for every output: the full JSON record and its A1111-style `parameters` summary.
+
+The `parameters` text chunk follows AUTOMATIC1111's layout (prompt, `Negative prompt:` line, then
+one line of `Key: value` pairs) so existing PNG-info readers show it; the `diffier` chunk holds
+the whole record, which is what `--json` prints too.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata as importlib_metadata
+
+from diffier_cli import __version__
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _quote(value: object) -> str:
+    """A1111's rule: a value holding ',', ':' or a newline is written as a JSON string."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def a1111_parameters(record: dict) -> str:
+    params = record["params"]
+    refiner = record["refiner"]
+    pairs: dict[str, object] = {
+        "Steps": params["steps"],
+        "Sampler": params["scheduler"],
+        "CFG scale": params["cfg"],
+        "Seed": record["seed"],
+        "Size": f"{params['width']}x{params['height']}",
+        "Model": record["model"]["id"],
+    }
+    if record["model"]["revision"]:
+        pairs["Model revision"] = record["model"]["revision"]
+    pairs["RNG"] = "CPU"
+    pairs["Eta"] = params["ddim_eta"]
+    pairs["DiffIER"] = record["mode"]
+    if refiner is not None:
+        pairs["DiffIER eta"] = refiner["eta"]
+        pairs["DiffIER threshold"] = refiner["threshold"]
+        pairs["DiffIER max iters"] = refiner["max_iters"]
+        pairs["DiffIER direction"] = refiner["direction"]
+    pairs["Version"] = f"diffier {__version__}"
+    lines = [record["prompt"]]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items()))
+    return "\n".join(lines)
+
+
+def png_text(record: dict) -> dict[str, str]:
+    return {
+        "parameters": a1111_parameters(record),
+        "diffier": json.dumps(record, ensure_ascii=False, separators=(",", ":")),
+    }

@@ -1,0 +1,117 @@
+"""Where outputs go and how they are written: planned before any model loads, written atomically.
+
+Planning first means a clobber, a bad template or an unwritable folder fails in milliseconds,
+not after minutes of sampling; writing to a temporary file and renaming means a killed run never
+leaves a truncated image behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Mapping
+
+from diffier_cli.errors import UsageError
+
+DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
+NAME_FIELDS = ("index", "seed", "slug", "mode")
+SLUG_MAX = 60
+
+
+def slugify(text: str, limit: int = SLUG_MAX) -> str:
+    """A filesystem-safe, lower-case ASCII rendering of a prompt, capped so names stay legal."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "untitled"
+
+
+def _template_fields(template: str) -> set[str]:
+    try:
+        return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as exc:
+        raise UsageError(f"bad name template {template!r}: {exc}") from exc
+
+
+def plan_outputs(output: str | None, items: list[Mapping[str, object]]) -> list[Path]:
+    """Resolve `-o` into one path per item.
+
+    `-o` is a file for one image, a folder (existing, or ending in '/') for any number, or a
+    template with fields {index} {seed} {slug} {mode}; unset means the current folder.
+    """
+    if output is None:
+        template = DEFAULT_NAME
+    elif "{" in output:
+        template = output
+    elif output.endswith(("/", os.sep)) or Path(output).is_dir():
+        template = str(Path(output) / DEFAULT_NAME)
+    else:
+        if len(items) > 1:
+            raise UsageError(
+                f"-o {output} names one file but this run makes {len(items)} images; "
+                f"pass a folder (-o out/) or a template (-o 'out-{{index}}.png')"
+            )
+        template = output.replace("}", "}}")
+
+    unknown = _template_fields(template) - set(NAME_FIELDS)
+    if unknown:
+        raise UsageError(
+            f"unknown field(s) {', '.join(sorted(unknown))} in -o {output}; use {', '.join('{' + f + '}' for f in NAME_FIELDS)}"
+        )
+    try:
+        paths = [Path(template.format(**item)) for item in items]
+    except (ValueError, IndexError) as exc:
+        raise UsageError(f"bad name template {template!r}: {exc}") from exc
+    for path in paths:
+        if path.suffix.lower() != ".png":
+            raise UsageError(f"output {path} must end in .png (diffier writes PNG with its metadata)")
+    if len(set(paths)) < len(paths):
+        raise UsageError(f"-o {output} gives several images the same name; include {{index}} or {{seed}}")
+    return paths
+
+
+def preflight(paths: list[Path], overwrite: bool) -> None:
+    """Refuse clobbering and unwritable folders before any work starts."""
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder; pass a file name or a folder ending in '/'")
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} exists; pass --overwrite to replace it, or choose another -o")
+    for folder in sorted({path.parent for path in paths}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}; choose another -o") from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_png(path: Path, image, text: Mapping[str, str], overwrite: bool) -> None:
+    """Write a PNG with text chunks through a temporary file in the same folder, then rename."""
+    from PIL.PngImagePlugin import PngInfo
+
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} appeared during the run; pass --overwrite to replace it")
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)  # Pillow writes iTXt (UTF-8) when the value is not Latin-1
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,129 @@
+"""Device and dtype choice, the per-item random generators, and what the user sees while it runs."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from diffier_cli.errors import UsageError
+
+DTYPE_NAMES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+
+# Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
+# same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.
+# XOR is a bijection, so distinct item seeds keep distinct refinement streams.
+REFINE_SEED_MIX = 0x1E37_79B9_7F4A_7C15  # < 2**63, far above any 32-bit seed
+
+
+def quiet_libraries(show_downloads: bool) -> None:
+    """Silence the libraries' own bars and chatter; diffier reports progress itself.
+
+    Hub download bars stay on a terminal (a first 5 GB download deserves one) unless --quiet.
+    """
+    import os
+    import warnings
+
+    if not show_downloads:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)\.")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name} is not a device; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} but torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name} but MPS is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device):
+    """auto: float16 on CUDA (half the memory, tensor cores), float32 elsewhere (CPU float16 is slow)."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, DTYPE_NAMES[name])
+
+
+def item_generators(seeds: list[int], device) -> tuple[list, list]:
+    """(initial-noise generators on the CPU, refinement generators on the model's device), one per item.
+
+    Initial noise is drawn on the CPU so a seed gives the same x_T on any hardware (A1111's
+    'RNG: CPU'); refinement draws stay on the device so the loop never waits on a host copy.
+    """
+    import torch
+
+    noise = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    refine = [torch.Generator(device).manual_seed(seed ^ REFINE_SEED_MIX) for seed in seeds]
+    return noise, refine
+
+
+class Reporter:
+    """Messages on stderr; a rich progress bar only when stderr is a terminal."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.interactive = sys.stderr.isatty() and not quiet
+        self._progress = None
+        self._task = None
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    @contextmanager
+    def progress(self, total: int, description: str) -> Iterator[None]:
+        if not self.interactive:
+            yield
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            self._progress = progress
+            self._task = progress.add_task(description, total=total)
+            try:
+                yield
+            finally:
+                self._progress = None
+                self._task = None
+
+    def advance(self, steps: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, steps)

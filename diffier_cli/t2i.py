@@ -1,0 +1,157 @@
+"""`diffier t2i`: plan outputs → load Stable Diffusion → sample each batch → write PNGs.
+
+Item i of a run has seed + i and its own generators, so which noise an image gets depends on
+nothing but its seed: not on --num-images, --batch-size or --baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffier_cli import __version__
+from diffier_cli.metadata import library_versions, png_text
+from diffier_cli.outputs import plan_outputs, preflight, slugify, write_png
+from diffier_cli.refine import DiffIER
+from diffier_cli.runtime import (
+    REFINE_SEED_MIX,
+    Reporter,
+    item_generators,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+)
+
+SEED_LIMIT = 2**32
+
+
+@dataclass(frozen=True)
+class T2IOptions:
+    prompt: str
+    negative_prompt: str | None
+    cfg: float
+    steps: int
+    ddim_eta: float
+    seed: int | None
+    num_images: int
+    batch_size: int
+    height: int | None
+    width: int | None
+    output: str | None
+    overwrite: bool
+    model: str
+    revision: str | None
+    offline: bool
+    cache_dir: str | None
+    device: str
+    dtype: str
+    refiner: DiffIER | None
+    json: bool
+    quiet: bool
+
+
+def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per_step: dict) -> dict:
+    from diffier_cli.sampling import summarize
+
+    return {
+        "tool": "diffier",
+        "version": __version__,
+        "command": "t2i",
+        "prompt": opts.prompt,
+        "negative_prompt": opts.negative_prompt or "",
+        "index": item["index"],
+        "seed": item["seed"],
+        "mode": item["mode"],
+        "model": {
+            "id": backbone.resolved.model_id,
+            "revision": backbone.resolved.revision,
+            "prediction_type": backbone.prediction_type,
+        },
+        "params": {
+            "cfg": opts.cfg,
+            "steps": opts.steps,
+            "scheduler": "DDIM",
+            "ddim_eta": opts.ddim_eta,
+            "height": height,
+            "width": width,
+            "device": str(backbone.device),
+            "dtype": str(backbone.dtype).removeprefix("torch."),
+        },
+        "rng": {
+            "initial_noise": f"cpu torch.Generator seeded {item['seed']}",
+            "refinement": f"{backbone.device.type} torch.Generator seeded {item['seed'] ^ REFINE_SEED_MIX}",
+        },
+        "refiner": None if opts.refiner is None else opts.refiner.settings(),
+        "refinement": {"summary": summarize(per_step), "per_step": per_step},
+        "versions": library_versions(),
+    }
+
+
+def run(opts: T2IOptions) -> None:
+    reporter = Reporter(opts.quiet)
+    seed = opts.seed if opts.seed is not None else secrets.randbelow(SEED_LIMIT)
+    mode = "baseline" if opts.refiner is None else "refined"
+    slug = slugify(opts.prompt)
+    items = [{"index": i, "seed": seed + i, "slug": slug, "mode": mode} for i in range(opts.num_images)]
+    paths = plan_outputs(opts.output, items)
+    preflight(paths, opts.overwrite)
+    reporter.message(f"seed {seed}")
+
+    quiet_libraries(show_downloads=reporter.interactive)
+    import torch
+
+    from diffier_cli.sampling import denoise, per_item_stats
+    from models.sd import StableDiffusion
+
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    reporter.message(f"loading {opts.model} on {device} ({str(dtype).removeprefix('torch.')})")
+    backbone = StableDiffusion.load(
+        opts.model,
+        revision=opts.revision,
+        device=device,
+        dtype=dtype,
+        offline=opts.offline,
+        cache_dir=opts.cache_dir,
+    )
+    height = opts.height or backbone.native_size
+    width = opts.width or backbone.native_size
+
+    with reporter.progress(total=opts.num_images * opts.steps, description=mode), torch.no_grad():
+        for start in range(0, len(items), opts.batch_size):
+            batch = items[start : start + opts.batch_size]
+            started = time.perf_counter()
+            noise_generators, refine_generators = item_generators([item["seed"] for item in batch], device)
+            state = backbone.prepare(
+                opts.prompt,
+                negative_prompt=opts.negative_prompt,
+                cfg=opts.cfg,
+                height=height,
+                width=width,
+                steps=opts.steps,
+                ddim_eta=opts.ddim_eta,
+                noise_generators=noise_generators,
+            )
+            trajectory = denoise(
+                backbone,
+                state,
+                backbone.init_noise(state),
+                refiner=opts.refiner,
+                generators=refine_generators,
+                on_step=lambda n=len(batch): reporter.advance(n),
+            )
+            images = backbone.decode(trajectory.sample, state)
+            stats = per_item_stats(trajectory.steps, len(batch))
+            seconds = (time.perf_counter() - started) / len(batch)
+            for item, image, per_step in zip(batch, images, stats):
+                path: Path = paths[item["index"]]
+                record = _record(opts, backbone, item, height, width, per_step)
+                write_png(path, image, png_text(record), opts.overwrite)
+                if opts.json:
+                    line = {"path": str(path), "wall_time_s": round(seconds, 3), **record}
+                    print(json.dumps(line, ensure_ascii=False), file=sys.stdout, flush=True)
+                reporter.message(f"wrote {path} (seed {item['seed']}, {mode}, {seconds:.1f} s)")

