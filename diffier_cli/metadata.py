@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib import metadata as importlib_metadata
 
 from diffier_cli import __version__
 
 
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers"):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shaped the numbers; called after they are imported."""
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _quote(value: object) -> str:

@@ -54,7 +54,7 @@ class T2IOptions:
     quiet: bool
 
 
-def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per_step: dict) -> dict:
+def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per_step: dict, versions: dict) -> dict:
     from diffier_cli.sampling import summarize
 
     return {
@@ -87,8 +87,35 @@ def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per
         },
         "refiner": None if opts.refiner is None else opts.refiner.settings(),
         "refinement": {"summary": summarize(per_step), "per_step": per_step},
-        "versions": library_versions(),
+        "versions": versions,
     }
+
+
+def generate(backbone, opts: T2IOptions, seeds: list[int], height: int, width: int, on_step=None):
+    """One batch, seeds → (PIL images, per-item refinement statistics): prepare → loop → decode."""
+    from diffier_cli.sampling import denoise, per_item_stats
+
+    noise_generators, refine_generators = item_generators(seeds, backbone.device)
+    state = backbone.prepare(
+        opts.prompt,
+        negative_prompt=opts.negative_prompt,
+        cfg=opts.cfg,
+        height=height,
+        width=width,
+        steps=opts.steps,
+        ddim_eta=opts.ddim_eta,
+        noise_generators=noise_generators,
+    )
+    trajectory = denoise(
+        backbone,
+        state,
+        backbone.init_noise(state),
+        refiner=opts.refiner,
+        generators=refine_generators,
+        on_step=on_step,
+    )
+    images = backbone.decode(trajectory.sample, state)
+    return images, per_item_stats(trajectory.steps, len(seeds))
 
 
 def run(opts: T2IOptions) -> None:
@@ -104,7 +131,6 @@ def run(opts: T2IOptions) -> None:
     quiet_libraries(show_downloads=reporter.interactive)
     import torch
 
-    from diffier_cli.sampling import denoise, per_item_stats
     from models.sd import StableDiffusion
 
     device = resolve_device(opts.device)
@@ -120,36 +146,23 @@ def run(opts: T2IOptions) -> None:
     )
     height = opts.height or backbone.native_size
     width = opts.width or backbone.native_size
+    versions = library_versions()
+    dropped = backbone.dropped_prompt_text(opts.prompt)
+    if dropped:
+        reporter.message(f"warning: the prompt is too long for the text encoder; ignored: {dropped!r}")
 
     with reporter.progress(total=opts.num_images * opts.steps, description=mode), torch.no_grad():
         for start in range(0, len(items), opts.batch_size):
             batch = items[start : start + opts.batch_size]
             started = time.perf_counter()
-            noise_generators, refine_generators = item_generators([item["seed"] for item in batch], device)
-            state = backbone.prepare(
-                opts.prompt,
-                negative_prompt=opts.negative_prompt,
-                cfg=opts.cfg,
-                height=height,
-                width=width,
-                steps=opts.steps,
-                ddim_eta=opts.ddim_eta,
-                noise_generators=noise_generators,
-            )
-            trajectory = denoise(
-                backbone,
-                state,
-                backbone.init_noise(state),
-                refiner=opts.refiner,
-                generators=refine_generators,
+            images, stats = generate(
+                backbone, opts, [item["seed"] for item in batch], height, width,
                 on_step=lambda n=len(batch): reporter.advance(n),
             )
-            images = backbone.decode(trajectory.sample, state)
-            stats = per_item_stats(trajectory.steps, len(batch))
             seconds = (time.perf_counter() - started) / len(batch)
             for item, image, per_step in zip(batch, images, stats):
                 path: Path = paths[item["index"]]
-                record = _record(opts, backbone, item, height, width, per_step)
+                record = _record(opts, backbone, item, height, width, per_step, versions)
                 write_png(path, image, png_text(record), opts.overwrite)
                 if opts.json:
                     line = {"path": str(path), "wall_time_s": round(seconds, 3), **record}

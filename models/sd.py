@@ -138,6 +138,13 @@ class StableDiffusion:
     def prediction_type(self) -> str:
         return self.scheduler.config.prediction_type
 
+    def dropped_prompt_text(self, prompt: str) -> str:
+        """The end of a prompt that CLIP's context (77 tokens for SD) cannot hold; '' if it fits."""
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(prompt, truncation=False).input_ids
+        limit = tokenizer.model_max_length
+        return tokenizer.decode(ids[limit - 1 : -1]) if len(ids) > limit else ""
+
     def prepare(
         self,
         prompt: str,

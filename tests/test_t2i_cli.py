@@ -273,3 +273,22 @@ def test_help_documents_exit_codes_and_the_entry_points_agree():
     assert run_cli("--version").stdout.strip() == f"diffier {__version__}"
     module = subprocess.run([sys.executable, "-m", "diffier_cli", "--version"], capture_output=True, text=True)
     assert module.stdout.strip() == f"diffier {__version__}"
+
+
+def test_long_prompt_warns_about_the_dropped_words(tiny_sd, tmp_path):
+    result = t2i(tiny_sd["epsilon"], tmp_path / "long.png", "--seed", "1", "--steps", "1", prompt="a puppy eating a cheeseburger")
+    assert result.returncode == 0, result.stderr
+    assert "warning: the prompt is too long for the text encoder; ignored: 'heeseburger'" in result.stderr
+
+
+def test_unavailable_device_exits_2(tmp_path, tiny_sd):
+    import torch
+
+    if torch.cuda.is_available():  # this check is about a machine without CUDA, as CI is
+        device = f"cuda:{torch.cuda.device_count()}"
+    else:
+        device = "cuda"
+    result = run_cli("t2i", "p", "--model", str(tiny_sd["epsilon"]), "--device", device, "-o", str(tmp_path / "x.png"), "-q")
+    assert_one_line_error(result, 2, "--device")
+    result = run_cli("t2i", "p", "--model", str(tiny_sd["epsilon"]), "--device", "tpu9", "-o", str(tmp_path / "x.png"), "-q")
+    assert_one_line_error(result, 2, "--device tpu9")
