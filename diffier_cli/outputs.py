@@ -7,6 +7,7 @@ leaves a truncated image behind.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import string
@@ -15,10 +16,9 @@ import unicodedata
 from pathlib import Path
 from typing import Mapping
 
-from diffier_cli.errors import UsageError
+from diffier_cli.errors import DiffierError, UsageError
 
-DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
-NAME_FIELDS = ("index", "seed", "slug", "mode")
+NAME_FIELDS = ("index", "seed", "slug", "mode", "stem")
 SLUG_MAX = 60
 
 
@@ -36,23 +36,25 @@ def _template_fields(template: str) -> set[str]:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
 
 
-def plan_outputs(output: str | None, items: list[Mapping[str, object]]) -> list[Path]:
+def plan_outputs(output: str | None, items: list[Mapping[str, object]], default_name: str) -> list[Path]:
     """Resolve `-o` into one path per item.
 
-    `-o` is a file for one image, a folder (existing, or ending in '/') for any number, or a
-    template with fields {index} {seed} {slug} {mode}; unset means the current folder.
+    `-o` is a file for one output, a folder (existing, or ending in '/') for any number, or a
+    template with fields {index} {seed} {slug} {mode} {stem}; unset means the current folder.
+    Every path must have the suffix of `default_name`, the format the command writes.
     """
+    suffix = Path(default_name).suffix
     if output is None:
-        template = DEFAULT_NAME
+        template = default_name
     elif "{" in output:
         template = output
     elif output.endswith(("/", os.sep)) or Path(output).is_dir():
-        template = str(Path(output) / DEFAULT_NAME)
+        template = str(Path(output) / default_name)
     else:
         if len(items) > 1:
             raise UsageError(
-                f"-o {output} names one file but this run makes {len(items)} images; "
-                f"pass a folder (-o out/) or a template (-o 'out-{{index}}.png')"
+                f"-o {output} names one file but this run makes {len(items)} outputs; "
+                f"pass a folder (-o out/) or a template (-o 'out-{{index}}{suffix}')"
             )
         template = output.replace("}", "}}")
 
@@ -66,24 +68,28 @@ def plan_outputs(output: str | None, items: list[Mapping[str, object]]) -> list[
     except (ValueError, IndexError) as exc:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
     for path in paths:
-        if path.suffix.lower() != ".png":
-            raise UsageError(f"output {path} must end in .png (diffier writes PNG with its metadata)")
+        if path.suffix.lower() != suffix:
+            raise UsageError(f"output {path} must end in {suffix} (the format this command writes)")
     if len(set(paths)) < len(paths):
-        raise UsageError(f"-o {output} gives several images the same name; include {{index}} or {{seed}}")
+        raise UsageError(f"-o {output} gives several outputs the same name; include {{index}} or {{seed}}")
     return paths
 
 
 def preflight(paths: list[Path], overwrite: bool) -> None:
-    """Refuse clobbering and unwritable folders before any work starts."""
+    """Refuse clobbering and unwritable places before any work starts; create nothing yet."""
     for path in paths:
         if path.is_dir():
             raise UsageError(f"{path} is a folder; pass a file name or a folder ending in '/'")
         if path.exists() and not overwrite:
             raise UsageError(f"{path} exists; pass --overwrite to replace it, or choose another -o")
     for folder in sorted({path.parent for path in paths}):
+        existing = folder.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"cannot write to {folder}: {existing} is not a folder; choose another -o")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
+            with tempfile.TemporaryFile(dir=existing):
                 pass
         except OSError as exc:
             raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}; choose another -o") from exc
@@ -95,23 +101,35 @@ def _umask() -> int:
     return mask
 
 
-def write_png(path: Path, image, text: Mapping[str, str], overwrite: bool) -> None:
-    """Write a PNG with text chunks through a temporary file in the same folder, then rename."""
-    from PIL.PngImagePlugin import PngInfo
-
+def write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write through a temporary file in the same folder, then rename: never a truncated file."""
     if path.exists() and not overwrite:
         raise UsageError(f"{path} appeared during the run; pass --overwrite to replace it")
-    info = PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)  # Pillow writes iTXt (UTF-8) when the value is not Latin-1
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full, folder removed or made read-only mid-run
+            raise DiffierError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+
+
+def png_bytes(image, text: Mapping[str, str]) -> bytes:
+    """A PNG with text chunks; Pillow writes iTXt (UTF-8) when a value is not Latin-1."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()

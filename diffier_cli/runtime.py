@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 from diffier_cli.errors import UsageError
-
-DTYPE_NAMES = {
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-}
 
 # Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
 # same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.
@@ -54,10 +44,9 @@ def resolve_device(name: str):
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name} is not a device; use auto, cpu, cuda, cuda:N or mps") from exc
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise UsageError(f"--device {name} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} but torch sees no CUDA device; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -67,13 +56,24 @@ def resolve_device(name: str):
     return device
 
 
-def resolve_dtype(name: str, device):
-    """auto: float16 on CUDA (half the memory, tensor cores), float32 elsewhere (CPU float16 is slow)."""
+SEED_LIMIT = 2**32
+
+
+def choose_seed(seed: int | None) -> int:
+    """The user's seed, or a fresh random one (always printed and stored by the caller)."""
+    import secrets
+
+    return seed if seed is not None else secrets.randbelow(SEED_LIMIT)
+
+
+def resolve_dtype(name: str, device, low_precision_on_cuda: bool = True):
+    """auto: float16 on CUDA where the model is large enough to gain from it, float32 elsewhere
+    (CPU float16 is slow)."""
     import torch
 
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, DTYPE_NAMES[name])
+        return torch.float16 if device.type == "cuda" and low_precision_on_cuda else torch.float32
+    return getattr(torch, name)
 
 
 def item_generators(seeds: list[int], device) -> tuple[list, list]:

@@ -7,7 +7,6 @@ nothing but its seed: not on --num-images, --batch-size or --baseline.
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -15,18 +14,19 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.metadata import library_versions, png_text
-from diffier_cli.outputs import plan_outputs, preflight, slugify, write_png
+from diffier_cli.outputs import plan_outputs, png_bytes, preflight, slugify, write_atomically
 from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import (
     REFINE_SEED_MIX,
     Reporter,
+    choose_seed,
     item_generators,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
 )
 
-SEED_LIMIT = 2**32
+DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,11 @@ def generate(backbone, opts: T2IOptions, seeds: list[int], height: int, width: i
 
 def run(opts: T2IOptions) -> None:
     reporter = Reporter(opts.quiet)
-    seed = opts.seed if opts.seed is not None else secrets.randbelow(SEED_LIMIT)
+    seed = choose_seed(opts.seed)
     mode = "baseline" if opts.refiner is None else "refined"
     slug = slugify(opts.prompt)
-    items = [{"index": i, "seed": seed + i, "slug": slug, "mode": mode} for i in range(opts.num_images)]
-    paths = plan_outputs(opts.output, items)
+    items = [{"index": i, "seed": seed + i, "slug": slug, "stem": slug, "mode": mode} for i in range(opts.num_images)]
+    paths = plan_outputs(opts.output, items, DEFAULT_NAME)
     preflight(paths, opts.overwrite)
     reporter.message(f"seed {seed}")
 
@@ -163,7 +163,7 @@ def run(opts: T2IOptions) -> None:
             for item, image, per_step in zip(batch, images, stats):
                 path: Path = paths[item["index"]]
                 record = _record(opts, backbone, item, height, width, per_step, versions)
-                write_png(path, image, png_text(record), opts.overwrite)
+                write_atomically(path, png_bytes(image, png_text(record)), opts.overwrite)
                 if opts.json:
                     line = {"path": str(path), "wall_time_s": round(seconds, 3), **record}
                     print(json.dumps(line, ensure_ascii=False), file=sys.stdout, flush=True)

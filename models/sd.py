@@ -125,6 +125,11 @@ class StableDiffusion:
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first}") from exc
+        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if prediction not in ("epsilon", "v_prediction"):
+            raise ModelUnavailable(
+                f"{source} predicts {prediction!r}; diffier refines ε- and v-prediction models only"
+            )
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         return cls(pipe, resolved, device, dtype)

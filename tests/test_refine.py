@@ -114,11 +114,21 @@ def test_rule5_seeded_reproducibility(eps):
 
 
 def test_rule7_no_autograd_and_input_untouched(eps):
-    eps = eps.requires_grad_(False)
-    before = eps.clone()
-    out, _ = refine_eps(eps, generators=gens(1, 2, 3), max_iters=3)
-    assert torch.equal(eps, before)
-    assert not out.requires_grad
+    eps = eps.clone().requires_grad_(True)
+    before = eps.detach().clone()
+    out, stats = refine_eps(eps, generators=gens(1, 2, 3), max_iters=3)
+    assert torch.equal(eps.detach(), before)
+    assert not out.requires_grad and out.grad_fn is None and stats.loss.grad_fn is None
+
+
+def test_rule4_descent_converges_within_tens_of_iterations_ascent_never():
+    """What the README's Method section states, on an SD-latent-sized ε: the rule fires for
+    descent after tens of iterations, never for ascent."""
+    eps = torch.randn((3, 4, 64, 64), generator=torch.Generator().manual_seed(100)) * 1.7
+    _, down = refine_eps(eps, generators=gens(1, 2, 3), max_iters=200, direction="descent")
+    _, up = refine_eps(eps, generators=gens(1, 2, 3), max_iters=200, direction="ascent")
+    assert all(10 <= k <= 100 for k in down.iterations.tolist())
+    assert up.iterations.tolist() == [200] * 3
 
 
 def test_rule8_statistics(eps):

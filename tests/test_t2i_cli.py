@@ -91,14 +91,18 @@ def test_image_i_of_a_run_equals_a_single_run_at_seed_plus_i(tiny_sd, tmp_path):
 
 def test_batch_size_changes_speed_not_noise(tiny_sd, tmp_path):
     model = tiny_sd["epsilon"]
-    one = t2i(model, f"{tmp_path / 'b1'}/", "--seed", "20", "--num-images", "3")
-    three = t2i(model, f"{tmp_path / 'b3'}/", "--seed", "20", "--num-images", "3", "--batch-size", "3")
+    # a threshold that stops items after different numbers of iterations, to check they stay per item
+    refine = ("--max-iters", "8", "--threshold", "0.05")
+    one = t2i(model, f"{tmp_path / 'b1'}/", "--seed", "20", "--num-images", "3", *refine)
+    three = t2i(model, f"{tmp_path / 'b3'}/", "--seed", "20", "--num-images", "3", "--batch-size", "3", *refine)
     assert one.returncode == 0 and three.returncode == 0, one.stderr + three.stderr
     for a, b in zip(one.records, three.records):
         assert a["seed"] == b["seed"]
         # same noise; batched matmuls may round differently, so at most 1/255 apart
         assert np.abs(pixels(a["path"]) - pixels(b["path"])).max() <= 1
         assert a["refinement"]["per_step"]["iterations"] == b["refinement"]["per_step"]["iterations"]
+    iterations = {n for r in one.records for n in r["refinement"]["per_step"]["iterations"]}
+    assert len(iterations) > 1  # the convergence rule fired at different iterations
 
 
 def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
@@ -197,11 +201,29 @@ def test_unwritable_output_exits_2(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = run_cli("t2i", "p", "-o", str(blocker / "sub" / "x.png"), "-q")
-    assert_one_line_error(result, 2, "cannot write")
+    assert_one_line_error(result, 2, "cannot write", "is not a folder")
+
+
+def test_failed_write_leaves_nothing_and_exits_1(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from diffier_cli.errors import DiffierError
+    from diffier_cli.outputs import write_atomically
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    target = tmp_path / "new" / "x.png"
+    with pytest.raises(DiffierError, match="No space left on device") as raised:
+        write_atomically(target, b"data", overwrite=False)
+    assert raised.value.code == 1
+    assert list((tmp_path / "new").iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["missing-folder", "hub-offline", "not-a-pipeline"])
-def test_unavailable_models_exit_3(tmp_path, kind):
+def test_unavailable_models_exit_3_and_create_nothing(tmp_path, kind):
     if kind == "missing-folder":
         model, needle = str(tmp_path / "nowhere" / "model"), "no model folder"
     elif kind == "hub-offline":
@@ -209,10 +231,24 @@ def test_unavailable_models_exit_3(tmp_path, kind):
     else:
         (tmp_path / "empty").mkdir()
         model, needle = str(tmp_path / "empty"), "model_index.json"
-    out = tmp_path / "x.png"
+    out = tmp_path / "new" / "x.png"
     result = run_cli("t2i", "p", "--model", model, "-o", str(out), "-q", "--offline", env={"HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(result, 3, needle)
-    assert not out.exists()
+    assert not out.parent.exists()
+
+
+def test_unsupported_prediction_type_exits_3(tiny_sd, tmp_path):
+    import json as json_module
+    import shutil
+
+    folder = tmp_path / "sample-prediction"
+    shutil.copytree(tiny_sd["epsilon"], folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json_module.loads(config_path.read_text())
+    config["prediction_type"] = "sample"
+    config_path.write_text(json_module.dumps(config))
+    result = run_cli("t2i", "p", "--model", str(folder), "-o", str(tmp_path / "x.png"), "-q")
+    assert_one_line_error(result, 3, "'sample'")
 
 
 def test_missing_component_exits_3_naming_it(tiny_sd, tmp_path):
@@ -290,5 +326,14 @@ def test_unavailable_device_exits_2(tmp_path, tiny_sd):
         device = "cuda"
     result = run_cli("t2i", "p", "--model", str(tiny_sd["epsilon"]), "--device", device, "-o", str(tmp_path / "x.png"), "-q")
     assert_one_line_error(result, 2, "--device")
-    result = run_cli("t2i", "p", "--model", str(tiny_sd["epsilon"]), "--device", "tpu9", "-o", str(tmp_path / "x.png"), "-q")
-    assert_one_line_error(result, 2, "--device tpu9")
+    for bad in ("tpu9", "xpu", "meta"):
+        result = run_cli("t2i", "p", "--model", str(tiny_sd["epsilon"]), "--device", bad, "-o", str(tmp_path / "x.png"), "-q")
+        assert_one_line_error(result, 2, f"--device {bad}")
+    from_env = run_cli("t2i", "p", "--model", str(tiny_sd["epsilon"]), "-o", str(tmp_path / "x.png"), "-q", env={"DIFFIER_DEVICE": "xpu"})
+    assert_one_line_error(from_env, 2, "--device xpu")
+
+
+def test_bare_command_shows_help_without_an_empty_error():
+    result = run_cli()
+    assert "Usage: diffier" in result.stdout
+    assert result.stderr == ""

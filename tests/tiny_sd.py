@@ -85,7 +85,7 @@ def save_tiny_sd(root: Path, seed: int = 0) -> dict[str, Path]:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    # SD 2.1's own scheduler_config.json: PNDM, scaled-linear betas, steps_offset 1.
+    # The values of SD 2.1's scheduler_config.json: PNDM, scaled-linear betas, steps_offset 1.
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -109,9 +109,11 @@ def save_tiny_sd(root: Path, seed: int = 0) -> dict[str, Path]:
     folders = {"epsilon": root / "tiny-sd-eps", "v_prediction": root / "tiny-sd-v"}
     pipe.save_pretrained(folders["epsilon"], safe_serialization=True)
     shutil.copytree(folders["epsilon"], folders["v_prediction"])
-    config_path = folders["v_prediction"] / "scheduler" / "scheduler_config.json"
-    config = json.loads(config_path.read_text())
-    config["prediction_type"] = "v_prediction"
-    config_path.write_text(json.dumps(config, indent=2))
+    for prediction, folder in folders.items():
+        # SD 2.1's file also carries "clip_sample": false, which PNDM ignores and DDIM reads.
+        config_path = folder / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_path.read_text())
+        config.update(prediction_type=prediction, clip_sample=False)
+        config_path.write_text(json.dumps(config, indent=2))
     shutil.rmtree(root / "tokenizer-src")
     return folders
