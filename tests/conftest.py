@@ -18,20 +18,25 @@ DIFFIER = str(Path(sys.executable).with_name("diffier"))
 @dataclass
 class CliResult:
     returncode: int
-    stdout: str
+    stdout_bytes: bytes
     stderr: str
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode("utf-8", errors="replace")
 
     @property
     def records(self) -> list[dict]:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input_text: str | None = None) -> CliResult:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
     done = subprocess.run(
-        [DIFFIER, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300, check=False
+        [DIFFIER, *args], cwd=cwd, env=full_env, capture_output=True, timeout=300, check=False,
+        input=None if input_text is None else input_text.encode(),
     )
-    return CliResult(done.returncode, done.stdout, done.stderr)
+    return CliResult(done.returncode, done.stdout, done.stderr.decode("utf-8", errors="replace"))
 
 
 @pytest.fixture(scope="session")

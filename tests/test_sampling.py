@@ -119,3 +119,54 @@ def test_nan_decode_is_an_error_with_a_hint(sd_v, monkeypatch):
     monkeypatch.setattr(sd_v.pipe.vae, "decode", lambda *a, **k: (torch.full((1, 3, 32, 32), float("nan")),))
     with pytest.raises(DiffierError, match="--dtype float32"):
         sd_v.decode(torch.zeros(1, 4, 16, 16), state)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_refined_t2i_equals_diffusers_pipeline_with_refinement_injected(tiny_sd, prediction):
+    """An independent path: StableDiffusionPipeline whose DDIM step first refines the guided
+    prediction, converting v ↔ ε with diffusers' own formulas (DDIM's pred_epsilon and
+    `get_velocity`), must give our refined image."""
+    import numpy as np
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from diffier_cli.refine import refine_eps
+    from diffier_cli.runtime import REFINE_SEED_MIX
+    from diffier_cli.t2i import T2IOptions, generate
+    from models.sd import StableDiffusion
+
+    seed, steps = 21, 6
+    refiner = DiffIER(eta=0.05, threshold=1e-9, max_iters=2)
+    backbone = StableDiffusion.load(str(tiny_sd[prediction]), revision=None, device=torch.device("cpu"), dtype=torch.float32)
+    opts = T2IOptions(prompt="a red bicycle", negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0, seed=seed,
+                      num_images=1, batch_size=1, height=None, width=None, output=None, overwrite=False,
+                      model="", revision=None, offline=True, cache_dir=None, device="cpu", dtype="auto",
+                      refiner=refiner, json=False, quiet=True)
+    with torch.no_grad():
+        (ours,), _ = generate(backbone, opts, [seed], 32, 32)
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd[prediction], safety_checker=None, requires_safety_checker=False)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    refine_generator = [torch.Generator().manual_seed(seed ^ REFINE_SEED_MIX)]
+    plain_step = scheduler.step
+
+    def refined_step(model_output, timestep, sample, **kwargs):
+        a = scheduler.alphas_cumprod[timestep]
+        if prediction == "v_prediction":
+            eps = a.sqrt() * model_output + (1 - a).sqrt() * sample
+        else:
+            eps = model_output
+        eps, _ = refine_eps(eps, generators=refine_generator, eta=0.05, threshold=1e-9, max_iters=2)
+        if prediction == "v_prediction":
+            x0 = (sample - (1 - a).sqrt() * eps) / a.sqrt()
+            model_output = scheduler.get_velocity(x0, eps, torch.tensor([timestep]))
+        else:
+            model_output = eps
+        return plain_step(model_output, timestep, sample, **kwargs)
+
+    scheduler.step = refined_step
+    theirs = pipe("a red bicycle", num_inference_steps=steps, guidance_scale=7.5,
+                  generator=[torch.Generator().manual_seed(seed)]).images[0]
+    difference = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max()
+    assert difference <= 1  # the same arithmetic up to float rounding of the conversions

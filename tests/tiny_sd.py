@@ -12,6 +12,19 @@ import shutil
 from pathlib import Path
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+TINY_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    upcast_attention=True,
+)
 MAX_TOKENS = 16
 
 
@@ -50,19 +63,7 @@ def save_tiny_sd(root: Path, seed: int = 0) -> dict[str, Path]:
 
     tokenizer = build_tokenizer(root / "tokenizer-src")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        upcast_attention=True,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

