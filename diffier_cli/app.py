@@ -5,6 +5,7 @@ Only typer and click are imported at module level, so `diffier --help` never loa
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from typing import Optional
@@ -249,6 +250,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         _fail(str(exc), exc.code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
+    except BrokenPipeError:  # `diffier tts ... -o - | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        os._exit(ExitCode.RUNTIME)
     except Exception as exc:
         mapped = as_diffier_error(exc)
         if mapped is None:

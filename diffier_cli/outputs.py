@@ -101,25 +101,29 @@ def _umask() -> int:
     return mask
 
 
-def write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write through a temporary file in the same folder, then rename: never a truncated file."""
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path} appeared during the run; pass --overwrite to replace it")
-    tmp = None
+def write_atomically(files: Mapping[Path, bytes], overwrite: bool) -> None:
+    """Write each file to a temporary file in its folder, then rename them all: a killed or failed
+    run never leaves a truncated file, nor one output of a pair (a WAV without its sidecar)."""
+    for path in files:
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} appeared during the run; pass --overwrite to replace it")
+    staged: dict[Path, str] = {}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, staged[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(staged[path], 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
     except BaseException as exc:
-        if tmp is not None:
+        for tmp in staged.values():
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):  # disk full, folder removed or made read-only mid-run
-            raise DiffierError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise DiffierError(f"cannot write {', '.join(map(str, files))}: {exc.strerror or exc}") from exc
         raise
 
 

@@ -163,7 +163,7 @@ def run(opts: T2IOptions) -> None:
             for item, image, per_step in zip(batch, images, stats):
                 path: Path = paths[item["index"]]
                 record = _record(opts, backbone, item, height, width, per_step, versions)
-                write_atomically(path, png_bytes(image, png_text(record)), opts.overwrite)
+                write_atomically({path: png_bytes(image, png_text(record))}, opts.overwrite)
                 if opts.json:
                     line = {"path": str(path), "wall_time_s": round(seconds, 3), **record}
                     print(json.dumps(line, ensure_ascii=False), file=sys.stdout, flush=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffier_cli import __version__
-from diffier_cli.errors import UsageError
+from diffier_cli.errors import ModelUnavailable, UsageError
 from diffier_cli.outputs import plan_outputs, preflight, slugify, write_atomically
 from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import (
@@ -24,15 +24,12 @@ from diffier_cli.runtime import (
     Reporter,
     choose_seed,
     item_generators,
-    quiet_libraries,
     resolve_device,
     resolve_dtype,
 )
 
-SAMPLE_RATE = 22050
-HOP = 256  # HiFi-GAN V1 upsamples each mel frame to 256 samples
-SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+N_MELS = 80
+_INITIAL = re.compile(r"[a-z]")
 
 
 @dataclass(frozen=True)
@@ -89,15 +86,36 @@ def read_text(opts: TTSOptions) -> tuple[str, str]:
 
 
 def split_utterances(text: str) -> list[str]:
-    """Lines, then sentences: the units Grad-TTS handles well."""
-    return [part.strip() for line in text.splitlines() for part in _SENTENCE_END.split(line) if part.strip()]
+    """Lines, then sentences: the units Grad-TTS handles well.
+
+    A sentence ends at a word ending in '!', '?', ';' or '.', except the period of an abbreviation
+    the cleaners expand (Mr., Dr., St., ...), of e.g./i.e./etc./vs., or of an initial ("J. Smith").
+    """
+    from models.gradtts.cleaners import NON_FINAL_ABBREVIATIONS
+
+    utterances = []
+    for line in text.splitlines():
+        words: list[str] = []
+        for word in line.split():
+            words.append(word)
+            bare = word.lower().rstrip("\"')]”’")
+            stem = bare[:-1].lstrip("(\"'“‘")
+            ends = bare.endswith(("!", "?", ";")) or (
+                bare.endswith(".") and stem not in NON_FINAL_ABBREVIATIONS and not _INITIAL.fullmatch(stem)
+            )
+            if ends:
+                utterances.append(" ".join(words))
+                words = []
+        if words:
+            utterances.append(" ".join(words))
+    return utterances
 
 
-def wav_bytes(waveform, subtype: str) -> bytes:
+def wav_bytes(waveform, sample_rate: int, subtype: str) -> bytes:
     """A complete WAV in memory (a pipe cannot be seeked to patch the header later).
 
-    PCM_16 is written from int16 scaled by 32767: the official inference scales by 32768, which
-    wraps +1.0 to −32768. No normalisation, so A/B comparisons stay honest.
+    PCM_16 is written from int16 scaled by 32767 and rounded: the official inference scales by
+    32768 and truncates, which wraps +1.0 to −32768. No normalisation, so A/B comparisons stay honest.
     """
     import numpy as np
     import soundfile
@@ -106,7 +124,7 @@ def wav_bytes(waveform, subtype: str) -> bytes:
     samples = np.clip(waveform, -1.0, 1.0)
     if subtype == "PCM_16":
         samples = np.round(samples * 32767).astype(np.int16)
-    soundfile.write(buffer, samples, SAMPLE_RATE, subtype=subtype, format="WAV")
+    soundfile.write(buffer, samples, sample_rate, subtype=subtype, format="WAV")
     return buffer.getvalue()
 
 
@@ -132,24 +150,25 @@ def run(opts: TTSOptions) -> None:
         preflight([path, sidecar], opts.overwrite)
     reporter.message(f"seed {seed}")
 
-    from models.gradtts.text import text_to_ids
+    from models.gradtts.text import NothingToSay, text_to_ids
 
-    ids = []
+    spoken: list[tuple[str, list[int]]] = []
     for utterance in utterances:
         try:
-            ids.append(text_to_ids(utterance))
-        except ValueError:
+            spoken.append((utterance, text_to_ids(utterance)))
+        except NothingToSay:
             reporter.message(f"warning: nothing speakable in {utterance!r}; skipped")
-    if not ids:
+        except Exception as exc:  # noqa: BLE001 - the cleaners' number reading fails on some inputs ($1.,5, 40-digit numbers)
+            raise UsageError(f"cannot read {utterance!r}: {exc}; rewrite that part of the text") from exc
+    if not spoken:
         raise UsageError("the text has nothing speakable (no letters or digits)")
 
-    quiet_libraries(show_downloads=reporter.interactive)
     import numpy as np
     import torch
 
     from diffier_cli.sampling import denoise, per_item_stats, summarize
     from models.gradtts.adapter import GradTTSBackbone
-    from models.gradtts.checkpoints import resolve_checkpoint
+    from models.gradtts.checkpoints import OFFICIAL_FILE_ID, resolve_checkpoint
     from models.gradtts.hifigan import load_hifigan
     from models.gradtts.model import load_gradtts
 
@@ -157,21 +176,31 @@ def run(opts: TTSOptions) -> None:
     dtype = resolve_dtype(opts.dtype, device, low_precision_on_cuda=False)
     checkpoint = resolve_checkpoint(opts.checkpoint, offline=opts.offline, cache_dir=opts.cache_dir, reporter=reporter)
     model, model_info = load_gradtts(checkpoint, pe_scale=opts.pe_scale, device=device, dtype=dtype)
+    if opts.checkpoint is None:
+        model_info["source"] = f"official grad-tts.pt, Google Drive file {OFFICIAL_FILE_ID}"
+    if opts.speaker is not None and model.n_spks == 1:
+        raise UsageError(f"--speaker {opts.speaker}: this checkpoint has one speaker; drop --speaker")
     if opts.speaker is not None and not 0 <= opts.speaker < model.n_spks:
-        valid = "this checkpoint has one speaker; drop --speaker" if model.n_spks == 1 else f"use 0..{model.n_spks - 1}"
-        raise UsageError(f"--speaker {opts.speaker} is out of range: {valid}")
+        raise UsageError(f"--speaker {opts.speaker} is out of range: use 0..{model.n_spks - 1}")
+    speaker = opts.speaker
+    if model.n_spks > 1 and speaker is None:
+        speaker = 0
+        reporter.message(f"speaker 0 of {model.n_spks} (pass --speaker to choose)")
     vocoder, vocoder_info = load_hifigan(opts.vocoder, device=device, dtype=dtype)
+    if vocoder.config.num_mels != N_MELS:
+        raise ModelUnavailable(f"the vocoder takes {vocoder.config.num_mels} mel bands; Grad-TTS makes {N_MELS}")
     backbone = GradTTSBackbone(model, device, dtype)
 
     started = time.perf_counter()
     noise_generators, refine_generators = item_generators([seed], device)
-    pause = np.zeros(int(round(opts.pause * SAMPLE_RATE)), dtype=np.float32)
+    sample_rate = vocoder.config.sampling_rate
+    pause = np.zeros(int(round(opts.pause * sample_rate)), dtype=np.float32)
     pieces, per_utterance = [], []
-    with reporter.progress(total=len(ids) * opts.steps, description=mode), torch.no_grad():
-        for sequence in ids:
+    with reporter.progress(total=len(spoken) * opts.steps, description=mode), torch.no_grad():
+        for utterance, sequence in spoken:
             state = backbone.prepare(
                 sequence,
-                speaker=opts.speaker,
+                speaker=speaker,
                 steps=opts.steps,
                 temperature=opts.temperature,
                 length_scale=opts.length_scale,
@@ -185,17 +214,18 @@ def run(opts: TTSOptions) -> None:
             mel = backbone.decode(trajectory.sample, state)
             audio = vocoder(mel).squeeze().float().cpu().numpy()
             pieces.extend([audio, pause])
-            per_utterance.append({"frames": state.frames, **per_item_stats(trajectory.steps, 1)[0]})
+            per_utterance.append({"text": utterance, "frames": state.frames, **per_item_stats(trajectory.steps, 1)[0]})
     waveform = np.concatenate(pieces[:-1])
     seconds = time.perf_counter() - started
-    duration = len(waveform) / SAMPLE_RATE
+    duration = len(waveform) / sample_rate
 
     record = {
         "tool": "diffier",
         "version": __version__,
         "command": "tts",
         "text": text,
-        "utterances": utterances,
+        "utterances": [utterance for utterance, _ in spoken],
+        "skipped": [u for u in utterances if u not in {text for text, _ in spoken}],
         "seed": seed,
         "mode": mode,
         "checkpoint": model_info,
@@ -205,7 +235,7 @@ def run(opts: TTSOptions) -> None:
             "temperature": opts.temperature,
             "length_scale": opts.length_scale,
             "stochastic": opts.stochastic,
-            "speaker": opts.speaker,
+            "speaker": speaker,
             "pause_s": opts.pause,
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
@@ -216,11 +246,11 @@ def run(opts: TTSOptions) -> None:
         },
         "refiner": None if opts.refiner is None else opts.refiner.settings(),
         "refinement": {
-            "summary": [summarize({k: v for k, v in u.items() if k != "frames"}) for u in per_utterance],
+            "summary": [summarize({k: v for k, v in u.items() if k not in ("text", "frames")}) for u in per_utterance],
             "per_utterance": per_utterance,
         },
         "audio": {
-            "sample_rate": SAMPLE_RATE,
+            "sample_rate": sample_rate,
             "subtype": opts.subtype,
             "channels": 1,
             "num_samples": len(waveform),
@@ -229,14 +259,14 @@ def run(opts: TTSOptions) -> None:
         "real_time_factor": seconds / duration if duration else None,
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
-    data = wav_bytes(waveform, opts.subtype)
+    data = wav_bytes(waveform, sample_rate, opts.subtype)
     if to_stdout:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         reporter.message(f"wrote {len(data)} bytes of WAV to stdout ({duration:.2f} s of audio, seed {seed}, {mode})")
         return
-    write_atomically(path, data, opts.overwrite)
-    write_atomically(sidecar, json.dumps(record, ensure_ascii=False, indent=1).encode(), opts.overwrite)
+    sidecar_data = json.dumps(record, ensure_ascii=False, indent=1).encode()
+    write_atomically({path: data, sidecar: sidecar_data}, opts.overwrite)
     if opts.json:
         print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
     reporter.message(f"wrote {path} and {sidecar.name} ({duration:.2f} s of audio, seed {seed}, {mode}, {seconds:.1f} s)")

@@ -107,3 +107,33 @@ def test_sigma_and_beta_match_the_design_note_values(models):
     assert decoder.sigma(0.45) == pytest.approx(0.932892, abs=1e-6)
     assert decoder.sigma(0.05) == pytest.approx(0.164513, abs=1e-6)
     assert decoder.beta(0.05) == pytest.approx(1.0475)
+
+
+def test_refined_run_equals_an_independent_eps_form_loop(models):
+    """ε = −σ_t·s with σ_t from the reference's own `get_noise(cumulative=True)`, refined, turned back
+    into a score and stepped with the reference's formula: must equal the port's refined run."""
+    from grad_tts.model.diffusion import get_noise
+
+    reference, port = models
+    speaker = 2 if port.n_spks > 1 else None
+    refiner = DiffIER(max_iters=2, threshold=1e-9)
+    _, ours = port_forward(port, False, speaker, refiner=refiner)
+
+    backbone = GradTTSBackbone(port, torch.device("cpu"), torch.float32)
+    refine_generators = [torch.Generator().manual_seed(SEED + 1)]
+    estimator = reference.decoder.estimator
+    with torch.no_grad():
+        state = backbone.prepare(IDS, speaker=speaker, steps=STEPS, temperature=1.5, length_scale=0.91,
+                                 stochastic=False, noise_generator=torch.Generator().manual_seed(SEED))
+        spk = reference.spk_emb(torch.tensor([speaker])) if speaker is not None else None
+        x = backbone.init_noise(state)
+        h = 1.0 / STEPS
+        for i in range(STEPS):
+            t = torch.full((1,), 1.0 - (i + 0.5) * h)
+            score = estimator(x, state.y_mask, state.mu_y, t, spk)
+            sigma = torch.sqrt(1.0 - torch.exp(-get_noise(t, 0.05, 20.0, cumulative=True)))
+            eps, _ = refiner(-sigma * score, refine_generators)
+            score = -eps / sigma
+            beta = get_noise(t, 0.05, 20.0, cumulative=False)
+            x = (x - 0.5 * (state.mu_y - x - score) * beta * h) * state.y_mask
+    assert (ours - x[:, :, : state.frames]).abs().max() <= 1e-4

@@ -215,9 +215,9 @@ def test_failed_write_leaves_nothing_and_exits_1(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    target = tmp_path / "new" / "x.png"
+    target = tmp_path / "new" / "x.wav"
     with pytest.raises(DiffierError, match="No space left on device") as raised:
-        write_atomically(target, b"data", overwrite=False)
+        write_atomically({target: b"data", target.with_suffix(".json"): b"{}"}, overwrite=False)
     assert raised.value.code == 1
     assert list((tmp_path / "new").iterdir()) == []
 

@@ -63,23 +63,27 @@ def test_wav_sidecar_and_reproducibility(checkpoints, tmp_path):
     assert base_record["refiner"] is None and base_record["refinement"]["per_utterance"][0]["frames"] == frames[0]
 
 
-def test_stdin_to_stdout_float_wav_and_speaker(checkpoints):
-    result = run_cli(
-        "tts", "-", "--checkpoint", checkpoints[247], "--steps", "2", "--speaker", "12", "--seed", "1",
-        "--subtype", "FLOAT", "-o", "-", "-q", input_text="Good morning.",
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    samples, rate = soundfile.read(io.BytesIO(result.stdout_bytes), dtype="float32")
-    info = soundfile.info(io.BytesIO(result.stdout_bytes))
+def test_stdin_to_stdout_float_wav_equals_the_file_and_speakers_differ(checkpoints, tmp_path):
+    common = ("--checkpoint", checkpoints[247], "--steps", "2", "--seed", "1", "--subtype", "FLOAT", "-q")
+    piped = run_cli("tts", "-", *common, "--speaker", "12", "-o", "-", input_text="Good morning.")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""
+    samples, rate = soundfile.read(io.BytesIO(piped.stdout_bytes), dtype="float32")
+    info = soundfile.info(io.BytesIO(piped.stdout_bytes))
     assert rate == 22050 and info.subtype == "FLOAT" and len(samples) > 0 and len(samples) % 256 == 0
-    assert np.abs(samples).max() <= 1.0
+    to_file = run_cli("tts", "--text", "Good morning.", *common, "--speaker", "12", "-o", str(tmp_path / "s12.wav"))
+    other = run_cli("tts", "--text", "Good morning.", *common, "--speaker", "40", "-o", str(tmp_path / "s40.wav"))
+    assert to_file.returncode == 0 and other.returncode == 0, to_file.stderr + other.stderr
+    assert np.array_equal(soundfile.read(tmp_path / "s12.wav", dtype="float32")[0], samples)
+    assert json.loads((tmp_path / "s40.json").read_text())["params"]["speaker"] == 40
+    assert not np.array_equal(soundfile.read(tmp_path / "s40.wav", dtype="float32")[0][: len(samples)], samples)
 
 
 @pytest.mark.parametrize(
     ("content", "needle"),
     [(b"", "empty"), (b"   \n\n  ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8"),
-     (b"text\x00with a nul", "binary"), ("... — !!! ?".encode(), "nothing speakable")],
+     (b"text\x00with a nul", "binary"), ("... — !!! ?".encode(), "nothing speakable"),
+     (b"It costs $1.,5 now.", "cannot read"), (b"Call " + b"9" * 45 + b" now.", "cannot read")],
 )
 def test_bad_text_exits_2_and_writes_nothing(tmp_path, content, needle):
     source = tmp_path / "in.txt"
@@ -91,7 +95,7 @@ def test_bad_text_exits_2_and_writes_nothing(tmp_path, content, needle):
 
 
 def test_speaker_out_of_range_exits_2(checkpoints, tmp_path):
-    result = run_cli("tts", "--text", "Hi.", "--checkpoint", checkpoints[1], "--speaker", "3", "-o", str(tmp_path / "a.wav"), "-q")
+    result = run_cli("tts", "--text", "Hi.", "--checkpoint", checkpoints[1], "--speaker", "0", "-o", str(tmp_path / "a.wav"), "-q")
     assert_one_line_error(result, 2, "one speaker")
     result = run_cli("tts", "--text", "Hi.", "--checkpoint", checkpoints[247], "--speaker", "247", "-o", str(tmp_path / "a.wav"), "-q")
     assert_one_line_error(result, 2, "0..246")
@@ -115,3 +119,24 @@ def test_existing_output_and_sidecar_are_not_clobbered(tmp_path):
     (tmp_path / "a.json").write_text("{}")
     result = run_cli("tts", "--text", "Hi.", "-o", str(tmp_path / "a.wav"), "-q")
     assert_one_line_error(result, 2, "a.json exists", "--overwrite")
+
+
+def test_sentences_split_at_ends_not_at_abbreviations():
+    from diffier_cli.tts import split_utterances
+
+    text = "Mr. Smith met Dr. Jones at St. Paul's, e.g. today. J. R. R. Tolkien wrote! Did he?\nNew line; here"
+    assert split_utterances(text) == [
+        "Mr. Smith met Dr. Jones at St. Paul's, e.g. today.",
+        "J. R. R. Tolkien wrote!",
+        "Did he?",
+        "New line;",
+        "here",
+    ]
+
+
+def test_pcm16_scales_by_32767_without_wrapping():
+    from diffier_cli.tts import wav_bytes
+
+    data = wav_bytes(np.array([1.0, -1.0, 0.5, 1.2, -0.25], dtype=np.float32), 22050, "PCM_16")
+    samples, _ = soundfile.read(io.BytesIO(data), dtype="int16")
+    assert samples.tolist() == [32767, -32767, 16384, 32767, -8192]

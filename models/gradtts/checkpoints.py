@@ -2,8 +2,9 @@
 
 The official checkpoints live on Google Drive (Speech-Backbones README), which only a dedicated
 downloader handles reliably (confirmation pages, quotas): gdown. No checksum of the official
-file is published, so the first download's SHA-256 is recorded next to it and every later use is
-verified against that record; a mismatch means the cached file changed and is refused.
+file is published, so the SHA-256 of the first cached file (downloaded, or placed there by hand)
+is recorded next to it and every later use is verified against that record; a mismatch means
+the cached file changed and is refused.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def resolve_checkpoint(path: str | None, *, offline: bool, cache_dir: str | None
             raise ModelUnavailable(f"{OFFICIAL_NAME} is not in the cache and --offline is set; {_manual_steps(target)}")
         _download(target, reporter)
         record.write_text(sha256_of(target) + "\n")
-    elif record.is_file() and record.read_text().strip() != sha256_of(target):
-        raise ModelUnavailable(f"{target} differs from the file first downloaded (SHA-256 mismatch); delete it to fetch it again")
+    elif not record.is_file():  # placed by hand, as the manual steps suggest: trust it from now on
+        record.write_text(sha256_of(target) + "\n")
+    elif record.read_text().strip() != sha256_of(target):
+        raise ModelUnavailable(f"{target} differs from the file first used (SHA-256 mismatch); delete it to fetch it again")
     return target
 
 

@@ -22,29 +22,29 @@ _INTEGER = re.compile(r"[0-9]+")
 
 # cleaners.py `_abbreviations`, in the reference order. The reference matches case-insensitively,
 # but the text is already lowercase when they run.
-_ABBREVIATIONS = [
-    (re.compile(rf"\b{short}\."), full)
-    for short, full in [
-        ("mrs", "misess"),
-        ("mr", "mister"),
-        ("dr", "doctor"),
-        ("st", "saint"),
-        ("co", "company"),
-        ("jr", "junior"),
-        ("maj", "major"),
-        ("gen", "general"),
-        ("drs", "doctors"),
-        ("rev", "reverend"),
-        ("lt", "lieutenant"),
-        ("hon", "honorable"),
-        ("sgt", "sergeant"),
-        ("capt", "captain"),
-        ("esq", "esquire"),
-        ("ltd", "limited"),
-        ("col", "colonel"),
-        ("ft", "fort"),
-    ]
+_ABBREVIATION_TABLE = [
+    ("mrs", "misess"),
+    ("mr", "mister"),
+    ("dr", "doctor"),
+    ("st", "saint"),
+    ("co", "company"),
+    ("jr", "junior"),
+    ("maj", "major"),
+    ("gen", "general"),
+    ("drs", "doctors"),
+    ("rev", "reverend"),
+    ("lt", "lieutenant"),
+    ("hon", "honorable"),
+    ("sgt", "sergeant"),
+    ("capt", "captain"),
+    ("esq", "esquire"),
+    ("ltd", "limited"),
+    ("col", "colonel"),
+    ("ft", "fort"),
 ]
+_ABBREVIATIONS = [(re.compile(rf"\b{short}\."), full) for short, full in _ABBREVIATION_TABLE]
+# What a period may end without ending a sentence: the expanded abbreviations and common Latin ones.
+NON_FINAL_ABBREVIATIONS = frozenset(short for short, _ in _ABBREVIATION_TABLE) | {"e.g", "i.e", "etc", "vs", "no", "mt"}
 
 _WHITESPACE = re.compile(r"\s+")
 

@@ -56,7 +56,12 @@ class HiFiGANConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> HiFiGANConfig:
         """Read the generator keys of a jik876 training config; the training-only keys are ignored."""
-        raw = json.loads(Path(path).read_text())
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"{path} is not a readable HiFi-GAN config.json: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ModelUnavailable(f"{path} is not a HiFi-GAN config: found {describe(raw)}")
         missing = [field.name for field in fields(cls) if field.name not in raw]
         if missing:
             raise ModelUnavailable(f"{path} is not a HiFi-GAN config: it lacks {missing}")

@@ -78,14 +78,18 @@ def intersperse(ids: list[int], blank: int) -> list[int]:
     return spaced
 
 
+class NothingToSay(ValueError):
+    """The utterance has no letter or phone left after cleaning."""
+
+
 def text_to_ids(text: str) -> list[int]:
     """Encoder input ids for one utterance, identical to the reference inference's.
 
-    Raises ValueError when nothing speakable (no letter or phone) is left after cleaning, e.g. for
+    Raises NothingToSay (a ValueError) when nothing speakable (no letter or phone) is left after cleaning, e.g. for
     empty, whitespace-only, emoji-only or punctuation-only text: the reference raises IndexError on
     an empty line and otherwise feeds the model only blanks, spaces and punctuation.
     """
     ids = _symbol_ids(text)
     if not any(i in _SPEAKABLE_IDS for i in ids):
-        raise ValueError(f"nothing to speak in {text!r}: it has no letters or words left after cleaning")
+        raise NothingToSay(f"nothing to speak in {text!r}: it has no letters or words left after cleaning")
     return intersperse(ids, BLANK_ID)
