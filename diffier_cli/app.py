@@ -229,6 +229,128 @@ def tts(
     )
 
 
+class Preset(str, Enum):
+    paper = "paper"
+    turbo = "turbo"
+    v768 = "768v"
+
+
+class Sampler(str, Enum):
+    ddpm = "ddpm"
+    ddim = "ddim"
+
+
+class ColorFix(str, Enum):
+    adain = "adain"
+    wavelet = "wavelet"
+    none = "none"
+
+
+SR_LICENSE = (
+    "The StableSR checkpoints are under the S-Lab License 1.0: non-commercial use only "
+    "(and CC BY-NC-SA 4.0 for its SPADE code)."
+)
+
+
+@app.command(
+    epilog=(
+        "Examples: diffier sr low.png -o high.png ; diffier sr low.png --preset turbo --baseline --seed 3 . "
+        + SR_LICENSE + " " + EXIT_CODES_HELP
+    )
+)
+def sr(
+    input: str = typer.Argument(..., help="The low-resolution image (PNG, JPEG, WebP; grayscale and alpha kept)."),
+    scale: float = typer.Option(4.0, "--scale", callback=_positive, help="Output size = input size × scale.", rich_help_panel=SAMPLING),
+    preset: Preset = typer.Option(Preset.paper, "--preset", help="paper: DDPM 200 steps, dec-w 0.5, adain (stablesr_000117); turbo: 4 steps, wavelet; 768v: the v-prediction model with DDIM 20, eta 1, dec-w 0, wavelet.", rich_help_panel=SAMPLING),
+    sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="ddpm (respaced ancestral) or ddim (the official grid) (default: the preset's).", rich_help_panel=SAMPLING),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the preset's).", rich_help_panel=SAMPLING),
+    ddim_eta: Optional[float] = typer.Option(None, "--ddim-eta", min=0.0, help="DDIM's η (default: the preset's).", rich_help_panel=SAMPLING),
+    dec_w: Optional[float] = typer.Option(None, "--dec-w", min=0.0, max=1.0, help="CFW fidelity weight; 0 is the plain SD decoder (default: the preset's).", rich_help_panel=SAMPLING),
+    color_fix: Optional[ColorFix] = typer.Option(None, "--color-fix", help="Colour correction against the upscaled input (default: the preset's).", rich_help_panel=SAMPLING),
+    tile_size: Optional[int] = typer.Option(None, "--tile-size", min=64, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in output pixels, a multiple of 8 (default: 32, 48 for 768v).", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the LR posterior sample, x_T and sampler noise, and of the refinement. Random when unset.", rich_help_panel=SAMPLING),
+    baseline: bool = BASELINE,
+    eta: float = ETA,
+    threshold: float = THRESHOLD,
+    max_iters: int = MAX_ITERS,
+    direction: Direction = DIRECTION,
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help="A local StableSR checkpoint (.ckpt or converted .safetensors) (default: the preset's file from the hub repo Iceclear/StableSR).", rich_help_panel=MODEL),
+    vae_ckpt: Optional[str] = typer.Option(None, "--vae-ckpt", help="A local vqgan_cfw_00011.ckpt (default: from Iceclear/StableSR).", rich_help_panel=MODEL),
+    offline: bool = OFFLINE,
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL),
+    device: str = DEVICE,
+    dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path, a folder ending in /, or a template with {stem} {seed} {mode} (default: ./{stem}-x{scale}-{mode}.png).", rich_help_panel=OUTPUT),
+    overwrite: bool = OVERWRITE,
+    json_lines: bool = typer.Option(False, "--json", help="Print the JSON record on stdout.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET,
+) -> None:
+    """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or --baseline)."""
+    from diffier_cli import sr as job
+
+    for name, value, multiple in (("--tile-size", tile_size, 64), ("--tile-overlap", tile_overlap, 8)):
+        if value is not None and value % multiple:
+            raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=name)
+    job.run(
+        job.SROptions(
+            input=input,
+            output=output,
+            scale=scale,
+            preset=preset.value,
+            sampler=sampler.value if sampler else None,
+            steps=steps,
+            ddim_eta=ddim_eta,
+            dec_w=dec_w,
+            color_fix=color_fix.value if color_fix else None,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            checkpoint=ckpt,
+            vae_checkpoint=vae_ckpt,
+            offline=offline,
+            cache_dir=cache_dir,
+            seed=seed,
+            overwrite=overwrite,
+            device=device,
+            dtype=dtype.value,
+            refiner=_refiner(baseline, eta, threshold, max_iters, direction),
+            json=json_lines,
+            quiet=quiet,
+        )
+    )
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def convert(
+    source: str = typer.Argument(..., help="An official StableSR .ckpt (diffusion model or CFW VAE)."),
+    destination: str = typer.Argument(..., help="The .safetensors file to write."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Convert an official StableSR checkpoint to .safetensors once, so later loads unpickle nothing.
+
+    `diffier sr --ckpt/--vae-ckpt` take the .safetensors file directly; a `<file>.config.json`
+    beside the source is copied beside the destination.
+    """
+    import shutil
+    from pathlib import Path
+
+    from diffier_cli.errors import UsageError
+    from models.stablesr.checkpoints import convert_to_safetensors
+
+    src, dst = Path(source), Path(destination)
+    if dst.suffix != ".safetensors":
+        raise UsageError(f"{dst} must end in .safetensors")
+    if dst.exists() and not overwrite:
+        raise UsageError(f"{dst} exists; pass --overwrite to replace it")
+    if not dst.parent.is_dir():
+        raise UsageError(f"cannot write to {dst.parent}: no such folder")
+    convert_to_safetensors(src, dst)
+    config = src.with_name(src.name + ".config.json")
+    if config.is_file():
+        shutil.copyfile(config, dst.with_name(dst.name + ".config.json"))
+    typer.echo(f"wrote {dst}", err=True)
+
+
 def _fail(message: str, code: int) -> None:
     print(f"diffier: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)

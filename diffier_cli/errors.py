@@ -42,8 +42,8 @@ class ModelUnavailable(DiffierError):
 
 
 OOM_HINT = (
-    "out of memory: try a smaller --height/--width, --batch-size 1, "
-    "or --dtype float16 on a GPU"
+    "out of memory: make the work smaller (t2i: --height/--width, --batch-size 1; "
+    "sr: a smaller --tile-size or --scale) or use --dtype float16 on a GPU"
 )
 
 

@@ -1,0 +1,149 @@
+"""StableSR as a `Backbone` for the shared loop (the official `_canvas_tile` scripts' path).
+
+Per step: the time-aware encoder turns the LR latent into structure features at the original
+timestep, the SPADE UNet predicts ε (or v) tile by tile on the latent canvas, and the tiles are
+stitched with Gaussian weights (ddpm.py `p_mean_variance_canvas`). The refiner then sees the
+whole stitched prediction, never a tile.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffier_cli.errors import ModelUnavailable
+from models.checkpoints import sha256_of
+from models.stablesr.cfw import CFWAutoencoder, load_cfw
+from models.stablesr.checkpoints import PREFIXES, read_official_state_dict, split_by_prefix
+from models.stablesr.colorfix import adain_color_fix, wavelet_color_fix
+from models.stablesr.schedule import QuirkyDDIM, RespacedDDPM
+from models.stablesr.struct_encoder import TimeAwareEncoder
+from models.stablesr.text_embedding import empty_prompt_embedding
+from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles, tile_slices
+from models.stablesr.unet import SD21_UNET_CONFIG, STRUCT_CHANNELS, build_stablesr_unet, convert_official_unet
+
+COLOR_FIXES = {"adain": adain_color_fix, "wavelet": wavelet_color_fix, "none": None}
+
+
+@dataclass
+class SRState:
+    z_lr: torch.Tensor  # scaled LR latent: the struct encoder's input
+    enc_fea: list[torch.Tensor]  # CFW encoder features for the decoder
+    upscaled: torch.Tensor  # the bicubic-upscaled LR image in [-1, 1]: the colour reference
+    sampler: RespacedDDPM | QuirkyDDIM
+    tile: int
+    overlap: int
+    noise_generator: torch.Generator  # posterior sample, x_T and the samplers' noise (CPU)
+
+
+def read_model_config(checkpoint: Path) -> dict:
+    """Module configs from `<checkpoint>.config.json` when present (non-SD-2.1 shapes), else SD-2.1's."""
+    sidecar = checkpoint.with_name(checkpoint.name + ".config.json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except ValueError as exc:
+        raise ModelUnavailable(f"{sidecar} is not valid JSON: {exc}") from exc
+
+
+class StableSR:
+    def __init__(self, unet, struct, encoder: TimeAwareEncoder, cfw: CFWAutoencoder, context: torch.Tensor,
+                 prediction_type: str, info: dict, device: torch.device, dtype: torch.dtype):
+        self.unet, self.struct, self.encoder, self.cfw = unet, struct, encoder, cfw
+        self.context = context
+        self.prediction_type = prediction_type
+        self.info = info
+        self.device, self.dtype = device, dtype
+
+    @classmethod
+    def load(cls, checkpoint: Path, vae_checkpoint: Path, *, prediction_type: str,
+             device: torch.device, dtype: torch.dtype) -> "StableSR":
+        config = read_model_config(checkpoint)
+        parts = split_by_prefix(read_official_state_dict(checkpoint))
+        if prediction_type == "v_prediction":
+            config.setdefault("unet", {}).setdefault("sample_size", 96)
+        unet_config = {**SD21_UNET_CONFIG, **config.get("unet", {})}
+        unet, struct = build_stablesr_unet(unet_config, config.get("struct_channels", STRUCT_CHANNELS))
+        unet.load_state_dict(convert_official_unet(parts["unet"], unet_config), strict=True)
+        encoder = TimeAwareEncoder(**config.get("struct_encoder", {}))
+        prefix = PREFIXES["struct_encoder"]
+        encoder.load_state_dict({k.removeprefix(prefix): v for k, v in parts["struct_encoder"].items()}, strict=True)
+        context = empty_prompt_embedding(parts["text_encoder"])
+        vae_config = read_model_config(vae_checkpoint).get("vae")
+        cfw = load_cfw(read_official_state_dict(vae_checkpoint), vae_config)
+        info = {
+            "checkpoint": {"path": str(checkpoint), "sha256": sha256_of(checkpoint)},
+            "vae_checkpoint": {"path": str(vae_checkpoint), "sha256": sha256_of(vae_checkpoint)},
+            "prediction_type": prediction_type,
+        }
+        for module in (unet, encoder, cfw):
+            module.to(device=device, dtype=dtype).eval()
+        return cls(unet, struct, encoder, cfw, context.to(device=device, dtype=dtype),
+                   prediction_type, info, device, dtype)
+
+    @property
+    def latent_scale(self) -> int:
+        return 2 ** (len(self.cfw.vae.config.block_out_channels) - 1)
+
+    def prepare(self, upscaled: torch.Tensor, *, sampler: str, steps: int, ddim_eta: float, tile: int,
+                overlap: int, noise_generator: torch.Generator) -> SRState:
+        """`upscaled`: the LR image already resized to the output size and padded, [1, 3, H, W] in [-1, 1]."""
+        image = upscaled.to(device=self.device, dtype=self.dtype)
+        latent, enc_fea = self.cfw.encode(image, noise_generator)
+        z_lr = latent * self.cfw.vae.config.scaling_factor
+        if sampler == "ddpm":
+            schedule = RespacedDDPM(steps, prediction_type=self.prediction_type)
+        else:
+            schedule = QuirkyDDIM(steps, eta=ddim_eta, prediction_type=self.prediction_type)
+        tile = min(tile, *z_lr.shape[-2:])
+        return SRState(z_lr, enc_fea, image, schedule, tile, min(overlap, tile // 2), noise_generator)
+
+    def _randn(self, like: torch.Tensor, state: SRState) -> torch.Tensor:
+        noise = torch.randn(like.shape, generator=state.noise_generator, dtype=torch.float32)
+        return noise.to(device=like.device, dtype=like.dtype)
+
+    def init_noise(self, state: SRState) -> torch.Tensor:
+        # canvas_tile scripts: DDPM starts from the LR latent noised to t = 999, DDIM from pure noise.
+        noise = self._randn(state.z_lr, state)
+        if isinstance(state.sampler, RespacedDDPM):
+            return state.sampler.q_sample(state.z_lr, noise)
+        return noise
+
+    def timesteps(self, state: SRState) -> list[int]:
+        return [int(t) for t in state.sampler.timesteps]
+
+    def predict(self, x: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
+        slices = tile_slices(x.shape, state.tile, state.overlap)
+        time = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        outputs = []
+        for rows, cols in slices:
+            features = self.encoder(state.z_lr[..., rows, cols], time)
+            with self.struct.provided(features):
+                outputs.append(self.unet(x[..., rows, cols], time, encoder_hidden_states=self.context.expand(x.shape[0], -1, -1)).sample)
+        weights = gaussian_tile_weights(state.tile, device=x.device)
+        return stitch_tiles(outputs, slices, x.shape, weights).to(x.dtype)
+
+    def to_eps(self, prediction: torch.Tensor, x: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return prediction
+        a = state.sampler.alpha_bar(t)  # ε = √ᾱ v + √(1 − ᾱ) x (ddpm.py predict_eps_from_z_and_v)
+        return a**0.5 * prediction.float() + (1 - a) ** 0.5 * x.float()
+
+    def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return eps
+        a = state.sampler.alpha_bar(t)  # v = (ε − √(1 − ᾱ) x) / √ᾱ
+        return ((eps.float() - (1 - a) ** 0.5 * x.float()) / a**0.5).to(x.dtype)
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
+        return state.sampler.step(prediction, t, x, self._randn(x, state))
+
+    def decode(self, latents: torch.Tensor, state: SRState, *, dec_w: float, color_fix: str) -> torch.Tensor:
+        """Latent → image in [-1, 1] (CFW decoder), colour-corrected against the upscaled LR."""
+        image = self.cfw.decode(latents / self.cfw.vae.config.scaling_factor, state.enc_fea, dec_w)
+        fix = COLOR_FIXES[color_fix]
+        return fix(image.float(), state.upscaled.float()) if fix is not None else image.float()

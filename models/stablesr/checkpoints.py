@@ -1,0 +1,162 @@
+"""Safe reading of StableSR's official PyTorch-Lightning `.ckpt` files, and conversion to safetensors.
+
+The official files are whole Lightning saves: besides `state_dict` they may pickle callbacks,
+optimizer states and other objects, which `torch.load(weights_only=True)` refuses. Unpickling
+them for real would run code from the file, which this project never does. Instead, each foreign
+class or function the pickle names is mapped to `InertStandIn`, a class that swallows whatever
+it is given; the weights-only unpickler still builds only tensors and plain containers, and
+everything but `state_dict` is thrown away. Globals of the modules torch blocks outright (os,
+sys, posix, nt) stay refused, and so does a pickled dict or list subclass: the unpickler fills
+only exact dicts and lists, so its items have nowhere to go.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffier_cli.errors import ModelUnavailable
+from models.checkpoints import describe
+
+# Key prefixes of LatentDiffusionSRTextWT's state_dict (design §3.1). The groups keep them: the
+# diffusers converters key on them (convert_ldm_unet_checkpoint reads only `model.diffusion_model.*`;
+# convert_open_clip_checkpoint's ignore list holds prefixed names).
+PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "struct_encoder": "structcond_stage_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.model.",
+}
+
+# Buffers the sampling scripts recompute (ldm/models/diffusion/ddpm.py l.229-273, l.1614).
+_SCHEDULE_BUFFERS = frozenset({
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+    "posterior_mean_coef1", "posterior_mean_coef2", "scale_factor", "logvar",
+})
+
+
+class InertStandIn:
+    """Stands in for any class or function a checkpoint's pickle names: it accepts any arguments
+    and any state and keeps nothing, so loading such an object can run no code."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> InertStandIn:
+        return super().__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object):
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """The sentence of a torch.load error that names the problem: the global it would not load
+    when there is one, not torch's generic preamble about weights_only."""
+    text = str(exc)
+    detail = text.partition("WeightsUnpickler error:")[2] or text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(exc).__name__)
+    return reason.split(". ")[0].rstrip(".")
+
+
+def _torch_load(path: Path) -> object:
+    """Weights-only load on the CPU, memory-mapped when the file is a zip archive (multi-GB files)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
+def _load_with_stand_ins(path: Path) -> object:
+    """Weights-only load; if foreign globals make it refuse, retry with each mapped to `InertStandIn`."""
+    try:
+        return _torch_load(path)
+    except pickle.UnpicklingError as refusal:
+        try:
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: the first refusal is the answer
+            raise refusal from None
+        if not foreign:
+            raise refusal
+        with torch.serialization.safe_globals([(InertStandIn, name) for name in foreign]):
+            return _torch_load(path)
+
+
+def _state_dict_of(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    """`state_dict` of a Lightning save, or the dict itself when it is already flat tensors
+    (the official `init_from_ckpt` accepts both, autoencoder.py l.552-554)."""
+    if not isinstance(loaded, Mapping):
+        raise ModelUnavailable(f"{path} is not a StableSR checkpoint: found {describe(loaded)}")
+    found = loaded.get("state_dict", loaded)
+    if not isinstance(found, Mapping) or not found or not all(isinstance(v, torch.Tensor) for v in found.values()):
+        raise ModelUnavailable(
+            f"{path} is not a StableSR checkpoint (expected a Lightning save with a 'state_dict' of tensors): "
+            f"found {describe(loaded)}"
+        )
+    return dict(found)
+
+
+def read_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an official `.ckpt` (its `state_dict`) or of a `.safetensors` conversion."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailable(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
+            raise ModelUnavailable(f"{path} is not a readable safetensors file ({exc})") from exc
+    try:
+        loaded = _load_with_stand_ins(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
+        raise ModelUnavailable(
+            f"{path} is not a tensors-only torch checkpoint (torch.load with weights_only=True: "
+            f"{_refusal_reason(exc)})"
+        ) from exc
+    return _state_dict_of(loaded, path)
+
+
+def split_by_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Group a diffusion checkpoint's tensors by sub-model (keys unchanged, see `PREFIXES`).
+
+    The schedule buffers are dropped. A file without UNet or struct-encoder tensors is not a
+    StableSR diffusion checkpoint; empty `vae`/`text_encoder` groups are left for the caller to
+    judge. Unknown top-level tensors are refused rather than guessed at.
+    """
+    groups: dict[str, dict[str, torch.Tensor]] = {name: {} for name in PREFIXES}
+    unknown = []
+    for key, value in state_dict.items():
+        name = next((name for name, prefix in PREFIXES.items() if key.startswith(prefix)), None)
+        if name is not None:
+            groups[name][key] = value
+        elif key not in _SCHEDULE_BUFFERS:
+            unknown.append(key)
+    if not groups["unet"] or not groups["struct_encoder"]:
+        raise ModelUnavailable(
+            "not a StableSR diffusion checkpoint (it needs model.diffusion_model.* and structcond_stage_model.* "
+            f"tensors); found {describe(dict(state_dict))}"
+        )
+    if unknown:
+        raise ModelUnavailable(f"unexpected tensors in the StableSR checkpoint: {', '.join(unknown[:3])}")
+    return groups
+
+
+def convert_to_safetensors(src: Path, dst: Path) -> None:
+    """Write the tensors of `src` to `dst` as safetensors, atomically (a temp file, then a rename),
+    so later loads need no unpickling at all and an interrupted run leaves no partial `dst`."""
+    dst = Path(dst)
+    tensors = {key: value.contiguous() for key, value in read_official_state_dict(Path(src)).items()}
+    handle, temp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temp_name, metadata={"format": "pt"})
+        os.replace(temp_name, dst)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,219 @@
+"""`diffier sr` end to end on tiny StableSR checkpoints saved in the official formats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from tests.conftest import run_cli
+from tests.test_t2i_cli import assert_one_line_error
+from tests.tiny_stablesr import save_tiny_stablesr, text_tower_state
+
+SMALL = ("--tile-size", "64", "--tile-overlap", "32", "--steps", "3")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_stablesr(tmp_path_factory.mktemp("stablesr"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), "RGB")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a castle\nSteps: 20, Sampler: DDIM, Seed: 5")
+    rgb.save(folder / "rgb.png", pnginfo=info)
+    Image.fromarray(rng.integers(0, 256, (8, 12, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (9, 7), dtype=np.uint8), "L").save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB").save(folder / "square.png")
+    return folder
+
+
+def sr(tiny, source, out, *extra):
+    return run_cli("sr", str(source), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+                   "-o", str(out), "--json", *extra)
+
+
+def test_refined_differs_reproduces_and_keeps_provenance(tiny, images, tmp_path):
+    runs = {name: sr(tiny, images / "rgb.png", tmp_path / f"{name}.png", "--seed", "2", *extra)
+            for name, extra in {"r1": (), "r2": (), "b1": ("--baseline",), "b2": ("--baseline",)}.items()}
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+    pixels = {name: np.asarray(Image.open(tmp_path / f"{name}.png")) for name in runs}
+    assert pixels["r1"].shape == (32, 48, 3)  # exactly input × 4
+    assert np.array_equal(pixels["r1"], pixels["r2"]) and np.array_equal(pixels["b1"], pixels["b2"])
+    assert not np.array_equal(pixels["r1"], pixels["b1"])
+
+    text = Image.open(tmp_path / "r1.png").text
+    assert text["parameters"] == "a castle\nSteps: 20, Sampler: DDIM, Seed: 5"  # the input's chunk, untouched
+    assert "StableSR upscale: 4" in text["postprocessing"] and "DiffIER: refined" in text["postprocessing"]
+    record = json.loads(text["diffier"])
+    (printed,) = runs["r1"].records
+    assert {k: v for k, v in printed.items() if k not in ("path", "wall_time_s")} == record
+    assert record["output_size"] == [48, 32] and record["input_size"] == [12, 8]
+    assert record["params"]["sampler"] == "ddpm" and record["params"]["steps"] == 3
+    assert record["params"]["dec_w"] == 0.5 and record["params"]["color_fix"] == "adain"
+    assert record["refinement"]["per_step"]["iterations"] == [1, 1, 1]
+    assert len(record["model"]["checkpoint"]["sha256"]) == 64
+
+
+def test_alpha_and_grayscale_are_kept(tiny, images, tmp_path):
+    rgba = sr(tiny, images / "rgba.png", tmp_path / "a.png", "--seed", "1", "--sampler", "ddim", "--color-fix", "wavelet")
+    gray = sr(tiny, images / "gray.png", tmp_path / "g.png", "--seed", "1", "--scale", "2")
+    assert rgba.returncode == 0 and gray.returncode == 0, rgba.stderr + gray.stderr
+    out = Image.open(tmp_path / "a.png")
+    assert out.mode == "RGBA" and out.size == (48, 32)
+    expected_alpha = Image.open(images / "rgba.png").getchannel("A").resize((48, 32), Image.Resampling.BICUBIC)
+    assert np.array_equal(np.asarray(out.getchannel("A")), np.asarray(expected_alpha))
+    assert Image.open(tmp_path / "g.png").mode == "L" and Image.open(tmp_path / "g.png").size == (14, 18)
+
+
+def test_baseline_equals_the_sampler_written_out(tiny, images, tmp_path):
+    """One tile, dec_w 0, no colour fix: the CLI must equal the official DDPM path spelled out here
+    with the modules themselves (x_T = q_sample(z_LR, 999); struct features and UNet at t_orig)."""
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from models.stablesr.adapter import StableSR
+    from models.stablesr.schedule import RespacedDDPM
+
+    result = sr(tiny, images / "square.png", tmp_path / "one.png", "--seed", "9", "--baseline", "--dec-w", "0", "--color-fix", "none",
+                "--tile-size", "256", "--scale", "4")
+    assert result.returncode == 0, result.stderr
+
+    model = StableSR.load(Path(tiny["ckpt"]), Path(tiny["vae"]), prediction_type="epsilon", device=torch.device("cpu"), dtype=torch.float32)
+    lr = torch.from_numpy(np.asarray(Image.open(images / "square.png").convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    work = (256, 256)  # the 32-px output is upscaled 8× so that it covers one 256-px tile
+    upscaled = F.interpolate(lr, size=work, mode="bicubic", align_corners=False).clamp(-1, 1)
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        latent, enc_fea = model.cfw.encode(upscaled, generator)
+        z_lr = latent * model.cfw.vae.config.scaling_factor
+        ddpm = RespacedDDPM(3)
+        x = ddpm.q_sample(z_lr, torch.randn(z_lr.shape, generator=generator))
+        for t in ddpm.timesteps.tolist():
+            time = torch.tensor([t])
+            with model.struct.provided(model.encoder(z_lr, time)):
+                eps = model.unet(x, time, encoder_hidden_states=model.context).sample
+            x = ddpm.step(eps, t, x, torch.randn(x.shape, generator=generator))
+        image = model.cfw.decode(x / model.cfw.vae.config.scaling_factor, enc_fea, 0.0)
+        image = F.interpolate(image, size=(32, 32), mode="bicubic", align_corners=False)
+    expected = ((image[0].clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    ours = np.asarray(Image.open(tmp_path / "one.png"))
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_empty_prompt_embedding_equals_the_open_clip_forward():
+    """transformers' CLIPTextModel via diffusers' converter vs the OpenCLIP text tower written out
+    (nn.MultiheadAttention with the packed in_proj, causal mask, GELU MLP), penultimate + ln_final."""
+    from models.stablesr.text_embedding import PREFIX, empty_prompt_embedding, empty_prompt_ids
+
+    state = text_tower_state(width=64, blocks=3, seed=4)
+    ours = empty_prompt_embedding(state)
+
+    ids = empty_prompt_ids(77)
+    x = state[PREFIX + "token_embedding.weight"][ids] + state[PREFIX + "positional_embedding"]
+    mask = torch.full((77, 77), float("-inf")).triu(1)
+    with torch.no_grad():
+        for i in range(2):  # all but the last of the 3 blocks
+            p = f"{PREFIX}transformer.resblocks.{i}."
+            attention = torch.nn.MultiheadAttention(64, 1, batch_first=True)
+            attention.in_proj_weight.copy_(state[p + "attn.in_proj_weight"])
+            attention.in_proj_bias.copy_(state[p + "attn.in_proj_bias"])
+            attention.out_proj.weight.copy_(state[p + "attn.out_proj.weight"])
+            attention.out_proj.bias.copy_(state[p + "attn.out_proj.bias"])
+            h = F_layer_norm(x, state, p + "ln_1")
+            x = x + attention(h, h, h, attn_mask=mask, need_weights=False)[0]
+            h = F_layer_norm(x, state, p + "ln_2")
+            h = torch.nn.functional.gelu(h @ state[p + "mlp.c_fc.weight"].T + state[p + "mlp.c_fc.bias"])
+            x = x + h @ state[p + "mlp.c_proj.weight"].T + state[p + "mlp.c_proj.bias"]
+        expected = F_layer_norm(x, state, PREFIX + "ln_final")
+    assert (ours - expected).abs().max() <= 1e-5
+
+
+def F_layer_norm(x, state, name):
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], state[name + ".weight"], state[name + ".bias"])
+
+
+@pytest.mark.parametrize(("content", "needle"), [(b"not an image at all", "not a readable image"),
+                                                 (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "not a readable image")])
+def test_unreadable_inputs_exit_2(tmp_path, content, needle):
+    source = tmp_path / "in.png"
+    source.write_bytes(content)
+    result = run_cli("sr", str(source), "-o", str(tmp_path / "out.png"), "-q")
+    assert_one_line_error(result, 2, needle)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_too_large_output_exits_2(images, tmp_path):
+    result = run_cli("sr", str(images / "rgb.png"), "--scale", "2000", "-o", str(tmp_path / "out.png"), "-q")
+    assert_one_line_error(result, 2, "memory budget")
+
+
+def test_missing_weights_offline_and_wrong_checkpoint_exit_3(images, tmp_path):
+    offline = run_cli("sr", str(images / "rgb.png"), "--offline", "--cache-dir", str(tmp_path / "hub"), "-o", str(tmp_path / "a.png"), "-q")
+    assert_one_line_error(offline, 3, "Iceclear/StableSR", "--ckpt")
+    wrong = tmp_path / "grad-tts.pt"
+    torch.save({"encoder.emb.weight": torch.zeros(2, 2)}, wrong)
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(wrong), "--vae-ckpt", str(wrong), "-o", str(tmp_path / "a.png"), "-q")
+    assert_one_line_error(result, 3)
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_convert_to_safetensors_then_load_gives_the_same_image(tiny, images, tmp_path):
+    converted = tmp_path / "stablesr_tiny.safetensors"
+    result = run_cli("convert", str(tiny["ckpt"]), str(converted))
+    assert result.returncode == 0, result.stderr
+    original = sr(tiny, images / "rgb.png", tmp_path / "a.png", "--seed", "4", "--baseline")
+    again = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(converted), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+                    "-o", str(tmp_path / "b.png"), "--seed", "4", "--baseline", "-q")
+    assert original.returncode == 0 and again.returncode == 0, original.stderr + again.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+
+
+def test_odd_sizes_come_out_exactly_scaled(tiny, tmp_path):
+    source = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (77, 123, 3), dtype=np.uint8), "RGB").save(source)
+    result = sr(tiny, source, tmp_path / "odd-x4.png", "--seed", "1", "--steps", "1")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "odd-x4.png").size == (492, 308)
+
+
+def test_tiling_is_invisible_to_a_position_independent_model():
+    """Stitching per-tile outputs of an elementwise model gives that model applied to the whole canvas."""
+    from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles, tile_slices
+
+    canvas = torch.randn(1, 4, 20, 37, generator=torch.Generator().manual_seed(0))
+    slices = tile_slices(canvas.shape, 8, 4)
+    outputs = [torch.tanh(canvas[..., rows, cols]) for rows, cols in slices]
+    stitched = stitch_tiles(outputs, slices, canvas.shape, gaussian_tile_weights(8))
+    assert len(slices) > 10
+    assert (stitched - torch.tanh(canvas)).abs().max() <= 1e-6
+
+
+class _Payload:
+    """Unpickling this would run a shell command; the safe loader must never do it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import subprocess
+
+        return subprocess.call, (["touch", str(self.marker)],)
+
+
+def test_a_checkpoint_with_a_pickled_callable_is_refused_with_exit_3(images, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": _Payload(marker), "global_step": 1}, evil)
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(evil), "--vae-ckpt", str(evil), "-o", str(tmp_path / "a.png"), "-q")
+    assert_one_line_error(result, 3)
+    assert not marker.exists() and not (tmp_path / "a.png").exists()
