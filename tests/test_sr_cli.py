@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 from tests.test_t2i_cli import assert_one_line_error
 from tests.tiny_stablesr import save_tiny_stablesr, text_tower_state
 
-SMALL = ("--tile-size", "64", "--tile-overlap", "32", "--steps", "3")
+SMALL = ("--tile-size", "64", "--tile-overlap", "4", "--steps", "3")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_baseline_equals_the_sampler_written_out(tiny, images, tmp_path):
                 eps = model.unet(x, time, encoder_hidden_states=model.context).sample
             x = ddpm.step(eps, t, x, torch.randn(x.shape, generator=generator))
         image = model.cfw.decode(x / model.cfw.vae.config.scaling_factor, enc_fea, 0.0)
-        image = F.interpolate(image, size=(32, 32), mode="bicubic", align_corners=False)
+        image = F.interpolate(image.clamp(-1, 1), size=(32, 32), mode="bicubic", align_corners=False)
     expected = ((image[0].clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0).to(torch.uint8).numpy()
     ours = np.asarray(Image.open(tmp_path / "one.png"))
     assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
@@ -113,10 +113,10 @@ def test_baseline_equals_the_sampler_written_out(tiny, images, tmp_path):
 def test_empty_prompt_embedding_equals_the_open_clip_forward():
     """transformers' CLIPTextModel via diffusers' converter vs the OpenCLIP text tower written out
     (nn.MultiheadAttention with the packed in_proj, causal mask, GELU MLP), penultimate + ln_final."""
-    from models.stablesr.text_embedding import PREFIX, empty_prompt_embedding, empty_prompt_ids
+    from models.stablesr.text_embedding import PREFIX, empty_prompt_embedding, empty_prompt_ids, load_text_model
 
     state = text_tower_state(width=64, blocks=3, seed=4)
-    ours = empty_prompt_embedding(state)
+    ours = empty_prompt_embedding(load_text_model(state))
 
     ids = empty_prompt_ids(77)
     x = state[PREFIX + "token_embedding.weight"][ids] + state[PREFIX + "positional_embedding"]
@@ -154,7 +154,7 @@ def test_unreadable_inputs_exit_2(tmp_path, content, needle):
 
 def test_too_large_output_exits_2(images, tmp_path):
     result = run_cli("sr", str(images / "rgb.png"), "--scale", "2000", "-o", str(tmp_path / "out.png"), "-q")
-    assert_one_line_error(result, 2, "memory budget")
+    assert_one_line_error(result, 2, "MP budget")
 
 
 def test_missing_weights_offline_and_wrong_checkpoint_exit_3(images, tmp_path):
@@ -217,3 +217,61 @@ def test_a_checkpoint_with_a_pickled_callable_is_refused_with_exit_3(images, tmp
     result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(evil), "--vae-ckpt", str(evil), "-o", str(tmp_path / "a.png"), "-q")
     assert_one_line_error(result, 3)
     assert not marker.exists() and not (tmp_path / "a.png").exists()
+
+
+def test_negative_prompt_guidance_on_the_ddim_path(tiny, images, tmp_path):
+    ddim = ("--sampler", "ddim", "--seed", "3", "--tokenizer", str(tiny["tokenizer"]), "--baseline")
+    plain = sr(tiny, images / "rgb.png", tmp_path / "plain.png", *ddim[:4], "--baseline")
+    unit = sr(tiny, images / "rgb.png", tmp_path / "unit.png", *ddim, "--negative-prompt", "blurry, jpeg", "--cfg", "1")
+    strong = sr(tiny, images / "rgb.png", tmp_path / "strong.png", *ddim, "--negative-prompt", "blurry, jpeg")
+    for result in (plain, unit, strong):
+        assert result.returncode == 0, result.stderr
+    pixels = {name: np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int) for name in ("plain", "unit", "strong")}
+    assert np.abs(pixels["unit"] - pixels["plain"]).max() <= 1  # ω = 1 is the conditional branch alone
+    assert np.abs(pixels["strong"] - pixels["plain"]).max() > 1
+    (record,) = strong.records
+    assert record["params"]["negative_prompt"] == "blurry, jpeg" and record["params"]["cfg"] == 7.0
+
+
+def test_guidance_options_are_checked(images, tmp_path):
+    ddpm = run_cli("sr", str(images / "rgb.png"), "--negative-prompt", "blurry", "-o", str(tmp_path / "a.png"), "-q")
+    assert_one_line_error(ddpm, 2, "--sampler ddim")
+    bare = run_cli("sr", str(images / "rgb.png"), "--sampler", "ddim", "--cfg", "5", "-o", str(tmp_path / "a.png"), "-q")
+    assert_one_line_error(bare, 2, "--negative-prompt")
+
+
+def test_large_images_run_as_blended_pixel_tiles(tiny, tmp_path):
+    source = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (30, 45, 3), dtype=np.uint8), "RGB").save(source)
+    tiled = sr(tiny, source, tmp_path / "tiled.png", "--seed", "1", "--steps", "1", "--pixel-tile", "128", "--pixel-stride", "96")
+    whole = sr(tiny, source, tmp_path / "whole.png", "--seed", "1", "--steps", "1")
+    assert tiled.returncode == 0 and whole.returncode == 0, tiled.stderr + whole.stderr
+    (record,) = tiled.records
+    # 180×120 padded to 192×128: one row of 128-px tiles, at columns 0 and 64
+    assert record["params"]["pixel_tiles"] == 2 and len(record["refinement"]["per_pixel_tile"]) == 2
+    assert Image.open(tmp_path / "tiled.png").size == Image.open(tmp_path / "whole.png").size == (180, 120)
+
+
+def test_pixel_patches_cover_the_image_with_the_last_flush():
+    from diffier_cli.sr import pixel_patches
+
+    patches = pixel_patches(1500, 3000, 1280, 1000)
+    assert [(r.start, r.stop) for r, _ in patches[::3]] == [(0, 1280), (220, 1500)]
+    assert sorted({(c.start, c.stop) for _, c in patches}) == [(0, 1280), (1000, 2280), (1720, 3000)]
+    assert pixel_patches(600, 700, 1280, 1000) == [(slice(0, 600), slice(0, 700))]
+
+
+def test_palette_16_bit_and_low_precision_inputs(tiny, tmp_path):
+    palette = Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8), "L").convert("P")
+    palette.info["transparency"] = 3
+    palette.save(tmp_path / "p.png", transparency=3)
+    deep = Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000))
+    deep.save(tmp_path / "deep.png")
+    p = sr(tiny, tmp_path / "p.png", tmp_path / "p-x4.png", "--seed", "1", "--steps", "1")
+    d = sr(tiny, tmp_path / "deep.png", tmp_path / "d-x4.png", "--seed", "1", "--steps", "1", "--color-fix", "none", "--dec-w", "0")
+    bf16 = sr(tiny, tmp_path / "deep.png", tmp_path / "b-x4.png", "--seed", "1", "--steps", "1", "--dtype", "bfloat16")
+    for result in (p, d, bf16):
+        assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "p-x4.png").mode == "RGBA"
+    out = np.asarray(Image.open(tmp_path / "d-x4.png"))
+    assert Image.open(tmp_path / "d-x4.png").mode == "L" and out.std() > 0  # not clipped to one value

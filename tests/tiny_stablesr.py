@@ -62,6 +62,23 @@ def _moderate(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return moderated
 
 
+def save_tiny_tokenizer(folder: Path) -> Path:
+    """A character-level CLIP BPE tokenizer with the real special-token ids (49406, 49407) and pad 0."""
+    from transformers import CLIPTokenizer
+
+    from tests.tiny_sd import _bytes_to_unicode
+
+    symbols = _bytes_to_unicode()
+    vocab = {token: i for i, token in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": 49406, "<|endoftext|>": 49407})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def save_tiny_stablesr(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(6)
@@ -78,4 +95,4 @@ def save_tiny_stablesr(folder: Path) -> dict[str, Path]:
     vae = folder / "vqgan_cfw_tiny.ckpt"
     torch.save({"state_dict": _moderate(_official_cfw_state_dict())}, vae)
     vae.with_name(vae.name + ".config.json").write_text(json.dumps({"vae": TINY_CONFIG}))
-    return {"ckpt": checkpoint, "vae": vae}
+    return {"ckpt": checkpoint, "vae": vae, "tokenizer": save_tiny_tokenizer(folder / "tokenizer")}

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli.errors import ModelUnavailable
+from diffier_cli.errors import ModelUnavailable, UsageError
 from models.checkpoints import sha256_of
 from models.stablesr.cfw import CFWAutoencoder, load_cfw
 from models.stablesr.checkpoints import PREFIXES, read_official_state_dict, split_by_prefix
 from models.stablesr.colorfix import adain_color_fix, wavelet_color_fix
 from models.stablesr.schedule import QuirkyDDIM, RespacedDDPM
 from models.stablesr.struct_encoder import TimeAwareEncoder
-from models.stablesr.text_embedding import empty_prompt_embedding
+from models.stablesr.text_embedding import empty_prompt_embedding, load_text_model, prompt_embedding
 from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles, tile_slices
 from models.stablesr.unet import SD21_UNET_CONFIG, STRUCT_CHANNELS, build_stablesr_unet, convert_official_unet
 
@@ -37,6 +37,8 @@ class SRState:
     tile: int
     overlap: int
     noise_generator: torch.Generator  # posterior sample, x_T and the samplers' noise (CPU)
+    negative_context: torch.Tensor | None = None  # DDIM scripts' negative prompt, for guidance
+    cfg: float = 1.0
 
 
 def read_model_config(checkpoint: Path) -> dict:
@@ -51,9 +53,10 @@ def read_model_config(checkpoint: Path) -> dict:
 
 
 class StableSR:
-    def __init__(self, unet, struct, encoder: TimeAwareEncoder, cfw: CFWAutoencoder, context: torch.Tensor,
-                 prediction_type: str, info: dict, device: torch.device, dtype: torch.dtype):
+    def __init__(self, unet, struct, encoder: TimeAwareEncoder, cfw: CFWAutoencoder, text_model,
+                 context: torch.Tensor, prediction_type: str, info: dict, device: torch.device, dtype: torch.dtype):
         self.unet, self.struct, self.encoder, self.cfw = unet, struct, encoder, cfw
+        self.text_model = text_model
         self.context = context
         self.prediction_type = prediction_type
         self.info = info
@@ -68,11 +71,16 @@ class StableSR:
             config.setdefault("unet", {}).setdefault("sample_size", 96)
         unet_config = {**SD21_UNET_CONFIG, **config.get("unet", {})}
         unet, struct = build_stablesr_unet(unet_config, config.get("struct_channels", STRUCT_CHANNELS))
-        unet.load_state_dict(convert_official_unet(parts["unet"], unet_config), strict=True)
         encoder = TimeAwareEncoder(**config.get("struct_encoder", {}))
         prefix = PREFIXES["struct_encoder"]
-        encoder.load_state_dict({k.removeprefix(prefix): v for k, v in parts["struct_encoder"].items()}, strict=True)
-        context = empty_prompt_embedding(parts["text_encoder"])
+        try:
+            unet.load_state_dict(convert_official_unet(parts["unet"], unet_config), strict=True)
+            encoder.load_state_dict({k.removeprefix(prefix): v for k, v in parts["struct_encoder"].items()}, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelUnavailable(f"{checkpoint} does not fit the StableSR architecture: {first}") from exc
+        text_model = load_text_model(parts["text_encoder"])
+        context = empty_prompt_embedding(text_model)
         vae_config = read_model_config(vae_checkpoint).get("vae")
         cfw = load_cfw(read_official_state_dict(vae_checkpoint), vae_config)
         info = {
@@ -82,7 +90,7 @@ class StableSR:
         }
         for module in (unet, encoder, cfw):
             module.to(device=device, dtype=dtype).eval()
-        return cls(unet, struct, encoder, cfw, context.to(device=device, dtype=dtype),
+        return cls(unet, struct, encoder, cfw, text_model, context.to(device=device, dtype=dtype),
                    prediction_type, info, device, dtype)
 
     @property
@@ -90,8 +98,9 @@ class StableSR:
         return 2 ** (len(self.cfw.vae.config.block_out_channels) - 1)
 
     def prepare(self, upscaled: torch.Tensor, *, sampler: str, steps: int, ddim_eta: float, tile: int,
-                overlap: int, noise_generator: torch.Generator) -> SRState:
-        """`upscaled`: the LR image already resized to the output size and padded, [1, 3, H, W] in [-1, 1]."""
+                overlap: int, noise_generator: torch.Generator, negative: tuple | None = None) -> SRState:
+        """`upscaled`: the LR image resized to the working size and padded, [1, 3, H, W] in [-1, 1];
+        `negative`: (tokenizer, prompt, cfg) for the DDIM scripts' negative-prompt guidance."""
         image = upscaled.to(device=self.device, dtype=self.dtype)
         latent, enc_fea = self.cfw.encode(image, noise_generator)
         z_lr = latent * self.cfw.vae.config.scaling_factor
@@ -100,7 +109,13 @@ class StableSR:
         else:
             schedule = QuirkyDDIM(steps, eta=ddim_eta, prediction_type=self.prediction_type)
         tile = min(tile, *z_lr.shape[-2:])
-        return SRState(z_lr, enc_fea, image, schedule, tile, min(overlap, tile // 2), noise_generator)
+        if overlap >= tile:
+            raise UsageError(f"--tile-overlap {overlap} (latent px) must be smaller than the {tile}-px latent tile")
+        state = SRState(z_lr, enc_fea, image, schedule, tile, overlap, noise_generator)
+        if negative is not None:
+            tokenizer, prompt, state.cfg = negative
+            state.negative_context = prompt_embedding(self.text_model, tokenizer, prompt).to(self.device, self.dtype)
+        return state
 
     def _randn(self, like: torch.Tensor, state: SRState) -> torch.Tensor:
         noise = torch.randn(like.shape, generator=state.noise_generator, dtype=torch.float32)
@@ -119,11 +134,23 @@ class StableSR:
     def predict(self, x: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
         slices = tile_slices(x.shape, state.tile, state.overlap)
         time = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        batch = x.shape[0]
+        guided = state.negative_context is not None
+        context = self.context.expand(batch, -1, -1)
+        if guided:  # ddim.py l.440: the batch doubled, [negative; positive], struct features for both
+            context = torch.cat([state.negative_context.expand(batch, -1, -1), context])
+            time = torch.cat([time, time])
         outputs = []
         for rows, cols in slices:
-            features = self.encoder(state.z_lr[..., rows, cols], time)
-            with self.struct.provided(features):
-                outputs.append(self.unet(x[..., rows, cols], time, encoder_hidden_states=self.context.expand(x.shape[0], -1, -1)).sample)
+            x_tile, z_tile = x[..., rows, cols], state.z_lr[..., rows, cols]
+            if guided:
+                x_tile, z_tile = torch.cat([x_tile, x_tile]), torch.cat([z_tile, z_tile])
+            with self.struct.provided(self.encoder(z_tile, time)):
+                out = self.unet(x_tile, time, encoder_hidden_states=context).sample
+            if guided:
+                negative, positive = out.chunk(2)
+                out = negative + state.cfg * (positive - negative)  # ε = ε(neg) + scale (ε(cond) − ε(neg))
+            outputs.append(out)
         weights = gaussian_tile_weights(state.tile, device=x.device)
         return stitch_tiles(outputs, slices, x.shape, weights).to(x.dtype)
 
@@ -144,6 +171,6 @@ class StableSR:
 
     def decode(self, latents: torch.Tensor, state: SRState, *, dec_w: float, color_fix: str) -> torch.Tensor:
         """Latent → image in [-1, 1] (CFW decoder), colour-corrected against the upscaled LR."""
-        image = self.cfw.decode(latents / self.cfw.vae.config.scaling_factor, state.enc_fea, dec_w)
+        image = self.cfw.decode((latents / self.cfw.vae.config.scaling_factor).to(self.dtype), state.enc_fea, dec_w)
         fix = COLOR_FIXES[color_fix]
         return fix(image.float(), state.upscaled.float()) if fix is not None else image.float()

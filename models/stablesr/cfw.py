@@ -169,7 +169,8 @@ class CFWAutoencoder(nn.Module):
         h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(h)))
         posterior = DiagonalGaussianDistribution(self.vae.quant_conv(h))
         noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
-        return posterior.mean + posterior.std * noise.to(posterior.mean.device), enc_fea
+        noise = noise.to(device=posterior.mean.device, dtype=posterior.mean.dtype)  # keep the model's dtype
+        return posterior.mean + posterior.std * noise, enc_fea
 
     def decode(self, z: torch.Tensor, enc_fea: list[torch.Tensor], dec_w: float) -> torch.Tensor:
         """Unscaled latent → image in about [-1, 1], as `Decoder_Mix.forward` (model.py l.758-795).

@@ -10,6 +10,7 @@ with 0), no tokenizer is needed: the embedding is computed once per load.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -40,9 +41,8 @@ def empty_prompt_ids(length: int) -> torch.Tensor:
     return torch.tensor([[START_OF_TEXT, END_OF_TEXT] + [0] * (length - 2)])
 
 
-@torch.no_grad()
-def empty_prompt_embedding(state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(1, 77, 1024) for the official checkpoints, from their `cond_stage_model.model.*` tensors."""
+def load_text_model(state: dict[str, torch.Tensor]):
+    """The text tower as a transformers CLIPTextModel (eval), from `cond_stage_model.model.*`."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextModel
 
@@ -56,5 +56,36 @@ def empty_prompt_embedding(state: dict[str, torch.Tensor]) -> torch.Tensor:
         # transformers 5 dropped the `text_model.` level that diffusers' converter still writes
         converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
     model.load_state_dict(converted, strict=True)
-    model.eval()
-    return model(empty_prompt_ids(config.max_position_embeddings)).last_hidden_state
+    return model.eval()
+
+
+@torch.no_grad()
+def empty_prompt_embedding(model) -> torch.Tensor:
+    """The conditioning of every StableSR step: (1, 77, 1024) for the official checkpoints."""
+    return model(empty_prompt_ids(model.config.max_position_embeddings)).last_hidden_state
+
+
+@torch.no_grad()
+def prompt_embedding(model, tokenizer, prompt: str) -> torch.Tensor:
+    """A prompt as the official DDIM scripts embed their negative prompt: CLIP BPE, SOT … EOT, padded
+    with id 0 to 77 (open_clip's layout, which SD 2's tokenizer with pad '!' = 0 reproduces)."""
+    ids = tokenizer(prompt, padding="max_length", max_length=model.config.max_position_embeddings,
+                    truncation=True, return_tensors="pt").input_ids
+    return model(ids).last_hidden_state
+
+
+def load_tokenizer(source: str, offline: bool, cache_dir: str | None):
+    """OpenCLIP's BPE vocabulary, which SD 2.x's hub tokenizer (`<repo>/tokenizer`) carries, or a local folder."""
+    from transformers import CLIPTokenizer
+
+    from diffier_cli.errors import ModelUnavailable
+
+    try:
+        if Path(source).expanduser().is_dir():
+            return CLIPTokenizer.from_pretrained(Path(source).expanduser())
+        return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", cache_dir=cache_dir, local_files_only=offline)
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch means: tokenizer unavailable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(
+            f"cannot load the CLIP tokenizer from {source} ({reason}); pass --tokenizer /path/to/tokenizer/folder"
+        ) from exc

@@ -57,20 +57,24 @@ def tile_slices(latent_shape: Sequence[int], tile_size: int, overlap: int) -> li
     ]
 
 
-def gaussian_tile_weights(tile_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+def gaussian_tile_weights(
+    tile_size: int, device: torch.device | str | None = None, width: int | None = None
+) -> torch.Tensor:
     """[T, T] float64 blending weights, weights[y, x] = g_y(y)·g_x(x) (`_gaussian_weights`, l.2960-2976).
 
     g(p) = exp(−(p − m)² / T² / (2·0.01)) / √(2π·0.01), with m = (T−1)/2 along x but m = T/2
-    along y (the official asymmetry).
+    along y (the official asymmetry). `width` gives a [T, width] tile (pixel patches at an image
+    edge), each axis then normalised by its own length.
     """
 
-    def profile(midpoint: float) -> torch.Tensor:
-        p = torch.arange(tile_size, dtype=torch.float64, device=device)
-        return torch.exp(-((p - midpoint) ** 2) / (tile_size * tile_size) / (2 * _WEIGHT_VARIANCE)) / math.sqrt(
+    def profile(length: int, midpoint: float) -> torch.Tensor:
+        p = torch.arange(length, dtype=torch.float64, device=device)
+        return torch.exp(-((p - midpoint) ** 2) / (length * length) / (2 * _WEIGHT_VARIANCE)) / math.sqrt(
             2 * math.pi * _WEIGHT_VARIANCE
         )
 
-    return torch.outer(profile(tile_size / 2), profile((tile_size - 1) / 2))
+    width = tile_size if width is None else width
+    return torch.outer(profile(tile_size, tile_size / 2), profile(width, (width - 1) / 2))
 
 
 def stitch_tiles(
