@@ -52,7 +52,10 @@ def main() -> None:
                   "--seed", "0", "-q", "--overwrite", "--device", "cpu"]
         runs = {
             "tiled (512-px tiles, 32 latent-px overlap: the defaults)": timed_cli(common + ["-o", str(folder / "t.png")]),
-            "untiled (one 2048-px tile)": timed_cli(common + ["--tile-size", "2048", "-o", str(folder / "u.png")]),
+            "latent-untiled (one latent tile per 1280-px pixel tile)": timed_cli(common + ["--tile-size", "2048", "-o", str(folder / "u.png")]),
+            "untiled (one 2048-px tile, no pixel tiles)": timed_cli(
+                common + ["--tile-size", "2048", "--pixel-tile", "2048", "--pixel-stride", "2048", "-o", str(folder / "n.png")]
+            ),
         }
 
         model = StableSR.load(files["ckpt"], files["vae"], prediction_type="epsilon", device=torch.device("cpu"), dtype=torch.float32)

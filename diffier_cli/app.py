@@ -333,6 +333,27 @@ def sr(
 
 
 @app.command(epilog=EXIT_CODES_HELP)
+def info(
+    files: list[str] = typer.Argument(..., help="PNGs written by t2i or sr, or WAVs written by tts (their .json sidecar is read)."),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON object per file on stdout: {path, record}."),
+) -> None:
+    """Print the record diffier stored with an output: what made it, every parameter, the seed."""
+    import json
+    from pathlib import Path
+
+    from diffier_cli.metadata import read_record
+
+    for name in files:
+        path = Path(name)
+        record = read_record(path)
+        if json_lines:
+            typer.echo(json.dumps({"path": str(path), "record": record}, ensure_ascii=False))
+        else:
+            typer.echo(f"{path}:")
+            typer.echo(json.dumps(record, ensure_ascii=False, indent=2) if isinstance(record, dict) else record)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 def convert(
     source: str = typer.Argument(..., help="An official StableSR .ckpt (diffusion model or CFW VAE)."),
     destination: str = typer.Argument(..., help="The .safetensors file to write."),

@@ -67,3 +67,36 @@ def png_text(record: dict) -> dict[str, str]:
         "parameters": a1111_parameters(record),
         "diffier": json.dumps(record, ensure_ascii=False, separators=(",", ":")),
     }
+
+
+def read_record(path) -> dict | str:
+    """The record stored with an output: a PNG's `diffier` chunk (else its A1111 `parameters`
+    text), or a WAV's `<stem>.json` sidecar."""
+    from pathlib import Path
+
+    from diffier_cli.errors import UsageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    if path.suffix.lower() == ".wav":
+        sidecar = path.with_suffix(".json")
+        try:
+            return json.loads(sidecar.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path} has no readable sidecar {sidecar.name} ({exc})") from exc
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"{path} is not a readable image or WAV ({exc})") from exc
+    if "diffier" in text:
+        try:
+            return json.loads(text["diffier"])
+        except ValueError as exc:
+            raise UsageError(f"{path}: its diffier chunk is not valid JSON ({exc})") from exc
+    if "parameters" in text:
+        return text["parameters"]
+    raise UsageError(f"{path} carries no diffier record and no parameters chunk")

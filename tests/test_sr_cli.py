@@ -56,6 +56,11 @@ def test_refined_differs_reproduces_and_keeps_provenance(tiny, images, tmp_path)
     record = json.loads(text["diffier"])
     (printed,) = runs["r1"].records
     assert {k: v for k, v in printed.items() if k not in ("path", "wall_time_s")} == record
+    png = tmp_path / "r1.png"
+    assert run_cli("info", "--json", str(png)).records == [{"path": str(png), "record": record}]
+    assert "a castle" in run_cli("info", str(images / "rgb.png")).stdout  # an A1111-only PNG shows its text
+    missing = run_cli("info", str(tmp_path / "nope.png"))
+    assert_one_line_error(missing, 2, "no such file")
     assert record["output_size"] == [48, 32] and record["input_size"] == [12, 8]
     assert record["params"]["sampler"] == "ddpm" and record["params"]["steps"] == 3
     assert record["params"]["dec_w"] == 0.5 and record["params"]["color_fix"] == "adain"
