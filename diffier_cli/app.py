@@ -72,7 +72,7 @@ SAMPLING = "Sampling"
 MODEL = "Model and hardware"
 OUTPUT = "Output"
 
-# Options every command shares, declared once.
+# Options whose meaning and help are the same in every command, declared once.
 BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed.", rich_help_panel=REFINER)
 ETA = typer.Option(0.05, "--eta", "--refine-eta", min=0.0, help="The method's gradient scale η: ε̂ ← ε̂ ∓ 2η(ε̂ − n).", rich_help_panel=REFINER)
 THRESHOLD = typer.Option(1e-3, "--threshold", callback=_positive, help="Stop when the relative change of the loss is at most this (from iteration 2).", rich_help_panel=REFINER)
@@ -269,7 +269,7 @@ def sr(
     color_fix: Optional[ColorFix] = typer.Option(None, "--color-fix", help="Colour correction against the upscaled input (default: the preset's).", rich_help_panel=SAMPLING),
     tile_size: Optional[int] = typer.Option(None, "--tile-size", min=64, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING),
     tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in LATENT pixels, as the official --tile_overlap (default: 32, 48 for 768v).", rich_help_panel=SAMPLING),
-    pixel_tile: int = typer.Option(1280, "--pixel-tile", min=64, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size).", rich_help_panel=SAMPLING),
+    pixel_tile: int = typer.Option(1280, "--pixel-tile", min=64, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size); a multiple of 32.", rich_help_panel=SAMPLING),
     pixel_stride: int = typer.Option(1000, "--pixel-stride", min=32, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="With --sampler ddim: guidance away from this prompt, as the official DDIM scripts' --use_negative_prompt.", rich_help_panel=SAMPLING),
     cfg: Optional[float] = typer.Option(None, "--cfg", "--cfg-scale", min=0.0, help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING),
@@ -286,7 +286,7 @@ def sr(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL),
     device: str = DEVICE,
     dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path, a folder ending in /, or a template with {stem} {seed} {mode} (default: ./{stem}-x{scale}-{mode}.png).", rich_help_panel=OUTPUT),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path, a folder ending in /, or a template with {stem} {seed} {mode} (default: ./{stem}-x4-{mode}.png, with the scale in the name).", rich_help_panel=OUTPUT),
     overwrite: bool = OVERWRITE,
     json_lines: bool = typer.Option(False, "--json", help="Print the JSON record on stdout.", rich_help_panel=OUTPUT),
     quiet: bool = QUIET,

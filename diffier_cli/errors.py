@@ -19,8 +19,14 @@ class ExitCode(IntEnum):
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 runtime error, 2 bad usage or input, "
-    "3 model or weights unavailable, 4 out of memory."
+    "3 model or weights unavailable, 4 out of memory, 130 interrupted."
 )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class DiffierError(Exception):

@@ -1,7 +1,7 @@
 """`diffier sr`: read image → bicubic upscale + pad → StableSR (the shared loop) → CFW decode + colour fix → PNG.
 
 The geometry follows the official `_canvas_tile` scripts: the LR image is upscaled by
-s = max(scale, input_size / short side), so the latent canvas is at least one tile wide, padded,
+s = max(scale, tile size / short side), so the latent canvas is at least one tile wide, padded,
 sampled tile by tile, and resized back to exactly input size × scale when s > scale.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffier_cli import __version__
-from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError
+from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
 from diffier_cli.outputs import plan_outputs, png_bytes, preflight, slugify, write_atomically
 from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import (
@@ -119,9 +119,8 @@ def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_d
     try:
         return Path(hf_hub_download(HUB_REPO, filename, cache_dir=cache_dir, local_files_only=offline))
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means: weights unavailable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(
-            f"cannot get {HUB_REPO}/{filename} ({reason}); download it with `hf download {HUB_REPO} {filename}` "
+            f"cannot get {HUB_REPO}/{filename} ({first_line(exc)}); download it with `hf download {HUB_REPO} {filename}` "
             "or pass --ckpt/--vae-ckpt with local paths"
         ) from exc
 

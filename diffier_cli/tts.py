@@ -158,6 +158,8 @@ def run(opts: TTSOptions) -> None:
             spoken.append((utterance, text_to_ids(utterance)))
         except NothingToSay:
             reporter.message(f"warning: nothing speakable in {utterance!r}; skipped")
+        except RuntimeError:  # the dictionary failed its checksum: a broken install, not the text
+            raise
         except Exception as exc:  # noqa: BLE001 - the cleaners' number reading fails on some inputs ($1.,5, 40-digit numbers)
             raise UsageError(f"cannot read {utterance!r}: {exc}; rewrite that part of the text") from exc
     if not spoken:

@@ -32,12 +32,14 @@ def describe(found: object) -> str:
     return f"a {type(found).__name__}"
 
 
-def _load_failure_reason(exc: Exception) -> str:
-    """The informative sentence of a torch.load error: for a weights_only refusal, the unpickler's
-    complaint (e.g. the custom class it will not construct) rather than torch's generic preamble."""
-    text = str(exc).partition("WeightsUnpickler error:")[2] or str(exc)
-    first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return first_line.split(". ")[0].rstrip(".")
+def load_failure_reason(exc: Exception) -> str:
+    """The sentence of a torch.load error that names the problem: the global it would not load
+    when there is one, not torch's generic preamble about weights_only."""
+    text = str(exc)
+    detail = text.partition("WeightsUnpickler error:")[2] or text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(exc).__name__)
+    return reason.split(". ")[0].rstrip(".")
 
 
 def load_tensors_only(path: Path, missing_hint: str) -> object:
@@ -49,5 +51,5 @@ def load_tensors_only(path: Path, missing_hint: str) -> object:
     except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
         raise ModelUnavailable(
             f"{path} is not a tensors-only torch checkpoint (torch.load with weights_only=True: "
-            f"{_load_failure_reason(exc)})"
+            f"{load_failure_reason(exc)})"
         ) from exc

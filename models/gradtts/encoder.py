@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.gradtts.text import N_VOCAB
+
 
 def sequence_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """[B] lengths → [B, max_length] bool, True before each length (utils.py:6-10).
@@ -219,7 +221,7 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
-        n_vocab: int = 149,
+        n_vocab: int = N_VOCAB,
         n_feats: int = 80,
         n_channels: int = 192,
         filter_channels: int = 768,

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffier_cli.errors import ModelUnavailable
+from diffier_cli.errors import ModelUnavailable, first_line
 from models.checkpoints import describe, load_tensors_only, sha256_of
 from models.gradtts.encoder import TextEncoder
 from models.gradtts.estimator import Decoder
@@ -61,8 +61,7 @@ def load_gradtts(path: Path, *, pe_scale: float, device: torch.device, dtype: to
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelUnavailable(f"{path} does not match the Grad-TTS architecture: {first}") from exc
+        raise ModelUnavailable(f"{path} does not match the Grad-TTS architecture: {first_line(exc)}") from exc
     model.to(device=device, dtype=dtype).eval()
     info = {"path": str(path), "sha256": sha256_of(path), "n_spks": n_spks, "pe_scale": pe_scale}
     return model, info

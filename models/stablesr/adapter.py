@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli.errors import ModelUnavailable, UsageError
+from diffier_cli.errors import ModelUnavailable, UsageError, first_line
 from models.checkpoints import sha256_of
 from models.stablesr.cfw import CFWAutoencoder, load_cfw
 from models.stablesr.checkpoints import PREFIXES, read_official_state_dict, split_by_prefix
@@ -23,7 +23,7 @@ from models.stablesr.schedule import QuirkyDDIM, RespacedDDPM
 from models.stablesr.struct_encoder import TimeAwareEncoder
 from models.stablesr.text_embedding import empty_prompt_embedding, load_text_model, prompt_embedding
 from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles, tile_slices
-from models.stablesr.unet import SD21_UNET_CONFIG, STRUCT_CHANNELS, build_stablesr_unet, convert_official_unet
+from models.stablesr.unet import SD21_768_UNET_CONFIG, SD21_UNET_CONFIG, STRUCT_CHANNELS, build_stablesr_unet, convert_official_unet
 
 COLOR_FIXES = {"adain": adain_color_fix, "wavelet": wavelet_color_fix, "none": None}
 
@@ -67,9 +67,8 @@ class StableSR:
              device: torch.device, dtype: torch.dtype) -> "StableSR":
         config = read_model_config(checkpoint)
         parts = split_by_prefix(read_official_state_dict(checkpoint))
-        if prediction_type == "v_prediction":
-            config.setdefault("unet", {}).setdefault("sample_size", 96)
-        unet_config = {**SD21_UNET_CONFIG, **config.get("unet", {})}
+        base = SD21_768_UNET_CONFIG if prediction_type == "v_prediction" else SD21_UNET_CONFIG
+        unet_config = {**base, **config.get("unet", {})}
         unet, struct = build_stablesr_unet(unet_config, config.get("struct_channels", STRUCT_CHANNELS))
         encoder = TimeAwareEncoder(**config.get("struct_encoder", {}))
         prefix = PREFIXES["struct_encoder"]
@@ -77,8 +76,9 @@ class StableSR:
             unet.load_state_dict(convert_official_unet(parts["unet"], unet_config), strict=True)
             encoder.load_state_dict({k.removeprefix(prefix): v for k, v in parts["struct_encoder"].items()}, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ModelUnavailable(f"{checkpoint} does not fit the StableSR architecture: {first}") from exc
+            raise ModelUnavailable(f"{checkpoint} does not fit the StableSR architecture: {first_line(exc)}") from exc
+        if not parts["text_encoder"]:
+            raise ModelUnavailable(f"{checkpoint} has no text encoder (cond_stage_model.model.*): not a full StableSR checkpoint")
         text_model = load_text_model(parts["text_encoder"])
         context = empty_prompt_embedding(text_model)
         vae_config = read_model_config(vae_checkpoint).get("vae")

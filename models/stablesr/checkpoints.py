@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffier_cli.errors import ModelUnavailable
-from models.checkpoints import describe
+from models.checkpoints import describe, load_failure_reason
 
 # Key prefixes of LatentDiffusionSRTextWT's state_dict (design §3.1). The groups keep them: the
 # diffusers converters key on them (convert_ldm_unet_checkpoint reads only `model.diffusion_model.*`;
@@ -56,16 +56,6 @@ class InertStandIn:
 
     def __setstate__(self, state: object) -> None:
         pass
-
-
-def _refusal_reason(exc: Exception) -> str:
-    """The sentence of a torch.load error that names the problem: the global it would not load
-    when there is one, not torch's generic preamble about weights_only."""
-    text = str(exc)
-    detail = text.partition("WeightsUnpickler error:")[2] or text
-    lines = [line.strip() for line in detail.splitlines() if line.strip()]
-    reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(exc).__name__)
-    return reason.split(". ")[0].rstrip(".")
 
 
 def _torch_load(path: Path) -> object:
@@ -117,7 +107,7 @@ def read_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
         raise ModelUnavailable(
             f"{path} is not a tensors-only torch checkpoint (torch.load with weights_only=True: "
-            f"{_refusal_reason(exc)})"
+            f"{load_failure_reason(exc)})"
         ) from exc
     return _state_dict_of(loaded, path)
 

@@ -46,7 +46,12 @@ def load_text_model(state: dict[str, torch.Tensor]):
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextModel
 
-    config = _text_config(state)
+    try:
+        config = _text_config(state)
+    except KeyError as exc:
+        from diffier_cli.errors import ModelUnavailable
+
+        raise ModelUnavailable(f"the checkpoint's text encoder lacks {exc}; not an OpenCLIP text tower") from exc
     last = f"{PREFIX}transformer.resblocks.{config.num_hidden_layers}."
     penultimate = {k: v for k, v in state.items() if not k.startswith(last) and k != PREFIX + "text_projection"}
     model = CLIPTextModel(config)
@@ -78,14 +83,13 @@ def load_tokenizer(source: str, offline: bool, cache_dir: str | None):
     """OpenCLIP's BPE vocabulary, which SD 2.x's hub tokenizer (`<repo>/tokenizer`) carries, or a local folder."""
     from transformers import CLIPTokenizer
 
-    from diffier_cli.errors import ModelUnavailable
+    from diffier_cli.errors import ModelUnavailable, first_line
 
     try:
         if Path(source).expanduser().is_dir():
             return CLIPTokenizer.from_pretrained(Path(source).expanduser())
         return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", cache_dir=cache_dir, local_files_only=offline)
     except Exception as exc:  # noqa: BLE001 - any failure to fetch means: tokenizer unavailable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(
-            f"cannot load the CLIP tokenizer from {source} ({reason}); pass --tokenizer /path/to/tokenizer/folder"
+            f"cannot load the CLIP tokenizer from {source} ({first_line(exc)}); pass --tokenizer /path/to/tokenizer/folder"
         ) from exc
