@@ -5,9 +5,29 @@ from __future__ import annotations
 import re
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 from diffier_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from diffier_cli.refine import DiffIER
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every subcommand's run takes besides its own inputs: randomness, outputs, hardware."""
+
+    seed: int | None
+    output: str | None
+    overwrite: bool
+    offline: bool
+    cache_dir: str | None
+    device: str
+    dtype: str
+    refiner: DiffIER | None  # None = --baseline
+    json: bool
+    quiet: bool
 
 # Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
 # same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.

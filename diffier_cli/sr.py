@@ -17,8 +17,8 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
 from diffier_cli.outputs import plan_outputs, png_bytes, preflight, slugify, write_atomically
-from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import (
+    RunOptions,
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
@@ -45,9 +45,8 @@ PAD_MULTIPLE = 32  # the official scripts reflect-pad to a multiple of 32 px
 
 
 @dataclass(frozen=True)
-class SROptions:
+class SROptions(RunOptions):
     input: str
-    output: str | None
     scale: float
     preset: str
     sampler: str | None
@@ -64,15 +63,6 @@ class SROptions:
     tokenizer: str
     checkpoint: str | None
     vae_checkpoint: str | None
-    offline: bool
-    cache_dir: str | None
-    seed: int | None
-    overwrite: bool
-    device: str
-    dtype: str
-    refiner: DiffIER | None
-    json: bool
-    quiet: bool
 
     def setting(self, name: str):
         """The user's value, else the preset's."""

@@ -15,8 +15,8 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import plan_outputs, png_bytes, preflight, slugify, write_atomically
-from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import (
+    RunOptions,
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
@@ -30,28 +30,18 @@ DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
 
 
 @dataclass(frozen=True)
-class T2IOptions:
+class T2IOptions(RunOptions):
     prompt: str
     negative_prompt: str | None
     cfg: float
     steps: int
     ddim_eta: float
-    seed: int | None
     num_images: int
     batch_size: int
     height: int | None
     width: int | None
-    output: str | None
-    overwrite: bool
     model: str
     revision: str | None
-    offline: bool
-    cache_dir: str | None
-    device: str
-    dtype: str
-    refiner: DiffIER | None
-    json: bool
-    quiet: bool
 
 
 def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per_step: dict, versions: dict) -> dict:

@@ -18,8 +18,8 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import ModelUnavailable, UsageError
 from diffier_cli.outputs import plan_outputs, preflight, slugify, write_atomically
-from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import (
+    RunOptions,
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
@@ -33,7 +33,7 @@ _INITIAL = re.compile(r"[a-z]")
 
 
 @dataclass(frozen=True)
-class TTSOptions:
+class TTSOptions(RunOptions):
     text_file: str | None
     text: str | None
     checkpoint: str | None
@@ -45,17 +45,7 @@ class TTSOptions:
     length_scale: float
     stochastic: bool
     pause: float
-    seed: int | None
-    output: str | None
-    overwrite: bool
     subtype: str
-    offline: bool
-    cache_dir: str | None
-    device: str
-    dtype: str
-    refiner: DiffIER | None
-    json: bool
-    quiet: bool
 
 
 def read_text(opts: TTSOptions) -> tuple[str, str]:
