@@ -70,7 +70,9 @@ def _positive(value: float) -> float:
 REFINER = "DiffIER refinement"
 SAMPLING = "Sampling"
 MODEL = "Model and hardware"
+MEMORY = "Memory"
 OUTPUT = "Output"
+BATCH = "Batch jobs"
 
 # Options whose meaning and help are the same in every command, declared once.
 BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed.", rich_help_panel=REFINER)
@@ -84,6 +86,10 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs (r
 QUIET = typer.Option(False, "-q", "--quiet", help="No messages or progress on stderr (errors still).", rich_help_panel=OUTPUT)
 JSON_RECORDS = typer.Option(False, "--json", help="Print one JSON record per output on stdout.", rich_help_panel=OUTPUT)
 HUB_CACHE_DIR = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Hub cache folder (default: the Hugging Face cache).", rich_help_panel=MODEL)
+NAME = typer.Option(None, "--name", help="File-name template inside the -o folder, with {index} {seed} {stem} {slug} {mode}, e.g. '{index:05d}-{seed}'.", rich_help_panel=BATCH)
+SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Leave items whose output exists (its final name) and make the rest: rerun a stopped job with this to resume.", rich_help_panel=BATCH)
+KEEP_GOING = typer.Option(False, "--keep-going", help="A bad item is reported (stderr, and a --json record with \"error\") and the rest go on; the run then exits 5.", rich_help_panel=BATCH)
+SHARD = typer.Option(None, "--shard", metavar="K/N", help="Make only shard K of N (contiguous by item index). Default: from RANK/WORLD_SIZE (torchrun, accelerate launch), SLURM_PROCID/SLURM_NTASKS (srun) or a Slurm job array.", rich_help_panel=BATCH)
 HALF_ON_CUDA = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL)
 
 
@@ -96,19 +102,22 @@ def _refiner(baseline: bool, eta: float, threshold: float, max_iters: int, direc
 @app.command(
     epilog=(
         "Examples: diffier t2i \"a puppy eating a cheeseburger\" --cfg 7.5 -o puppy.png ; "
-        "diffier t2i \"a red bicycle\" --seed 7 --num-images 4 --baseline -o out/ . "
+        "diffier t2i \"a red bicycle\" --seed 7 --num-images 4 --baseline -o out/ ; "
+        "diffier t2i --prompts-file prompts.jsonl -o out/ --batch-size 4 --skip-existing --keep-going . "
         + EXIT_CODES_HELP
     )
 )
 def t2i(
-    prompt: str = typer.Argument(..., help="What to draw."),
+    prompt: Optional[str] = typer.Argument(None, help="What to draw (or --prompts-file).", show_default=False),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Many prompts: a .txt file (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name a line); - for stdin.", rich_help_panel=BATCH),
     cfg: float = typer.Option(7.5, "--cfg", "--cfg-scale", min=0.0, help="Classifier-free guidance scale ω.", rich_help_panel=SAMPLING),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to steer away from (the unconditional branch of CFG).", rich_help_panel=SAMPLING),
     steps: int = typer.Option(50, "--steps", min=1, help="DDIM sampling steps.", rich_help_panel=SAMPLING),
     ddim_eta: float = typer.Option(0.0, "--ddim-eta", min=0.0, help="DDIM's own η (0 = deterministic DDIM); not the method's --eta.", rich_help_panel=SAMPLING),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of image 0; image i uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
-    num_images: int = typer.Option(1, "--num-images", min=1, help="How many images (seeds seed, seed+1, ...).", rich_help_panel=SAMPLING),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per forward pass; for speed only, never changes which noise an image gets.", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
+    num_images: int = typer.Option(1, "--num-images", min=1, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per forward pass, for speed only: an image's noise never depends on it, nor (with --batch-invariant) its pixels.", rich_help_panel=BATCH),
+    batch_invariant: bool = typer.Option(True, "--batch-invariant/--no-batch-invariant", help="Run convolutions, norms and attention per image and matmuls in fixed shapes, so --batch-size and sharding never change a pixel; --no-batch-invariant is faster with --batch-size > 1 but lets batched kernels round differently (about 1/255).", rich_help_panel=BATCH),
     height: Optional[int] = typer.Option(None, "--height", callback=_multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
     width: Optional[int] = typer.Option(None, "--width", callback=_multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
@@ -122,8 +131,16 @@ def t2i(
     cache_dir: Optional[str] = HUB_CACHE_DIR,
     device: str = DEVICE,
     dtype: DType = HALF_ON_CUDA,
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png file for one image; a folder (ending in /) or a template with {index} {seed} {slug} {mode} for several (default: ./{index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep one model component on the GPU at a time (diffusers' model CPU offload).", rich_help_panel=MEMORY),
+    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode the images of a batch one at a time.", rich_help_panel=MEMORY),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode large images in overlapping tiles (blended seams change pixels slightly).", rich_help_panel=MEMORY),
+    attention_slicing: bool = typer.Option(False, "--attention-slicing", help="Compute attention in slices.", rich_help_panel=MEMORY),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png file for one image, or a folder (existing or ending in /) for many (default: the current folder, named {index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT),
+    name: Optional[str] = NAME,
     overwrite: bool = OVERWRITE,
+    skip_existing: bool = SKIP_EXISTING,
+    keep_going: bool = KEEP_GOING,
+    shard: Optional[str] = SHARD,
     json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
@@ -134,6 +151,7 @@ def t2i(
     job.run(
         job.T2IOptions(
             prompt=prompt,
+            prompts_file=prompts_file,
             negative_prompt=negative_prompt,
             cfg=cfg,
             steps=steps,
@@ -141,10 +159,19 @@ def t2i(
             seed=seed,
             num_images=num_images,
             batch_size=batch_size,
+            batch_invariant=batch_invariant,
+            cpu_offload=cpu_offload,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+            attention_slicing=attention_slicing,
             height=height,
             width=width,
             output=output,
+            name=name,
             overwrite=overwrite,
+            skip_existing=skip_existing,
+            keep_going=keep_going,
+            shard=shard,
             model=model,
             revision=revision,
             offline=offline,
@@ -407,7 +434,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except DiffierError as exc:
         _fail(str(exc), exc.code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        _fail("interrupted; rerun the same command with --skip-existing to resume", ExitCode.INTERRUPTED)
     except BrokenPipeError:  # `diffier tts ... -o - | head`: the reader left; nothing more to say
         sys.stderr.close()
         os._exit(ExitCode.RUNTIME)

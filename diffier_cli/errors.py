@@ -15,11 +15,13 @@ class ExitCode(IntEnum):
     USAGE = 2
     MODEL_UNAVAILABLE = 3
     OUT_OF_MEMORY = 4
+    PARTIAL = 5  # --keep-going: the run finished, some items failed
+    INTERRUPTED = 130
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 runtime error, 2 bad usage or input, "
-    "3 model or weights unavailable, 4 out of memory, 130 interrupted."
+    "3 model or weights unavailable, 4 out of memory, 5 some items failed (--keep-going), 130 interrupted."
 )
 
 
@@ -48,8 +50,9 @@ class ModelUnavailable(DiffierError):
 
 
 OOM_HINT = (
-    "out of memory: make the work smaller (t2i: --height/--width, --batch-size 1; "
-    "sr: a smaller --tile-size or --scale) or use --dtype float16 on a GPU"
+    "out of memory: make the work smaller (t2i: --batch-size 1, --vae-slicing, --vae-tiling, "
+    "--attention-slicing or --cpu-offload, smaller --height/--width; sr: a smaller --tile-size, --pixel-tile "
+    "or --scale) or use --dtype float16 on a GPU"
 )
 
 

@@ -13,6 +13,7 @@ import re
 import string
 import tempfile
 import unicodedata
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Mapping
 
@@ -36,42 +37,68 @@ def _template_fields(template: str) -> set[str]:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
 
 
-def plan_outputs(output: str | None, items: list[Mapping[str, object]], default_name: str) -> list[Path]:
-    """Resolve `-o` into one path per item.
+def plan_outputs(
+    output: str | None, items: list[Mapping[str, object]], default_name: str, name: str | None = None
+) -> list[Path]:
+    """Resolve `-o` and `--name` into one path per item, for every item of the run (all shards
+    compute the same list, so names come from the global index alone).
 
-    `-o` is a file for one output, a folder (existing, or ending in '/') for any number, or a
-    template with fields {index} {seed} {slug} {mode} {stem}; unset means the current folder.
-    Every path must have the suffix of `default_name`, the format the command writes.
+    `-o` is a file for one output, or a folder (existing, or ending in '/') for any number; `--name`
+    is the file-name template inside it, with fields {index} {seed} {slug} {mode} {stem}. A template
+    given straight to `-o` still works. An item with a `subdir` (sr --recursive) goes in that
+    sub-folder of the output folder. Every path must have the suffix of `default_name`.
     """
     suffix = Path(default_name).suffix
+    folder_given = output is not None and "{" not in output and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+    if name is not None:
+        if os.sep in name or "/" in name:
+            raise UsageError(f"--name {name} holds a folder; put the folder in -o and the file name in --name")
+        if output is not None and not folder_given:
+            raise UsageError(f"--name needs -o to be a folder; -o {output} is a file (write -o {output}/ for a folder)")
+        if not Path(name).suffix:
+            name += suffix
+    file_name = name or default_name
     if output is None:
-        template = default_name
+        template = file_name
+    elif folder_given:
+        template = str(Path(output) / file_name)
     elif "{" in output:
         template = output
-    elif output.endswith(("/", os.sep)) or Path(output).is_dir():
-        template = str(Path(output) / default_name)
     else:
         if len(items) > 1:
             raise UsageError(
                 f"-o {output} names one file but this run makes {len(items)} outputs; "
-                f"pass a folder (-o out/) or a template (-o 'out-{{index}}{suffix}')"
+                f"pass a folder (-o out/) and optionally --name '{{index:05d}}-{{seed}}{suffix}'"
             )
-        template = output.replace("}", "}}")
+        template = output.replace("{", "{{").replace("}", "}}")
 
     unknown = _template_fields(template) - set(NAME_FIELDS)
     if unknown:
         raise UsageError(
-            f"unknown field(s) {', '.join(sorted(unknown))} in -o {output}; use {', '.join('{' + f + '}' for f in NAME_FIELDS)}"
+            f"unknown field(s) {', '.join(sorted(unknown))} in the output name {template}; "
+            f"use {', '.join('{' + f + '}' for f in NAME_FIELDS)}"
         )
     try:
-        paths = [Path(template.format(**item)) for item in items]
-    except (ValueError, IndexError) as exc:
+        paths = [Path(template.format(**{k: v for k, v in item.items() if k in NAME_FIELDS})) for item in items]
+    except (ValueError, IndexError, KeyError) as exc:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
+    for i, item in enumerate(items):
+        if item.get("name"):  # a name given with the input (a .jsonl line's "name") replaces the template's
+            own = str(item["name"])
+            paths[i] = paths[i].with_name(own if Path(own).suffix.lower() == suffix else own + suffix)
+        if item.get("subdir"):  # sr --recursive: the input's sub-folder, kept under the output folder
+            paths[i] = paths[i].parent / str(item["subdir"]) / paths[i].name
     for path in paths:
         if path.suffix.lower() != suffix:
             raise UsageError(f"output {path} must end in {suffix} (the format this command writes)")
-    if len(set(paths)) < len(paths):
-        raise UsageError(f"-o {output} gives several outputs the same name; include {{index}} or {{seed}}")
+    seen: dict[Path, int] = {}
+    for item, path in zip(items, paths):
+        if path in seen:
+            raise UsageError(
+                f"items {seen[path]} and {item['index']} would both be written to {path}; "
+                "include {index} or {seed} in --name"
+            )
+        seen[path] = int(item["index"])
     return paths
 
 
@@ -81,7 +108,9 @@ def preflight(paths: list[Path], overwrite: bool) -> None:
         if path.is_dir():
             raise UsageError(f"{path} is a folder; pass a file name or a folder ending in '/'")
         if path.exists() and not overwrite:
-            raise UsageError(f"{path} exists; pass --overwrite to replace it, or choose another -o")
+            raise UsageError(
+                f"{path} exists; pass --skip-existing to keep it (resume), --overwrite to replace it, or choose another -o"
+            )
     for folder in sorted({path.parent for path in paths}):
         existing = folder.absolute()
         while not existing.exists():
@@ -93,6 +122,14 @@ def preflight(paths: list[Path], overwrite: bool) -> None:
                 pass
         except OSError as exc:
             raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}; choose another -o") from exc
+
+
+def remove_stale_parts(path: Path) -> None:
+    """Delete the temporary files a killed run left for this output (`.<name>.*.part`), so a
+    resumed run starts clean; only this output's own names are touched."""
+    if path.parent.is_dir():
+        for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.part"):
+            leftover.unlink(missing_ok=True)
 
 
 def _umask() -> int:

