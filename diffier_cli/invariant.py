@@ -7,7 +7,9 @@ cuBLAS choose by shape in the same way), and 50 sampling steps carry that to ±1
 Inside `batch_invariant()` the few operators that mix the batch into their arithmetic run with a
 shape that is the same whatever the batch:
 
-- convolutions, GroupNorm and attention: one sample at a time, each made contiguous first;
+- convolutions, GroupNorm, attention and the transcendental activations (SiLU, GELU, sigmoid,
+  tanh, whose CPU kernels split work into threads and SIMD vectors by the tensor's total size):
+  one sample at a time, each made contiguous first;
 - `F.linear`: rows in fixed blocks of `GEMM_ROWS`, the last one zero-padded, so every GEMM call
   has one shape and a row's result depends on that row alone.
 
@@ -27,15 +29,22 @@ from torch.overrides import TorchFunctionMode
 
 GEMM_ROWS = 256
 
-# Operator → how many leading positional arguments carry the batch dimension.
+# Operator → (how many leading positional arguments carry the batch, their rank when batched).
 PER_SAMPLE = {
-    F.conv1d: 1,
-    F.conv2d: 1,
-    F.conv3d: 1,
-    F.conv_transpose1d: 1,
-    F.conv_transpose2d: 1,
-    F.group_norm: 1,
-    F.scaled_dot_product_attention: 3,  # query, key, value
+    F.conv1d: (1, 3),
+    F.conv2d: (1, 4),
+    F.conv3d: (1, 5),
+    F.conv_transpose1d: (1, 3),
+    F.conv_transpose2d: (1, 4),
+    F.group_norm: (1, 2),
+    F.scaled_dot_product_attention: (3, 3),  # query, key, value
+    # Transcendental activations: the CPU kernels split a tensor into thread chunks and SIMD
+    # vectors by its total size, and the scalar tail of a chunk rounds unlike the vector body.
+    F.silu: (1, 2),
+    F.gelu: (1, 2),
+    F.mish: (1, 2),
+    torch.sigmoid: (1, 2),
+    torch.tanh: (1, 2),
 }
 
 
@@ -63,8 +72,8 @@ def _fixed_shape_linear(x: torch.Tensor, *rest, **kwargs) -> torch.Tensor:
 class _BatchInvariantMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        batched = PER_SAMPLE.get(func)
-        if batched is not None and isinstance(args[0], torch.Tensor) and args[0].dim() >= 3:
+        batched, rank = PER_SAMPLE.get(func, (0, 0))
+        if batched and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= rank:
             return _per_sample(func, batched, args, kwargs)
         if func is F.linear:
             return _fixed_shape_linear(*args, **kwargs)

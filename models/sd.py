@@ -44,10 +44,13 @@ class MemoryOptions:
     vae_tiling: bool = False  # decode in overlapping tiles
     attention_slicing: bool = False  # attention in head slices
 
+    def check(self, device: torch.device) -> None:
+        """Before loading: offloading needs a GPU to offload from."""
+        if self.cpu_offload and device.type != "cuda":
+            raise UsageError(f"--cpu-offload moves components between the CPU and a GPU; it needs --device cuda, not {device}")
+
     def apply(self, pipe, device: torch.device) -> None:
         if self.cpu_offload:
-            if device.type != "cuda":
-                raise UsageError(f"--cpu-offload moves components between the CPU and a GPU; it needs --device cuda, not {device}")
             pipe.enable_model_cpu_offload(gpu_id=device.index or 0)
         else:
             pipe.to(device)
@@ -146,6 +149,7 @@ class StableDiffusion:
     ) -> "StableDiffusion":
         from diffusers import StableDiffusionPipeline
 
+        memory.check(device)
         resolved = resolve_model(source, revision, offline, cache_dir)
         _check_pipeline_folder(resolved.folder)
         try:

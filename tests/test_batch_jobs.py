@@ -1,0 +1,276 @@
+"""Batch jobs: global item indices, shards, launchers, resuming, --keep-going, the manifest, and
+batch-invariant kernels (t2i on the tiny saved pipeline; sr and tts have their own in their files).
+
+Every CLI run here pins OMP_NUM_THREADS=1: torchrun does that for its workers, and on the CPU a
+reduction split over a different number of threads rounds differently, so byte-identity across
+processes holds for the same thread count (see diffier_cli/invariant.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from diffier_cli.errors import UsageError
+from diffier_cli.invariant import batch_invariant
+from diffier_cli.jobs import Shard, parse_shard, resolve_shard
+from diffier_cli.outputs import plan_outputs
+from tests.conftest import DIFFIER, run_cli
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+PROMPTS = ["a red bicycle", "a cat on a mat", "a lighthouse at dusk", "two apples", "a blue door"]
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def t2i_args(model: Path, *extra: str) -> list[str]:
+    return ["t2i", "--model", str(model), "--steps", "3", "--seed", "11", *extra]
+
+
+def outputs(folder: Path) -> dict[str, np.ndarray]:
+    return {path.name: pixels(path) for path in sorted(folder.glob("*.png"))}
+
+
+def assert_same_files(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+# --- sharding arithmetic and launcher environments -------------------------------------------
+
+
+@pytest.mark.parametrize("total", [0, 1, 5, 16, 17])
+@pytest.mark.parametrize("count", [1, 2, 3, 8])
+def test_shards_are_contiguous_disjoint_and_cover_every_item_once(total, count):
+    parts = [Shard(k, count, "--shard").select(total) for k in range(count)]
+    assert [i for part in parts for i in part] == list(range(total))  # in order, no padding, no duplicates
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "explicit", "expected"),
+    [
+        ({}, None, (0, 1, None)),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, None, (1, 2, 1)),  # torchrun / accelerate
+        ({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}, None, (3, 4, 0)),  # srun
+        # an array task also sees SLURM_PROCID 0 of 1; the array decides, offset by its first id
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
+          "SLURM_ARRAY_TASK_MIN": "3"}, None, (2, 4, None)),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "0/3", (0, 3, 1)),  # the flag wins, the GPU slot stays
+        ({}, "2/3", (2, 3, None)),
+    ],
+)
+def test_shard_comes_from_the_flag_then_the_launcher(environ, explicit, expected):
+    shard = resolve_shard(explicit, environ)
+    assert (shard.index, shard.count, shard.local_rank) == expected
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2", "0/0"])
+def test_bad_shards_are_usage_errors(text):
+    with pytest.raises(UsageError, match="--shard"):
+        parse_shard(text)
+
+
+def test_names_come_from_the_global_index_and_the_input(tmp_path):
+    items = [{"index": i, "seed": 7 + i, "slug": "s", "stem": "st", "mode": "refined"} for i in range(3)]
+    items[1]["name"] = "chosen"
+    items[2]["subdir"] = "deep/er"
+    paths = plan_outputs(f"{tmp_path}/", items, "{index:05d}-{seed}.png", name="{index:03d}-{mode}")
+    assert paths == [tmp_path / "000-refined.png", tmp_path / "chosen.png", tmp_path / "deep/er" / "002-refined.png"]
+    with pytest.raises(UsageError, match="-o to be a folder"):
+        plan_outputs(str(tmp_path / "one.png"), items[:1], "{index}.png", name="{index}")
+    with pytest.raises(UsageError, match="items 0 and 1 would both be written"):
+        plan_outputs(f"{tmp_path}/", items[:2] and [dict(items[0]), dict(items[0], index=1)], "x.png", name="fixed")
+
+
+# --- batch-invariant kernels -----------------------------------------------------------------
+
+
+def test_batch_invariant_mode_makes_each_item_independent_of_its_batch():
+    torch.manual_seed(0)
+    conv, norm, linear = torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.Linear(16, 24)
+
+    def block(x):
+        h = norm(conv(x))
+        tokens = h.flatten(2).transpose(1, 2)  # [B, HW, C]
+        q = linear(tokens).unflatten(-1, (3, 8)).transpose(1, 2)  # [B, heads, HW, d]
+        return F.scaled_dot_product_attention(q, q, q) + linear(h.mean((2, 3)))[:, None, None, :8]
+
+    x = torch.randn(5, 8, 12, 12)
+    with torch.no_grad(), batch_invariant():
+        together = block(x)
+        alone = torch.cat([block(x[i : i + 1]) for i in range(5)])
+        pairs = torch.cat([block(x[i : i + 2]) for i in range(0, 4, 2)])
+    assert torch.equal(together, alone)
+    assert torch.equal(together[:4], pairs)
+    with torch.no_grad():
+        plain = block(x)
+    assert torch.allclose(together, plain, atol=1e-5)  # the same maths, only the rounding may differ
+
+
+# --- t2i end to end: shards, launchers, batch size ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_sd, prompts_file, tmp_path_factory) -> Path:
+    """One unsharded refined run over all prompts, batched by 4: the reference."""
+    folder = tmp_path_factory.mktemp("whole")
+    result = run_cli(*t2i_args(tiny_sd["v_prediction"], "--prompts-file", str(prompts_file), "-o", f"{folder}/",
+                               "--batch-size", "4"), env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_three_shards_equal_one_run_file_for_file(tiny_sd, prompts_file, whole_run, tmp_path):
+    """Shards 0/3 and 2/3 by flag, 1/3 by torchrun's variables, each its own process, batch size 1."""
+    model = tiny_sd["v_prediction"]
+    for k in range(3):
+        how = ["--shard", f"{k}/3"] if k != 1 else []
+        env = {**ONE_THREAD, **({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "0"} if k == 1 else {})}
+        result = run_cli(*t2i_args(model, "--prompts-file", str(prompts_file), "-o", f"{tmp_path}/", *how), env=env,
+                         in_process=False)
+        assert result.returncode == 0, result.stderr
+        assert f"of 5 item(s) to make (shard {k}/3" in result.stderr
+    assert_same_files(outputs(tmp_path), outputs(whole_run))
+
+    listing = run_cli("manifest", str(tmp_path))
+    assert listing.returncode == 0, listing.stderr
+    assert [r["record"]["job"]["index"] for r in listing.records] == list(range(5))
+    assert "5 of 5 item(s)" in listing.stderr
+    next(tmp_path.glob("00003-*.png")).unlink()
+    incomplete = run_cli("manifest", str(tmp_path))
+    assert incomplete.returncode == 5 and "missing 3" in incomplete.stderr
+
+
+def test_torchrun_two_processes_equal_one_run(tiny_sd, prompts_file, whole_run, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "diffier_cli",
+               *t2i_args(tiny_sd["v_prediction"], "--prompts-file", str(prompts_file), "-o", f"{tmp_path}/", "-q")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **ONE_THREAD}
+    done = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert_same_files(outputs(tmp_path), outputs(whole_run))
+
+
+def test_baseline_batch_sizes_one_and_four_give_identical_pixels(tiny_sd, prompts_file, tmp_path):
+    runs = {}
+    for size in ("1", "4"):
+        folder = tmp_path / size
+        result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts_file), "--baseline",
+                                   "-o", f"{folder}/", "--batch-size", size, "--num-images", "2"), env=ONE_THREAD)
+        assert result.returncode == 0, result.stderr
+        runs[size] = outputs(folder)
+    assert len(runs["1"]) == 10
+    assert_same_files(runs["1"], runs["4"])
+
+
+# --- resuming and failures --------------------------------------------------------------------
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **ONE_THREAD}
+    return subprocess.Popen([DIFFIER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_outputs(folder: Path, count: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*.png"))) < count:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_killed_run_resumes_with_skip_existing_to_the_same_files(tiny_sd, tmp_path):
+    prompts = tmp_path / "many.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(8)))
+    model = tiny_sd["epsilon"]
+    common = ["--prompts-file", str(prompts), "--steps", "15"]  # slow enough to be stopped part-way
+    reference = tmp_path / "reference"
+    assert run_cli(*t2i_args(model, *common, "-o", f"{reference}/"), env=ONE_THREAD).returncode == 0
+    out = tmp_path / "out"
+    args = t2i_args(model, *common, "-o", f"{out}/", "--skip-existing")
+
+    first = _start(args)  # Ctrl-C: the current item finishes, then the run stops and says how to resume
+    _wait_for_outputs(out, 1, first)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err.decode()
+    assert "--skip-existing to resume" in err.decode().splitlines()[-1]
+    made = len(list(out.glob("*.png")))
+    assert 1 <= made < 8
+
+    second = _start(args)  # SIGKILL: no chance to clean up
+    _wait_for_outputs(out, made + 1, second)
+    second.kill()
+    second.wait(timeout=60)
+    # what a kill during a write leaves behind: a temporary file, which the resumed run removes
+    (out / f".{sorted(outputs(reference))[-1]}.x1y2.part").write_bytes(b"\x89PNG truncated")
+
+    third = run_cli(*args, env=ONE_THREAD)
+    assert third.returncode == 0, third.stderr
+    assert "already done" in third.stderr
+    assert_same_files(outputs(out), outputs(reference))
+    assert sorted(p.name for p in out.iterdir()) == sorted(outputs(reference))
+
+
+def test_keep_going_reports_bad_lines_and_exits_5(tiny_sd, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        '{"prompt": "a cat", "seed": 99, "name": "cat"}\n'
+        "\n"
+        '{"prompt": "a dog", "negative_prompt": "blurry"}\n'
+        "{not json\n"
+        '{"text": "no prompt key"}\n'
+    )
+    out = tmp_path / "out"
+    result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{out}/", "--keep-going",
+                               "--batch-size", "2", "--json"), env=ONE_THREAD)
+    assert result.returncode == 5, result.stderr
+    written = [r for r in result.records if "error" not in r]
+    failed = [r for r in result.records if "error" in r]
+    assert [(r["index"], r["seed"], Path(r["path"]).name) for r in written] == [
+        (0, 99, "cat.png"), (2, 13, "00002-13-refined-a-dog.png")]
+    assert written[1]["negative_prompt"] == "blurry"
+    assert sorted(r["index"] for r in failed) == [1, 3, 4]
+    assert all(r["exit_code"] == 2 for r in failed)
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("diffier: error: 3 of 5 item(s) failed (2 written)") and "line 2 is empty" in last
+    assert sorted(p.name for p in out.iterdir()) == ["00002-13-refined-a-dog.png", "cat.png"]
+
+    # without --keep-going the first bad line stops the run with its own code, naming the item
+    stop = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path / 'stop'}/"),
+                   env=ONE_THREAD)
+    assert stop.returncode == 2
+    assert stop.stderr.splitlines()[-1] == "diffier: error: item 1 (line 2): p.jsonl line 2 is empty".replace(
+        "p.jsonl", str(prompts))
+
+
+def test_memory_knobs_are_recorded_and_cpu_offload_needs_a_gpu(tiny_sd, tmp_path):
+    out = tmp_path / "m.png"
+    result = run_cli(*t2i_args(tiny_sd["epsilon"], "a cat", "-o", str(out), "--vae-slicing", "--vae-tiling",
+                               "--attention-slicing", "--json"))
+    assert result.returncode == 0, result.stderr
+    assert result.records[0]["params"]["memory"] == ["vae_slicing", "vae_tiling", "attention_slicing"]
+    offload = run_cli(*t2i_args(tiny_sd["epsilon"], "a cat", "-o", str(tmp_path / "o.png"), "--cpu-offload",
+                                "--device", "cpu"))
+    assert offload.returncode == 2 and "--cpu-offload" in offload.stderr and not (tmp_path / "o.png").exists()
