@@ -66,24 +66,31 @@ def sampling_only(folder: Path, steps: int, repeats: int) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    opts = T2IOptions(prompt=PROMPT, negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0, seed=0, num_images=1,
-                      batch_size=1, height=None, width=None, output=None, overwrite=False, model=str(folder),
-                      revision=None, offline=True, cache_dir=None, device=str(device), dtype="auto", refiner=None,
-                      json=False, quiet=True)
     size = backbone.native_size
+    item = {"seed": 0, "prompt": PROMPT, "negative_prompt": None}
 
-    def ours():
+    def options(batch_invariant: bool):
+        return T2IOptions(prompt=PROMPT, prompts_file=None, negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0,
+                          seed=0, num_images=1, batch_size=1, batch_invariant=batch_invariant, height=None, width=None,
+                          output=None, overwrite=False, model=str(folder), revision=None, offline=True, cache_dir=None,
+                          device=str(device), dtype="auto", refiner=None, json=False, quiet=True)
+
+    def run_ours(opts):
         with torch.no_grad():
-            return generate(backbone, opts, [0], size, size)[0][0]
+            return generate(backbone, opts, [item], size, size)[0][0]
+
+    plain, invariant = options(False), options(True)
+    ours = lambda: run_ours(plain)  # noqa: E731 - the pipeline's own kernels
+    ours_invariant = lambda: run_ours(invariant)  # noqa: E731 - the CLI default
 
     def theirs():
         return pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5,
                     generator=[torch.Generator().manual_seed(0)]).images[0]
 
-    ours(), theirs()  # warm-up
-    times = {"ours": [], "theirs": []}
+    ours(), ours_invariant(), theirs()  # warm-up
+    times = {"ours": [], "ours_invariant": [], "theirs": []}
     for _ in range(repeats):
-        for name, fn in (("ours", ours), ("theirs", theirs)):
+        for name, fn in (("ours", ours), ("ours_invariant", ours_invariant), ("theirs", theirs)):
             start = time.perf_counter()
             fn()
             if device.type == "cuda":
@@ -94,7 +101,9 @@ def sampling_only(folder: Path, steps: int, repeats: int) -> dict:
     same = bool(np.array_equal(np.asarray(ours()), np.asarray(theirs())))
     return {"device": str(device), "diffier_s": statistics.median(times["ours"]),
             "pipeline_s": statistics.median(times["theirs"]),
-            "ratio": statistics.median(times["ours"]) / statistics.median(times["theirs"]), "identical_pixels": same}
+            "ratio": statistics.median(times["ours"]) / statistics.median(times["theirs"]), "identical_pixels": same,
+            "batch_invariant_s": statistics.median(times["ours_invariant"]),
+            "batch_invariant_ratio": statistics.median(times["ours_invariant"]) / statistics.median(times["theirs"])}
 
 
 def main() -> None:

@@ -194,19 +194,21 @@ class Subtype(str, Enum):
 @app.command(
     epilog=(
         "Examples: diffier tts speech.txt -o speech.wav ; echo 'Hello there.' | diffier tts - -o - > hello.wav ; "
-        "diffier tts --text 'Good morning.' --baseline --seed 3 . " + EXIT_CODES_HELP
+        "diffier tts --text 'Good morning.' --baseline --seed 3 ; "
+        "diffier tts lines.txt --per-line -o out/ --skip-existing --keep-going . " + EXIT_CODES_HELP
     )
 )
 def tts(
     text_file: Optional[str] = typer.Argument(None, help="A UTF-8 text file, or - for stdin.", show_default=False),
     text: Optional[str] = typer.Option(None, "--text", help="The text itself, instead of a file.", rich_help_panel=SAMPLING),
+    per_line: bool = typer.Option(False, "--per-line", help="One WAV per non-empty line (item index = its place among them; blank lines make none), each still split into sentences.", rich_help_panel=BATCH),
     steps: int = typer.Option(10, "--steps", "--timesteps", min=1, help="Reverse-SDE steps (the official default).", rich_help_panel=SAMPLING),
     temperature: float = typer.Option(1.5, "--temperature", callback=_positive, help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING),
     length_scale: float = typer.Option(0.91, "--length-scale", callback=_positive, help="Speaking pace: > 1 slower, < 1 faster (official 0.91).", rich_help_panel=SAMPLING),
     stochastic: bool = typer.Option(False, "--stoc/--no-stoc", help="Stochastic reverse SDE steps instead of the deterministic ones (official default: off).", rich_help_panel=SAMPLING),
     speaker: Optional[int] = typer.Option(None, "--speaker", min=0, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING),
     pause: float = typer.Option(0.2, "--pause", min=0.0, help="Silence between sentences, in seconds.", rich_help_panel=SAMPLING),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the prior and SDE noise and of the refinement. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the prior and SDE noise and of the refinement, for item 0; item i (--per-line) uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
@@ -219,9 +221,13 @@ def tts(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Download cache (default: ~/.cache/diffier).", rich_help_panel=MODEL),
     device: str = DEVICE,
     dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float32 (Grad-TTS is small).", rich_help_panel=MODEL),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .wav path, a folder ending in /, a template with {stem} {seed} {mode} {slug}, or - for a complete WAV on stdout (default: ./{stem}-{seed}-{mode}.wav).", rich_help_panel=OUTPUT),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .wav path, a folder (existing or ending in /), a template with {index} {stem} {seed} {mode} {slug}, or - for a complete WAV on stdout (default: ./{stem}-{seed}-{mode}.wav, with --per-line ./{stem}-{index:04d}-{seed}-{mode}.wav).", rich_help_panel=OUTPUT),
+    name: Optional[str] = NAME,
     subtype: Subtype = typer.Option(Subtype.PCM_16, "--subtype", help="WAV sample format.", rich_help_panel=OUTPUT),
     overwrite: bool = OVERWRITE,
+    skip_existing: bool = SKIP_EXISTING,
+    keep_going: bool = KEEP_GOING,
+    shard: Optional[str] = SHARD,
     json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
@@ -235,6 +241,7 @@ def tts(
         job.TTSOptions(
             text_file=text_file,
             text=text,
+            per_line=per_line,
             checkpoint=checkpoint,
             pe_scale=pe_scale,
             vocoder=vocoder,
@@ -246,7 +253,11 @@ def tts(
             pause=pause,
             seed=seed,
             output=output,
+            name=name,
             overwrite=overwrite,
+            skip_existing=skip_existing,
+            keep_going=keep_going,
+            shard=shard,
             subtype=subtype.value,
             offline=offline,
             cache_dir=cache_dir,
@@ -284,12 +295,13 @@ SR_LICENSE = (
 
 @app.command(
     epilog=(
-        "Examples: diffier sr low.png -o high.png ; diffier sr low.png --preset turbo --baseline --seed 3 . "
+        "Examples: diffier sr low.png -o high.png ; diffier sr low.png --preset turbo --baseline --seed 3 ; "
+        "diffier sr photos/ --recursive -o upscaled/ --skip-existing --keep-going . "
         + SR_LICENSE + " " + EXIT_CODES_HELP
     )
 )
 def sr(
-    input: str = typer.Argument(..., help="The low-resolution image (PNG, JPEG, WebP; grayscale and alpha kept)."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Low-resolution images (PNG, JPEG, WebP, BMP, TIFF; grayscale and alpha kept) and/or folders of them (sorted by path; item i is the i-th image).", show_default=False),
     scale: float = typer.Option(4.0, "--scale", callback=_positive, help="Output size = input size × scale.", rich_help_panel=SAMPLING),
     preset: Preset = typer.Option(Preset.paper, "--preset", help="paper: DDPM 200 steps, dec-w 0.5, adain (stablesr_000117); turbo: 4 steps, wavelet; 768v: the v-prediction model with DDIM 20, eta 1, dec-w 0, wavelet.", rich_help_panel=SAMPLING),
     sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="ddpm (respaced ancestral) or ddim (the official grid) (default: the preset's).", rich_help_panel=SAMPLING),
@@ -303,7 +315,7 @@ def sr(
     pixel_stride: int = typer.Option(1000, "--pixel-stride", min=32, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="With --sampler ddim: guidance away from this prompt, as the official DDIM scripts' --use_negative_prompt.", rich_help_panel=SAMPLING),
     cfg: Optional[float] = typer.Option(None, "--cfg", "--cfg-scale", min=0.0, help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the LR posterior sample, x_T and sampler noise, and of the refinement. Random when unset.", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of image 0 (its LR posterior sample, x_T and sampler noise, and refinement); image i uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
@@ -316,8 +328,13 @@ def sr(
     cache_dir: Optional[str] = HUB_CACHE_DIR,
     device: str = DEVICE,
     dtype: DType = HALF_ON_CUDA,
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path, a folder ending in /, or a template with {stem} {seed} {mode} (default: ./{stem}-x4-{mode}.png, with the scale in the name).", rich_help_panel=OUTPUT),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path for one image, or a folder (existing or ending in /) for many (default: the current folder, named {stem}-x4-{mode}.png with the scale in the name).", rich_help_panel=OUTPUT),
+    name: Optional[str] = NAME,
     overwrite: bool = OVERWRITE,
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Take the images of the input folders' sub-folders too; outputs keep the sub-folders under the -o folder.", rich_help_panel=BATCH),
+    skip_existing: bool = SKIP_EXISTING,
+    keep_going: bool = KEEP_GOING,
+    shard: Optional[str] = SHARD,
     json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
@@ -326,13 +343,18 @@ def sr(
 
     if pixel_stride > pixel_tile:
         raise typer.BadParameter(f"{pixel_stride} is larger than --pixel-tile {pixel_tile}: tiles would leave gaps", param_hint="--pixel-stride")
-    for name, value, multiple in (("--tile-size", tile_size, 64), ("--pixel-tile", pixel_tile, 32)):
+    for option, value, multiple in (("--tile-size", tile_size, 64), ("--pixel-tile", pixel_tile, 32)):
         if value is not None and value % multiple:
-            raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=name)
+            raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=option)
     job.run(
         job.SROptions(
-            input=input,
+            inputs=inputs,
+            recursive=recursive,
             output=output,
+            name=name,
+            skip_existing=skip_existing,
+            keep_going=keep_going,
+            shard=shard,
             scale=scale,
             preset=preset.value,
             sampler=sampler.value if sampler else None,
@@ -381,6 +403,44 @@ def info(
         else:
             typer.echo(f"{path}:")
             typer.echo(json.dumps(record, ensure_ascii=False, indent=2) if isinstance(record, dict) else record)
+
+
+@app.command(epilog="Example: diffier manifest out/ -o out/manifest.ndjson . " + EXIT_CODES_HELP)
+def manifest(
+    paths: list[str] = typer.Argument(..., help="Output folders (searched recursively) or files."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the NDJSON manifest to this file instead of stdout."),
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+) -> None:
+    """List every output with its record (NDJSON, one line per file, by job and item index) and
+    check each job is complete: exit 5 when some item index of a job has no output."""
+    from pathlib import Path
+
+    from diffier_cli import manifest as audit
+    from diffier_cli.errors import UsageError
+    from diffier_cli.jobs import PartialFailure
+    from diffier_cli.outputs import preflight, write_atomically
+
+    if output is not None:
+        preflight([Path(output)], overwrite)
+    lines, jobs, foreign = audit.collect(paths)
+    if not lines:
+        raise UsageError(f"no diffier outputs (.png with a diffier record, .wav with its sidecar) under {' '.join(paths)}")
+    text = audit.to_ndjson(lines)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomically({Path(output): text.encode()}, overwrite)
+    messages = audit.summary(jobs)
+    if foreign and not quiet:
+        typer.echo(f"{len(foreign)} file(s) without a diffier record left out", err=True)
+    if not quiet:
+        for message in messages:
+            typer.echo(message, err=True)
+    incomplete = [job_id for job_id, job in jobs.items() if job.missing]
+    if incomplete:
+        raise PartialFailure(f"{len(incomplete)} of {len(jobs)} job(s) incomplete: {', '.join(sorted(incomplete))} (see the lines above)")
 
 
 @app.command(epilog=EXIT_CODES_HELP)

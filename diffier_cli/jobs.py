@@ -150,6 +150,7 @@ class JobRun:
     reporter: object
     json_lines: bool
     keep_going: bool
+    name_single_item: bool = False  # put the item's label on a failure even when it is the only item
     written: int = 0
     failures: list[tuple[dict, str]] = field(default_factory=list)
     _stop_requested: bool = False
@@ -207,8 +208,10 @@ class JobRun:
                 _release_cached_memory()
             where = ", ".join(label(planned.item) for planned in batch)
             if not self.keep_going:
-                if self.plan.total > 1:  # say which item, then stop with the failure's own code
+                if self.plan.total > 1 or self.name_single_item:  # say which item, then stop with its own code
                     raise DiffierError(f"{where}: {error}", error.code) from exc
+                if error is exc:
+                    raise
                 raise error from exc
             for planned in batch:
                 self.failures.append((planned.item, str(error)))

@@ -1,8 +1,12 @@
-"""`diffier sr`: read image → bicubic upscale + pad → StableSR (the shared loop) → CFW decode + colour fix → PNG.
+"""`diffier sr`: list images → plan outputs → load StableSR once → per image: bicubic upscale + pad →
+StableSR (the shared loop) → CFW decode + colour fix → PNG.
 
 The geometry follows the official `_canvas_tile` scripts: the LR image is upscaled by
 s = max(scale, tile size / short side), so the latent canvas is at least one tile wide, padded,
 sampled tile by tile, and resized back to exactly input size × scale when s > scale.
+
+Item i of a run is the i-th image of the inputs (arguments in order, a folder's files sorted by
+relative path); it uses seed + i, so a shard or a resumed run makes the same pixels as one run.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from diffier_cli import __version__
 from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
-from diffier_cli.outputs import plan_outputs, png_bytes, preflight, slugify, write_atomically
+from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard
+from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
@@ -39,14 +46,17 @@ PRESETS = {
     "768v": dict(checkpoint="stablesr_768v_000139.ckpt", prediction="v_prediction", sampler="ddim", steps=20,
                  ddim_eta=1.0, dec_w=0.0, color_fix="wavelet", tile_size=768, tile_overlap=48),
 }
+SAMPLING_SETTINGS = ("sampler", "steps", "ddim_eta", "dec_w", "color_fix", "tile_size", "tile_overlap")
 OFFICIAL_DDIM_CFG = 7.0  # `--scale` of the official DDIM scripts
 MAX_OUTPUT_PIXELS = 8192 * 8192  # the whole float image stays in host memory while pixel tiles run
 PAD_MULTIPLE = 32  # the official scripts reflect-pad to a multiple of 32 px
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_NAME = "{stem}-x{scale}-{mode}.png"
 
 
 @dataclass(frozen=True)
 class SROptions(RunOptions):
-    input: str
+    inputs: list[str]
     scale: float
     preset: str
     sampler: str | None
@@ -63,6 +73,7 @@ class SROptions(RunOptions):
     tokenizer: str
     checkpoint: str | None
     vae_checkpoint: str | None
+    recursive: bool = False
 
     def setting(self, name: str):
         """The user's value, else the preset's."""
@@ -70,21 +81,69 @@ class SROptions(RunOptions):
         return PRESETS[self.preset][name] if value is None else value
 
 
-def read_image(path: Path):
-    """(RGB PIL image, alpha channel or None, original mode, text chunks) with one-line errors."""
+def list_images(inputs: list[str], recursive: bool) -> list[tuple[Path, str]]:
+    """(image, its sub-folder) for every input: a file as given; a folder's image files sorted by
+    relative path, with --recursive those of its sub-folders too (hidden files and folders left out)."""
+    found = []
+    for name in inputs:
+        path = Path(name)
+        if not path.is_dir():
+            if not path.exists():
+                raise UsageError(f"no such image or folder: {path}")
+            found.append((path, ""))
+            continue
+        try:
+            files = [file.relative_to(path) for file in (path.rglob("*") if recursive else path.iterdir())
+                     if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file()]
+        except OSError as exc:
+            raise UsageError(f"cannot read the folder {path}: {exc.strerror or exc}") from exc
+        images = sorted((file for file in files if not any(part.startswith(".") for part in file.parts)), key=lambda file: file.parts)
+        if not images:
+            hint = "; add --recursive for its sub-folders" if not recursive and any(p.is_dir() for p in path.iterdir()) else ""
+            raise UsageError(f"{path} holds no images ({' '.join(IMAGE_SUFFIXES)}){hint}")
+        found += [(path / file, "" if file.parent == Path() else str(file.parent)) for file in images]
+    return found
+
+
+def refuse_outputs_among_inputs(inputs: list[str], recursive: bool, outputs: list[Path]) -> None:
+    """Outputs written where the inputs are listed from would be read as inputs by the next run
+    (a --skip-existing resume), shifting every later item's index, seed and name."""
+    folders = [Path(name).resolve() for name in inputs if Path(name).is_dir()]
+    for output in outputs:
+        parent = output.absolute().resolve().parent
+        for folder in folders:
+            if parent == folder or (recursive and folder in parent.parents):
+                raise UsageError(f"{output} would be written among the inputs in {folder}; pass -o with a folder outside it")
+
+
+def work_items(images: list[tuple[Path, str]], seed: int, mode: str) -> list[dict]:
+    """Item i is image i of the inputs, with seed + i."""
+    return [{"index": i, "seed": seed + i, "stem": path.stem, "slug": slugify(path.stem), "mode": mode,
+             "input": str(path), "subdir": subdir, "error": None} for i, (path, subdir) in enumerate(images)]
+
+
+@contextmanager
+def _readable() -> Iterator[None]:
+    """PIL's many failures to read an image as one-line usage errors."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = opened.copy()
-            text = dict(getattr(opened, "text", {}) or {})
+        yield
     except FileNotFoundError as exc:
-        raise UsageError(f"no such image: {path}") from exc
+        raise UsageError("no such image") from exc
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise UsageError(f"{path} is not a readable image ({exc}); pass a PNG, JPEG or WebP file") from exc
-    if image.width == 0 or image.height == 0:
-        raise UsageError(f"{path} has zero size ({image.width}×{image.height})")
+        reason = "unknown format or a damaged file" if isinstance(exc, UnidentifiedImageError) else first_line(exc)
+        raise UsageError(f"not a readable image ({reason}); pass a PNG, JPEG or WebP file") from exc
+
+
+def read_image(path: Path):
+    """(RGB PIL image, alpha channel or None, original mode, text chunks) with one-line errors."""
+    from PIL import Image
+
+    with _readable(), Image.open(path) as opened:
+        opened.load()
+        image = opened.copy()
+        text = dict(getattr(opened, "text", {}) or {})
     mode = image.mode
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -96,6 +155,37 @@ def read_image(path: Path):
         scaled = np.clip(np.asarray(image, dtype=np.float64) / 65535 * 255, 0, 255).round().astype(np.uint8)
         image = Image.fromarray(scaled, "L")
     return image.convert("RGB"), alpha, mode, text
+
+
+def geometry(width: int, height: int, opts: SROptions) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(output size, working size): official canvas_tile geometry upscales so the short side covers
+    at least one tile."""
+    if width == 0 or height == 0:
+        raise UsageError(f"the image has zero size ({width}×{height})")
+    out_w, out_h = round(width * opts.scale), round(height * opts.scale)
+    if out_w < 1 or out_h < 1:
+        raise UsageError(f"--scale {opts.scale} makes a {out_w}×{out_h} image; use a larger scale")
+    s = max(1.0, opts.setting("tile_size") / min(out_w, out_h))
+    work_w, work_h = math.ceil(out_w * s), math.ceil(out_h * s)
+    if work_w * work_h > MAX_OUTPUT_PIXELS:
+        raise UsageError(
+            f"a {out_w}×{out_h} output needs a {work_w}×{work_h} working image, over the "
+            f"{MAX_OUTPUT_PIXELS // 10**6} MP budget for the image held in memory; use a smaller --scale, "
+            "a smaller --tile-size, or split the image"
+        )
+    return (out_w, out_h), (work_w, work_h)
+
+
+def problem_with(path: str, opts: SROptions) -> str | None:
+    """Why an image cannot be upscaled, from its header alone (no pixels decoded), or None."""
+    from PIL import Image
+
+    try:
+        with _readable(), Image.open(path) as image:
+            geometry(image.width, image.height, opts)
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_dir: str | None) -> Path:
@@ -115,6 +205,26 @@ def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_d
         ) from exc
 
 
+def load_model(opts: SROptions, local_rank: int | None, reporter: Reporter):
+    """(StableSR on its device, the negative-prompt guidance (tokenizer, prompt, cfg) or None)."""
+    quiet_libraries(show_downloads=reporter.interactive)
+    from models.stablesr.adapter import StableSR
+
+    preset = PRESETS[opts.preset]
+    device = resolve_device(opts.device, local_rank)
+    dtype = resolve_dtype(opts.dtype, device)
+    checkpoint = fetch_checkpoint(opts.checkpoint, preset["checkpoint"], opts.offline, opts.cache_dir)
+    vae_checkpoint = fetch_checkpoint(opts.vae_checkpoint, VAE_FILE, opts.offline, opts.cache_dir)
+    reporter.message(f"loading {checkpoint.name} and {vae_checkpoint.name} on {device}")
+    model = StableSR.load(checkpoint, vae_checkpoint, prediction_type=preset["prediction"], device=device, dtype=dtype)
+    if opts.negative_prompt is None:
+        return model, None
+    from models.stablesr.text_embedding import load_tokenizer
+
+    cfg = OFFICIAL_DDIM_CFG if opts.cfg is None else opts.cfg
+    return model, (load_tokenizer(opts.tokenizer, opts.offline, opts.cache_dir), opts.negative_prompt, cfg)
+
+
 def pixel_patches(height: int, width: int, size: int, stride: int) -> list[tuple[slice, slice]]:
     """The pixel tiles of the official `_tile` scripts (ImageSpliterTh: `size` patches every `stride`
     px, the last flush with the edge); a side shorter than `size` is one patch of its own length."""
@@ -127,79 +237,37 @@ def pixel_patches(height: int, width: int, size: int, stride: int) -> list[tuple
     return [(rows, cols) for rows in spans(height) for cols in spans(width)]
 
 
-def run(opts: SROptions) -> None:
-    reporter = Reporter(opts.quiet)
-    source = Path(opts.input)
-    image, alpha, mode, text = read_image(source)
-    out_w, out_h = round(image.width * opts.scale), round(image.height * opts.scale)
-    if out_w < 1 or out_h < 1:
-        raise UsageError(f"--scale {opts.scale} makes a {out_w}×{out_h} image; use a larger scale")
-    # Official canvas_tile geometry: upscale so the short side covers at least one tile.
-    tile_px = opts.setting("tile_size")
-    s = max(1.0, tile_px / min(out_w, out_h))
-    work_w, work_h = math.ceil(out_w * s), math.ceil(out_h * s)
-    if work_w * work_h > MAX_OUTPUT_PIXELS:
-        raise UsageError(
-            f"a {out_w}×{out_h} output needs a {work_w}×{work_h} working image, over the "
-            f"{MAX_OUTPUT_PIXELS // 10**6} MP budget for the image held in memory; use a smaller --scale, "
-            "a smaller --tile-size, or split the image"
-        )
-    if opts.cfg is not None and opts.negative_prompt is None:
-        raise UsageError("--cfg scales the negative-prompt guidance; pass --negative-prompt too")
-    if opts.negative_prompt is not None and opts.setting("sampler") != "ddim":
-        raise UsageError("negative-prompt guidance exists only in the official DDIM path; add --sampler ddim")
-    seed = choose_seed(opts.seed)
-    mode_name = "baseline" if opts.refiner is None else "refined"
-    item = {"index": 0, "seed": seed, "slug": slugify(source.stem), "stem": source.stem, "mode": mode_name}
-    (path,) = plan_outputs(opts.output, [item], "{stem}-x{scale}-{mode}.png".replace("{scale}", f"{opts.scale:g}"))
-    preflight([path], opts.overwrite)
-    reporter.message(f"seed {seed}")
-
-    quiet_libraries(show_downloads=reporter.interactive)
+def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SROptions, reporter: Reporter, description: str):
+    """One image → (the PIL output, exactly size × scale, grey and alpha kept; what the record keeps):
+    bicubic upscale + reflect pad → StableSR per pixel tile, each re-seeded → stitch → crop → resize."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     from PIL import Image
 
-    from diffier_cli.sampling import denoise, per_item_stats, summarize
-    from models.stablesr.adapter import StableSR
+    from diffier_cli.sampling import denoise, per_item_stats
     from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles
 
-    preset = PRESETS[opts.preset]
-    device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
-    checkpoint = fetch_checkpoint(opts.checkpoint, preset["checkpoint"], opts.offline, opts.cache_dir)
-    vae_checkpoint = fetch_checkpoint(opts.vae_checkpoint, VAE_FILE, opts.offline, opts.cache_dir)
-    reporter.message(f"loading {checkpoint.name} and {vae_checkpoint.name} on {device}")
-    model = StableSR.load(checkpoint, vae_checkpoint, prediction_type=preset["prediction"], device=device, dtype=dtype)
-    negative = None
-    if opts.negative_prompt is not None:
-        from models.stablesr.text_embedding import load_tokenizer
-
-        cfg = OFFICIAL_DDIM_CFG if opts.cfg is None else opts.cfg
-        negative = (load_tokenizer(opts.tokenizer, opts.offline, opts.cache_dir), opts.negative_prompt, cfg)
-
-    factor = model.latent_scale
+    (out_w, out_h), (work_w, work_h) = geometry(image.width, image.height, opts)
     lr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     upscaled = F.interpolate(lr, size=(work_h, work_w), mode="bicubic", align_corners=False).clamp(-1, 1)
     pad_h, pad_w = -work_h % PAD_MULTIPLE, -work_w % PAD_MULTIPLE
     padded = F.pad(upscaled, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else upscaled
 
-    started = time.perf_counter()
     steps = opts.setting("steps")
     patches = pixel_patches(padded.shape[-2], padded.shape[-1], opts.pixel_tile, opts.pixel_stride)
     if len(patches) > 1:
         reporter.message(f"{len(patches)} pixel tiles of up to {opts.pixel_tile} px")
     outputs, per_patch = [], []
-    with reporter.progress(total=steps * len(patches), description=mode_name), torch.no_grad():
+    with reporter.progress(total=steps * len(patches), description=description), torch.no_grad():
         for rows, cols in patches:
             # Each pixel tile is a whole StableSR run, re-seeded as the official `_tile` scripts
             # re-run seed_everything(seed) per tile; only the tile moves to the device.
-            noise_generators, refine_generators = item_generators([seed], device)
+            noise_generators, refine_generators = item_generators([seed], model.device)
             state = model.prepare(
                 padded[..., rows, cols], sampler=opts.setting("sampler"), steps=steps, ddim_eta=opts.setting("ddim_eta"),
-                tile=tile_px // factor, overlap=opts.setting("tile_overlap"), noise_generator=noise_generators[0],
-                negative=negative,
+                tile=opts.setting("tile_size") // model.latent_scale, overlap=opts.setting("tile_overlap"),
+                noise_generator=noise_generators[0], negative=negative,
             )
             trajectory = denoise(model, state, model.init_noise(state), refiner=opts.refiner,
                                  generators=refine_generators, on_step=reporter.advance)
@@ -222,44 +290,111 @@ def run(opts: SROptions) -> None:
     # The official save: clamp((x + 1) / 2) · 255, then a truncating uint8 cast.
     pixels = ((result[0].clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
     output = Image.fromarray(pixels, "RGB")
-    if mode in ("L", "LA", "I", "I;16", "F"):
+    if color_mode in ("L", "LA", "I", "I;16", "F"):
         output = output.convert("L")
     if alpha is not None:
         output.putalpha(alpha.resize((out_w, out_h), Image.Resampling.BICUBIC))
-    seconds = time.perf_counter() - started
+    return output, {"working_size": [work_w, work_h], "pixel_tiles": len(patches), "per_patch": per_patch}
 
-    per_step = per_patch[0]
-    settings = {name: opts.setting(name) for name in ("sampler", "steps", "ddim_eta", "dec_w", "color_fix", "tile_size", "tile_overlap")}
-    record = {
+
+def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int, int], output_size: tuple[int, int],
+            details: dict, job: dict) -> dict:
+    import torch
+
+    from diffier_cli.sampling import summarize
+
+    seed, per_patch = item["seed"], details["per_patch"]
+    return {
         "tool": "diffier",
         "version": __version__,
         "command": "sr",
-        "input": str(source),
-        "input_size": [image.width, image.height],
-        "output_size": [out_w, out_h],
+        "input": item["input"],
+        "input_size": list(input_size),
+        "output_size": list(output_size),
         "scale": opts.scale,
+        "index": item["index"],
         "seed": seed,
-        "mode": mode_name,
+        "mode": item["mode"],
         "preset": opts.preset,
-        "params": {**settings, "pixel_tile": opts.pixel_tile, "pixel_stride": opts.pixel_stride,
-                   "pixel_tiles": len(patches), "negative_prompt": opts.negative_prompt,
-                   "cfg": None if negative is None else negative[2], "working_size": [work_w, work_h], "device": str(device),
-                   "dtype": str(dtype).removeprefix("torch.")},
+        "job": {**job, "index": item["index"]},
+        "params": {**{name: opts.setting(name) for name in SAMPLING_SETTINGS}, "pixel_tile": opts.pixel_tile,
+                   "pixel_stride": opts.pixel_stride, "pixel_tiles": details["pixel_tiles"],
+                   "negative_prompt": opts.negative_prompt, "cfg": None if negative is None else negative[2],
+                   "working_size": details["working_size"], "device": str(model.device),
+                   "dtype": str(model.dtype).removeprefix("torch.")},
         "model": model.info,
         "rng": {"posterior_x_T_and_sampler_noise": f"cpu torch.Generator seeded {seed}",
-                "refinement": f"{device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}"},
+                "refinement": f"{model.device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}"},
         "refiner": None if opts.refiner is None else opts.refiner.settings(),
-        "refinement": {"summary": summarize(per_step), "per_step": per_step,
+        "refinement": {"summary": summarize(per_patch[0]), "per_step": per_patch[0],
                        **({"per_pixel_tile": per_patch} if len(per_patch) > 1 else {})},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
+
+
+def _png(output, text: dict, record: dict) -> bytes:
+    """The output with the input's text chunks, an A1111 `postprocessing` line and the record."""
+    params = record["params"]
     postprocessing = (
-        f"StableSR upscale: {opts.scale:g}, preset: {opts.preset}, sampler: {settings['sampler']}, steps: {settings['steps']}, "
-        f"CFW dec_w: {settings['dec_w']}, color fix: {settings['color_fix']}, seed: {seed}, DiffIER: {mode_name}, "
-        f"Version: diffier {__version__}"
+        f"StableSR upscale: {record['scale']:g}, preset: {record['preset']}, sampler: {params['sampler']}, "
+        f"steps: {params['steps']}, CFW dec_w: {params['dec_w']}, color fix: {params['color_fix']}, "
+        f"seed: {record['seed']}, DiffIER: {record['mode']}, Version: diffier {__version__}"
     )
     chunks = {**text, "postprocessing": postprocessing, "diffier": json.dumps(record, ensure_ascii=False, separators=(",", ":"))}
-    write_atomically({path: png_bytes(output, chunks)}, opts.overwrite)
-    if opts.json:
-        print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
-    reporter.message(f"wrote {path} ({out_w}×{out_h}, seed {seed}, {mode_name}, {seconds:.1f} s)")
+    return png_bytes(output, chunks)
+
+
+def _label(item: dict) -> str:
+    return item["input"]
+
+
+def run(opts: SROptions) -> None:
+    reporter = Reporter(opts.quiet)
+    if opts.cfg is not None and opts.negative_prompt is None:
+        raise UsageError("--cfg scales the negative-prompt guidance; pass --negative-prompt too")
+    if opts.negative_prompt is not None and opts.setting("sampler") != "ddim":
+        raise UsageError("negative-prompt guidance exists only in the official DDIM path; add --sampler ddim")
+    images = list_images(opts.inputs, opts.recursive)
+    seed = choose_seed(opts.seed)
+    mode = "baseline" if opts.refiner is None else "refined"
+    items = work_items(images, seed, mode)
+    shard = resolve_shard(opts.shard)
+    plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),
+                    shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite)
+    refuse_outputs_among_inputs(opts.inputs, opts.recursive, [planned.paths[0] for planned in plan.pending])
+    for planned in plan.pending:  # a bad image fails as its own item, and alone it loads no model
+        planned.item["error"] = problem_with(planned.item["input"], opts)
+    job = JobRun(plan, reporter, opts.json, opts.keep_going, name_single_item=True)
+    reporter.message(f"seed {seed}")
+    job.announce()
+
+    model = negative = job_fields = None
+    if any(not planned.item["error"] for planned in plan.pending):
+        model, negative = load_model(opts, shard.local_rank, reporter)
+        settings = {"seed": seed, "mode": mode, "scale": opts.scale, "preset": opts.preset,
+                    **{name: opts.setting(name) for name in SAMPLING_SETTINGS}, "pixel_tile": opts.pixel_tile,
+                    "pixel_stride": opts.pixel_stride, "negative_prompt": opts.negative_prompt,
+                    "cfg": None if negative is None else negative[2],
+                    "checkpoints": [model.info["checkpoint"]["sha256"], model.info["vae_checkpoint"]["sha256"]],
+                    "refiner": None if opts.refiner is None else opts.refiner.settings()}
+        job_fields = {"id": job_id("sr", [item["input"] for item in items], settings), "count": len(items)}
+
+    with job.running():
+        for position, batch in enumerate(job.batches(1), 1):
+            (planned,) = batch
+            (path,), item = planned.paths, planned.item
+            with job.attempt(batch, _label):
+                if item["error"]:
+                    raise UsageError(item["error"])
+                image, alpha, color_mode, text = read_image(Path(item["input"]))
+                started = time.perf_counter()
+                description = mode if len(plan.pending) == 1 else f"{mode} {position}/{len(plan.pending)}"
+                output, details = upscale(model, image, alpha, color_mode, item["seed"], negative, opts, reporter, description)
+                seconds = time.perf_counter() - started
+                record = _record(opts, model, negative, item, image.size, output.size, details, job_fields)
+                write_atomically({path: _png(output, text, record)}, opts.overwrite)
+                job.wrote()
+                if opts.json:
+                    print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
+                reporter.message(f"wrote {path} ({output.width}×{output.height}, seed {item['seed']}, {mode}, {seconds:.1f} s)")
+    job.finish(_label)

@@ -1,8 +1,10 @@
-"""`diffier tts`: read text → split into utterances → Grad-TTS (the shared loop) → HiFi-GAN → one WAV.
+"""`diffier tts`: read text → items (the whole text, or one per line with --per-line) → plan
+outputs → load Grad-TTS and HiFi-GAN once → per item: utterances → the shared loop → one WAV.
 
 Grad-TTS was trained on single sentences (LJSpeech), so a paragraph is synthesised sentence by
 sentence and joined with a short silence; every utterance of a WAV draws, in order, from that
-WAV's own generators, so the same seed and text give the same samples.
+WAV's own generators (item i: seed + i), so the same seed and text give the same samples in any
+shard or restart.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import ModelUnavailable, UsageError
-from diffier_cli.outputs import plan_outputs, preflight, slugify, write_atomically
+from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard
+from diffier_cli.outputs import slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
@@ -46,6 +49,7 @@ class TTSOptions(RunOptions):
     stochastic: bool
     pause: float
     subtype: str
+    per_line: bool = False
 
 
 def read_text(opts: TTSOptions) -> tuple[str, str]:
@@ -118,53 +122,66 @@ def wav_bytes(waveform, sample_rate: int, subtype: str) -> bytes:
     return buffer.getvalue()
 
 
-def run(opts: TTSOptions) -> None:
-    reporter = Reporter(opts.quiet)
-    text, stem = read_text(opts)
-    utterances = split_utterances(text)
-    if not utterances:
-        raise UsageError("the text is empty; nothing to say")
-    seed = choose_seed(opts.seed)
-    mode = "baseline" if opts.refiner is None else "refined"
-    to_stdout = opts.output == "-"
-    if to_stdout:
-        if sys.stdout.isatty():
-            raise UsageError("-o - writes a WAV to stdout, which is a terminal; redirect it or pass a file")
-        if opts.json:
-            raise UsageError("-o - and --json both want stdout; choose one")
-        path = sidecar = None
+def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> list[dict]:
+    """The whole text as item 0, or with --per-line item i = the i-th non-empty line (its 1-based
+    line number kept); item i's seed is seed + i."""
+    if per_line:
+        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     else:
-        item = {"index": 0, "seed": seed, "slug": slugify(text), "stem": stem, "mode": mode}
-        (path,) = plan_outputs(opts.output, [item], "{stem}-{seed}-{mode}.wav")
-        sidecar = path.with_suffix(".json")
-        preflight([path, sidecar], opts.overwrite)
-    reporter.message(f"seed {seed}")
+        lines = [(None, text)] if text.strip() else []
+    items = []
+    for index, (number, line) in enumerate(lines):
+        item = {"index": index, "seed": seed + index, "stem": stem, "slug": slugify(line), "mode": mode, "text": line}
+        if number is not None:
+            item["line"] = number
+        items.append(item)
+    return items
 
+
+def speakable(text: str, reporter: Reporter, where: str = "") -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """(utterances with their encoder ids, utterances skipped for having nothing speakable) of one
+    item; UsageError when nothing is left or the cleaners cannot read a part."""
     from models.gradtts.text import NothingToSay, text_to_ids
 
-    spoken: list[tuple[str, list[int]]] = []
-    for utterance in utterances:
+    spoken, skipped = [], []
+    for utterance in split_utterances(text):
         try:
             spoken.append((utterance, text_to_ids(utterance)))
         except NothingToSay:
-            reporter.message(f"warning: nothing speakable in {utterance!r}; skipped")
+            skipped.append(utterance)
         except RuntimeError:  # the dictionary failed its checksum: a broken install, not the text
             raise
         except Exception as exc:  # noqa: BLE001 - the cleaners' number reading fails on some inputs ($1.,5, 40-digit numbers)
             raise UsageError(f"cannot read {utterance!r}: {exc}; rewrite that part of the text") from exc
     if not spoken:
         raise UsageError("the text has nothing speakable (no letters or digits)")
+    for utterance in skipped:
+        reporter.message(f"warning: {where}nothing speakable in {utterance!r}; skipped")
+    return spoken, skipped
 
-    import numpy as np
-    import torch
 
-    from diffier_cli.sampling import denoise, per_item_stats, summarize
+@dataclass
+class Voice:
+    """Grad-TTS and its vocoder, loaded once per process."""
+
+    backbone: object
+    vocoder: object
+    speaker: int | None
+    checkpoint: dict
+    vocoder_info: dict
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vocoder.config.sampling_rate
+
+
+def load_voice(opts: TTSOptions, reporter: Reporter, local_rank: int | None) -> Voice:
     from models.gradtts.adapter import GradTTSBackbone
     from models.gradtts.checkpoints import OFFICIAL_FILE_ID, resolve_checkpoint
     from models.gradtts.hifigan import load_hifigan
     from models.gradtts.model import load_gradtts
 
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device, local_rank)
     dtype = resolve_dtype(opts.dtype, device, low_precision_on_cuda=False)
     checkpoint = resolve_checkpoint(opts.checkpoint, offline=opts.offline, cache_dir=opts.cache_dir, reporter=reporter)
     model, model_info = load_gradtts(checkpoint, pe_scale=opts.pe_scale, device=device, dtype=dtype)
@@ -181,18 +198,26 @@ def run(opts: TTSOptions) -> None:
     vocoder, vocoder_info = load_hifigan(opts.vocoder, device=device, dtype=dtype)
     if vocoder.config.num_mels != N_MELS:
         raise ModelUnavailable(f"the vocoder takes {vocoder.config.num_mels} mel bands; Grad-TTS makes {N_MELS}")
-    backbone = GradTTSBackbone(model, device, dtype)
+    return Voice(GradTTSBackbone(model, device, dtype), vocoder, speaker, model_info, vocoder_info)
 
-    started = time.perf_counter()
-    noise_generators, refine_generators = item_generators([seed], device)
-    sample_rate = vocoder.config.sampling_rate
-    pause = np.zeros(int(round(opts.pause * sample_rate)), dtype=np.float32)
+
+def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]]], seed: int, on_step=None):
+    """One item → (waveform, per-utterance statistics): every utterance through the shared loop
+    and the vocoder, drawing in order from the item's own generators, joined by --pause of silence."""
+    import numpy as np
+    import torch
+
+    from diffier_cli.sampling import denoise, per_item_stats
+
+    backbone = voice.backbone
+    noise_generators, refine_generators = item_generators([seed], backbone.device)
+    pause = np.zeros(int(round(opts.pause * voice.sample_rate)), dtype=np.float32)
     pieces, per_utterance = [], []
-    with reporter.progress(total=len(spoken) * opts.steps, description=mode), torch.no_grad():
-        for utterance, sequence in spoken:
+    for utterance, sequence in spoken:
+        with torch.no_grad():
             state = backbone.prepare(
                 sequence,
-                speaker=speaker,
+                speaker=voice.speaker,
                 steps=opts.steps,
                 temperature=opts.temperature,
                 length_scale=opts.length_scale,
@@ -201,40 +226,49 @@ def run(opts: TTSOptions) -> None:
             )
             trajectory = denoise(
                 backbone, state, backbone.init_noise(state), refiner=opts.refiner,
-                generators=refine_generators, on_step=reporter.advance,
+                generators=refine_generators, on_step=on_step,
             )
-            mel = backbone.decode(trajectory.sample, state)
-            audio = vocoder(mel).squeeze().float().cpu().numpy()
-            pieces.extend([audio, pause])
-            per_utterance.append({"text": utterance, "frames": state.frames, **per_item_stats(trajectory.steps, 1)[0]})
-    waveform = np.concatenate(pieces[:-1])
-    seconds = time.perf_counter() - started
-    duration = len(waveform) / sample_rate
+            audio = voice.vocoder(backbone.decode(trajectory.sample, state)).squeeze().float().cpu().numpy()
+        pieces.extend([audio, pause])
+        per_utterance.append({"text": utterance, "frames": state.frames, **per_item_stats(trajectory.steps, 1)[0]})
+    return np.concatenate(pieces[:-1]), per_utterance
 
-    record = {
+
+def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_utterance: list[dict],
+            num_samples: int, seconds: float, job: dict) -> dict:
+    import torch
+
+    from diffier_cli.sampling import summarize
+
+    duration = num_samples / voice.sample_rate
+    device = voice.backbone.device
+    return {
         "tool": "diffier",
         "version": __version__,
         "command": "tts",
-        "text": text,
-        "utterances": [utterance for utterance, _ in spoken],
-        "skipped": [u for u in utterances if u not in {text for text, _ in spoken}],
-        "seed": seed,
-        "mode": mode,
-        "checkpoint": model_info,
-        "vocoder": vocoder_info,
+        "text": item["text"],
+        "utterances": [u["text"] for u in per_utterance],
+        "skipped": skipped,
+        "index": item["index"],
+        **({"line": item["line"]} if "line" in item else {}),
+        "seed": item["seed"],
+        "mode": item["mode"],
+        "job": {**job, "index": item["index"]},
+        "checkpoint": voice.checkpoint,
+        "vocoder": voice.vocoder_info,
         "params": {
             "steps": opts.steps,
             "temperature": opts.temperature,
             "length_scale": opts.length_scale,
             "stochastic": opts.stochastic,
-            "speaker": speaker,
+            "speaker": voice.speaker,
             "pause_s": opts.pause,
             "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
+            "dtype": str(voice.backbone.dtype).removeprefix("torch."),
         },
         "rng": {
-            "prior_and_sde_noise": f"cpu torch.Generator seeded {seed}",
-            "refinement": f"{device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}",
+            "prior_and_sde_noise": f"cpu torch.Generator seeded {item['seed']}",
+            "refinement": f"{device.type} torch.Generator seeded {item['seed'] ^ REFINE_SEED_MIX}",
         },
         "refiner": None if opts.refiner is None else opts.refiner.settings(),
         "refinement": {
@@ -242,23 +276,95 @@ def run(opts: TTSOptions) -> None:
             "per_utterance": per_utterance,
         },
         "audio": {
-            "sample_rate": sample_rate,
+            "sample_rate": voice.sample_rate,
             "subtype": opts.subtype,
             "channels": 1,
-            "num_samples": len(waveform),
+            "num_samples": num_samples,
             "duration_s": duration,
         },
         "real_time_factor": seconds / duration if duration else None,
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
-    data = wav_bytes(waveform, sample_rate, opts.subtype)
-    if to_stdout:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        reporter.message(f"wrote {len(data)} bytes of WAV to stdout ({duration:.2f} s of audio, seed {seed}, {mode})")
-        return
-    sidecar_data = json.dumps(record, ensure_ascii=False, indent=1).encode()
-    write_atomically({path: data, sidecar: sidecar_data}, opts.overwrite)
+
+
+def _plan(opts: TTSOptions, items: list[dict], shard) -> Plan:
+    """Files for the items (a WAV and its .json sidecar each), or with -o - one WAV on stdout."""
+    if opts.output != "-":
+        default_name = "{stem}-{index:04d}-{seed}-{mode}.wav" if opts.per_line else "{stem}-{seed}-{mode}.wav"
+        return plan_job(items, output=opts.output, name=opts.name, default_name=default_name, shard=shard,
+                        skip_existing=opts.skip_existing, overwrite=opts.overwrite,
+                        companions=lambda path: [path.with_suffix(".json")])
+    if sys.stdout.isatty():
+        raise UsageError("-o - writes a WAV to stdout, which is a terminal; redirect it or pass a file")
     if opts.json:
-        print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
-    reporter.message(f"wrote {path} and {sidecar.name} ({duration:.2f} s of audio, seed {seed}, {mode}, {seconds:.1f} s)")
+        raise UsageError("-o - and --json both want stdout; choose one")
+    if len(items) > 1:
+        raise UsageError(f"-o - writes one WAV to stdout but --per-line makes {len(items)}; pass a folder (-o out/)")
+    return Plan([Planned(items[i], []) for i in shard.select(len(items))], total=len(items), shard=shard, skipped=0)
+
+
+def _label(item: dict) -> str:
+    return f"item {item['index']}" + (f" (line {item['line']})" if "line" in item else "")
+
+
+def run(opts: TTSOptions) -> None:
+    reporter = Reporter(opts.quiet)
+    text, stem = read_text(opts)
+    seed = choose_seed(opts.seed)
+    mode = "baseline" if opts.refiner is None else "refined"
+    items = work_items(text, stem, opts.per_line, seed, mode)
+    if not items:
+        raise UsageError("the text is empty; nothing to say")
+    shard = resolve_shard(opts.shard)
+    plan = _plan(opts, items, shard)
+    job = JobRun(plan, reporter, opts.json, opts.keep_going)
+    reporter.message(f"seed {seed}")
+    job.announce()
+    if not plan.pending:
+        return
+
+    # The cleaners run before any model loads (a text with nothing to say never loads one); an
+    # item's failure is raised in its turn below, like any other.
+    prepared: dict[int, tuple | UsageError] = {}
+    for planned in plan.pending:
+        where = f"{_label(planned.item)}: " if plan.total > 1 else ""
+        try:
+            prepared[planned.item["index"]] = speakable(planned.item["text"], reporter, where)
+        except UsageError as exc:
+            prepared[planned.item["index"]] = exc
+    ready = [spoken for spoken in prepared.values() if not isinstance(spoken, UsageError)]
+    voice = load_voice(opts, reporter, shard.local_rank) if ready else None
+    settings = {"seed": seed, "mode": mode, "checkpoint": opts.checkpoint, "pe_scale": opts.pe_scale,
+                "vocoder": opts.vocoder, "speaker": opts.speaker, "steps": opts.steps, "temperature": opts.temperature,
+                "length_scale": opts.length_scale, "stochastic": opts.stochastic, "pause": opts.pause,
+                "subtype": opts.subtype, "refiner": None if opts.refiner is None else opts.refiner.settings()}
+    job_fields = {"id": job_id("tts", [item["text"] for item in items], settings), "count": len(items)}
+
+    total_steps = sum(len(spoken) for spoken, _ in ready) * opts.steps
+    with job.running(), reporter.progress(total=total_steps, description=mode):
+        for batch in job.batches(1):
+            (planned,) = batch
+            item = planned.item
+            with job.attempt(batch, _label):
+                if isinstance(prepared[item["index"]], UsageError):
+                    raise prepared[item["index"]]
+                spoken, skipped = prepared[item["index"]]
+                started = time.perf_counter()
+                waveform, per_utterance = synthesize(voice, opts, spoken, item["seed"], on_step=reporter.advance)
+                seconds = time.perf_counter() - started
+                duration = len(waveform) / voice.sample_rate
+                data = wav_bytes(waveform, voice.sample_rate, opts.subtype)
+                done = f"{duration:.2f} s of audio, seed {item['seed']}, {mode}, {seconds:.1f} s"
+                if not planned.paths:  # -o -
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                    reporter.message(f"wrote {len(data)} bytes of WAV to stdout ({done})")
+                else:
+                    path, sidecar = planned.paths
+                    record = _record(opts, voice, item, skipped, per_utterance, len(waveform), seconds, job_fields)
+                    write_atomically({path: data, sidecar: json.dumps(record, ensure_ascii=False, indent=1).encode()}, opts.overwrite)
+                    if opts.json:
+                        print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
+                    reporter.message(f"wrote {path} and {sidecar.name} ({done})")
+                job.wrote()
+    job.finish(_label)

@@ -137,12 +137,12 @@ def test_refined_t2i_equals_diffusers_pipeline_with_refinement_injected(tiny_sd,
     seed, steps = 21, 6
     refiner = DiffIER(eta=0.05, threshold=1e-9, max_iters=2)
     backbone = StableDiffusion.load(str(tiny_sd[prediction]), revision=None, device=torch.device("cpu"), dtype=torch.float32)
-    opts = T2IOptions(prompt="a red bicycle", negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0, seed=seed,
-                      num_images=1, batch_size=1, height=None, width=None, output=None, overwrite=False,
+    opts = T2IOptions(prompt="a red bicycle", prompts_file=None, negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0,
+                      seed=seed, num_images=1, batch_size=1, batch_invariant=False, height=None, width=None, output=None, overwrite=False,
                       model="", revision=None, offline=True, cache_dir=None, device="cpu", dtype="auto",
                       refiner=refiner, json=False, quiet=True)
     with torch.no_grad():
-        (ours,), _ = generate(backbone, opts, [seed], 32, 32)
+        (ours,), _ = generate(backbone, opts, [{"seed": seed, "prompt": "a red bicycle", "negative_prompt": None}], 32, 32)
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd[prediction], safety_checker=None, requires_safety_checker=False)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

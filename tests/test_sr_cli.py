@@ -291,3 +291,92 @@ def test_palette_16_bit_and_low_precision_inputs(tiny, tmp_path):
     assert Image.open(tmp_path / "p-x4.png").mode == "RGBA"
     out = np.asarray(Image.open(tmp_path / "d-x4.png"))
     assert Image.open(tmp_path / "d-x4.png").mode == "L" and out.std() > 0  # not clipped to one value
+
+
+# --- batch jobs: folders, --recursive, --keep-going, shards, --skip-existing ----------------------
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same CPU thread count in every process: identical rounding
+
+
+def sr_batch(tiny, *args):
+    return run_cli("sr", *args, "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL, "--steps", "1",
+                   "--seed", "7", "--recursive", "--json", env=ONE_THREAD)
+
+
+def written(folder) -> dict[str, np.ndarray]:
+    return {path.relative_to(folder).as_posix(): np.asarray(Image.open(path)) for path in sorted(folder.rglob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Items in sorted order: 0 a.png, 1 bad/cut.png (truncated after its header), 2 bad/x.png (not an
+    image), 3 sub/b.jpg, 4 sub/deep/c.png; a hidden file and a text file are not items."""
+    root = tmp_path_factory.mktemp("tree")
+    rng = np.random.default_rng(3)
+    for rel, suffix in (("a", ".png"), ("sub/b", ".jpg"), ("sub/deep/c", ".png")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), "RGB").save(root / f"{rel}{suffix}")
+    (root / "bad").mkdir()
+    (root / "bad" / "cut.png").write_bytes((root / "a.png").read_bytes()[:60])
+    (root / "bad" / "x.png").write_bytes(b"not an image")
+    (root / ".hidden.png").write_bytes(b"junk")
+    (root / "notes.txt").write_text("not an input")
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole_tree(tiny, tree, tmp_path_factory):
+    """One unsharded --keep-going run over the tree."""
+    out = tmp_path_factory.mktemp("whole")
+    return sr_batch(tiny, str(tree), "-o", f"{out}/", "--keep-going"), out
+
+
+def test_a_folder_tree_keeps_its_layout_and_keeps_going_past_bad_images(tiny, tree, whole_tree, tmp_path):
+    result, out = whole_tree
+    assert result.returncode == 5, result.stderr
+    assert sorted(written(out)) == ["a-x4-refined.png", "sub/b-x4-refined.png", "sub/deep/c-x4-refined.png"]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("diffier: error: 2 of 5 item(s) failed (3 written)")
+    assert f"{tree}/bad/cut.png" in last and f"{tree}/bad/x.png" in last
+    failures = [record for record in result.records if "error" in record]
+    assert [(r["index"], r["input"], r["exit_code"]) for r in failures] == [(1, f"{tree}/bad/cut.png", 2), (2, f"{tree}/bad/x.png", 2)]
+    records = [record for record in result.records if "path" in record]
+    assert [(r["index"], r["seed"], r["input"]) for r in records] == [
+        (0, 7, f"{tree}/a.png"), (3, 10, f"{tree}/sub/b.jpg"), (4, 11, f"{tree}/sub/deep/c.png")]
+    assert {r["job"]["count"] for r in records} == {5} and [r["job"]["index"] for r in records] == [0, 3, 4]
+    assert len({r["job"]["id"] for r in records}) == 1
+    png = out / "sub" / "b-x4-refined.png"
+    shown = run_cli("info", "--json", str(png)).records
+    assert shown == [{"path": str(png), "record": {k: v for k, v in records[1].items() if k not in ("path", "wall_time_s")}}]
+
+    stopped = sr_batch(tiny, str(tree), "-o", f"{tmp_path}/", "-q")  # no --keep-going: stops at item 1
+    assert_one_line_error(stopped, 2, f"{tree}/bad/cut.png: not a readable image")
+    assert sorted(written(tmp_path)) == ["a-x4-refined.png"]
+
+
+def test_two_shards_equal_one_run_and_skip_existing_then_makes_nothing(tiny, tree, whole_tree, tmp_path):
+    result, whole = whole_tree
+    shards = [sr_batch(tiny, str(tree), "-o", f"{tmp_path}/", "--keep-going", "--shard", f"{k}/2") for k in (0, 1)]
+    assert [shard.returncode for shard in shards] == [5, 0], shards[0].stderr + shards[1].stderr  # bad/* are in shard 0
+    assert "3 of 5 item(s) to make (shard 0/2, from --shard)" in shards[0].stderr
+    assert sorted(written(tmp_path)) == sorted(written(whole))
+    for name, pixels in written(whole).items():
+        assert np.array_equal(written(tmp_path)[name], pixels), name
+    job_ids = {record["job"]["id"] for run in (result, *shards) for record in run.records if "job" in record}
+    assert len(job_ids) == 1
+
+    # The sub-tree of the whole run is complete: resuming it makes nothing and loads no model.
+    again = sr_batch(tiny, str(tree / "sub"), "-o", f"{whole}/sub/", "--skip-existing")
+    assert again.returncode == 0 and again.records == [], again.stderr
+    assert "0 of 2 item(s) to make, 2 already done" in again.stderr and "loading" not in again.stderr
+
+
+def test_inputs_are_checked_before_any_model_loads(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "empty" / "sub" / "deep.png")
+    assert_one_line_error(run_cli("sr", str(tmp_path / "empty"), "-q"), 2, "holds no images", "--recursive")
+    assert_one_line_error(run_cli("sr", str(tmp_path / "nope.png"), "-q"), 2, "no such image or folder")
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
+    clash = run_cli("sr", str(tmp_path / "a.png"), str(tmp_path / "a.jpg"), "-o", f"{tmp_path}/out/", "-q")
+    assert_one_line_error(clash, 2, "items 0 and 1 would both be written", "--name")

@@ -26,8 +26,8 @@ def checkpoints(tmp_path_factory) -> dict[int, str]:
     }
 
 
-def tts(checkpoint, *args):
-    return run_cli("tts", "--checkpoint", checkpoint, "--steps", "3", "--json", *args)
+def tts(checkpoint, *args, **run):
+    return run_cli("tts", "--checkpoint", checkpoint, "--steps", "3", "--json", *args, **run)
 
 
 def test_wav_sidecar_and_reproducibility(checkpoints, tmp_path):
@@ -121,6 +121,77 @@ def test_existing_output_and_sidecar_are_not_clobbered(tmp_path):
     (tmp_path / "a.json").write_text("{}")
     result = run_cli("tts", "--text", "Hi.", "-o", str(tmp_path / "a.wav"), "-q")
     assert_one_line_error(result, 2, "a.json exists", "--overwrite")
+
+
+# Items 0, 1, 2 (the unspeakable line 4) and 3 (line 5); the blank line makes no item.
+LINES = "Hello there.\nA second line. Two sentences!\n\n---\nThe third line, at last!\n"
+PER_LINE_WAVS = ["lines-0000-7-refined.wav", "lines-0001-8-refined.wav", "lines-0003-10-refined.wav"]
+
+
+@pytest.fixture(scope="module")
+def per_line_run(checkpoints, tmp_path_factory):
+    """One --per-line --keep-going run into out/: (folder, the run's arguments, its result)."""
+    folder = tmp_path_factory.mktemp("per_line")
+    (folder / "lines.txt").write_text(LINES)
+    args = (str(folder / "lines.txt"), "--per-line", "--keep-going", "--seed", "7")
+    return folder, args, tts(checkpoints[1], *args, "-o", f"{folder}/out/")
+
+
+def test_per_line_makes_a_wav_per_line_and_keeps_going_past_an_unspeakable_one(per_line_run):
+    folder, _, result = per_line_run
+    assert result.returncode == 5, result.stderr
+    assert sorted(p.name for p in (folder / "out").iterdir()) == sorted(
+        PER_LINE_WAVS + [name.replace(".wav", ".json") for name in PER_LINE_WAVS]
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("diffier: error: 1 of 4 item(s) failed (3 written): item 2 (line 4): ")
+    assert "nothing speakable" in last and "warning" not in result.stderr  # the failure is said once
+
+    written = [r for r in result.records if "path" in r]
+    (failed,) = [r for r in result.records if "error" in r]
+    assert failed["index"] == 2 and failed["input"] == "item 2 (line 4)" and failed["exit_code"] == 2
+    assert [(r["index"], r["line"], r["seed"], r["text"]) for r in written] == [
+        (0, 1, 7, "Hello there."), (1, 2, 8, "A second line. Two sentences!"), (3, 5, 10, "The third line, at last!"),
+    ]
+    assert written[1]["utterances"] == ["A second line.", "Two sentences!"]
+    assert {r["job"]["id"] for r in written} == {written[0]["job"]["id"]}
+    assert [(r["job"]["count"], r["job"]["index"]) for r in written] == [(4, 0), (4, 1), (4, 3)]
+
+    wav = folder / "out" / PER_LINE_WAVS[2]
+    (shown,) = run_cli("info", "--json", str(wav)).records
+    assert shown["record"] == {k: v for k, v in written[2].items() if k not in ("path", "wall_time_s")}
+    assert (shown["record"]["index"], shown["record"]["line"], shown["record"]["job"]) == (3, 5, written[2]["job"])
+
+
+def test_shards_write_the_samples_of_the_unsharded_run(checkpoints, per_line_run, tmp_path):
+    folder, args, _ = per_line_run
+    shards = [tts(checkpoints[1], *args, "-o", f"{tmp_path}/", "--shard", f"{k}/2", in_process=False) for k in (0, 1)]
+    assert [shard.returncode for shard in shards] == [0, 5], shards[0].stderr + shards[1].stderr
+    assert "2 of 4 item(s) to make (shard 0/2, from --shard)" in shards[0].stderr
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == PER_LINE_WAVS
+    for name in PER_LINE_WAVS:
+        assert np.array_equal(soundfile.read(tmp_path / name, dtype="int16")[0], soundfile.read(folder / "out" / name, dtype="int16")[0])
+        ours, theirs = (json.loads((where / name).with_suffix(".json").read_text()) for where in (tmp_path, folder / "out"))
+        assert ours["job"] == theirs["job"] and ours["seed"] == theirs["seed"]
+
+
+def test_skip_existing_rerun_makes_nothing_new_and_stops_at_the_bad_line_without_keep_going(checkpoints, per_line_run):
+    folder, args, _ = per_line_run
+    out = folder / "out"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    again = tts(checkpoints[1], *args, "-o", f"{out}/", "--skip-existing")
+    assert again.returncode == 5, again.stderr
+    assert "1 of 4 item(s) to make, 3 already done" in again.stderr
+    strict = tts(checkpoints[1], *[a for a in args if a != "--keep-going"], "-o", f"{out}/", "--skip-existing", "-q")
+    assert_one_line_error(strict, 2, "item 2 (line 4): the text has nothing speakable")
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(("output", "needle"), [("-", "--per-line makes 2"), ("one.wav", "names one file")])
+def test_per_line_refuses_one_output_for_many_lines(tmp_path, output, needle):
+    result = run_cli("tts", "--text", "One.\n\nTwo.", "--per-line", "--checkpoint", "unused.pt", "-o", output, "-q", cwd=tmp_path)
+    assert_one_line_error(result, 2, needle)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sentences_split_at_ends_not_at_abbreviations():
