@@ -494,7 +494,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except DiffierError as exc:
         _fail(str(exc), exc.code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted; rerun the same command with --skip-existing to resume", ExitCode.INTERRUPTED)
+        code = ExitCode.INTERRUPTED
     except BrokenPipeError:  # `diffier tts ... -o - | head`: the reader left; nothing more to say
         sys.stderr.close()
         os._exit(ExitCode.RUNTIME)
@@ -503,4 +503,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         if mapped is None:
             raise
         _fail(str(mapped), mapped.code)
+    if code == ExitCode.INTERRUPTED:  # typer also turns a KeyboardInterrupt into a bare exit code 130
+        _fail("interrupted; rerun the same command with --skip-existing (and the printed --seed) to resume", code)
     sys.exit(code if isinstance(code, int) else 0)

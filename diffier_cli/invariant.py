@@ -49,14 +49,23 @@ PER_SAMPLE = {
 
 
 def _per_sample(func, batched: int, args: tuple, kwargs: dict) -> torch.Tensor:
-    n = args[0].shape[0]
-    mask = kwargs.get("attn_mask")
-    per_item_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == n
+    """func on each item alone. Only what carries the batch is sliced: a leading argument or an
+    attention mask of the query's rank with the batch's length; broadcast keys (batch 1) and
+    broadcast masks pass whole, as they would to the batched call."""
+    first = args[0]
+    n = first.shape[0]
+
+    def item(value, i):
+        if isinstance(value, torch.Tensor) and value.dim() == first.dim() and value.shape[0] == n:
+            return value[i : i + 1].contiguous()
+        return value
+
     outputs = []
     for i in range(n):
-        item_kwargs = {**kwargs, "attn_mask": mask[i : i + 1]} if per_item_mask else kwargs
-        inputs = [tensor[i : i + 1].contiguous() for tensor in args[:batched]]
-        outputs.append(func(*inputs, *args[batched:], **item_kwargs))
+        leading = [item(value, i) for value in args[:batched]]
+        rest = [item(value, i) for value in args[batched:]] if func is F.scaled_dot_product_attention else args[batched:]
+        mask = {"attn_mask": item(kwargs["attn_mask"], i)} if "attn_mask" in kwargs else {}
+        outputs.append(func(*leading, *rest, **{**kwargs, **mask}))
     return torch.cat(outputs)
 
 
@@ -69,15 +78,20 @@ def _fixed_shape_linear(x: torch.Tensor, *rest, **kwargs) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+IN_PLACE_CAPABLE = (F.silu, F.mish)
+
+
 class _BatchInvariantMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         batched, rank = PER_SAMPLE.get(func, (0, 0))
-        if batched and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= rank:
+        positional_tensor = bool(args) and isinstance(args[0], torch.Tensor)
+        in_place = func in IN_PLACE_CAPABLE and (kwargs.get("inplace") or args[1:2] == (True,))
+        if batched and positional_tensor and args[0].dim() >= rank and not in_place:
             return _per_sample(func, batched, args, kwargs)
-        if func is F.linear:
+        if func is F.linear and positional_tensor:
             return _fixed_shape_linear(*args, **kwargs)
-        return func(*args, **kwargs)
+        return func(*args, **kwargs)  # anything else, and calls in forms the rewrites do not cover
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,14 +21,6 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from diffier_cli.errors import DiffierError, ExitCode, UsageError, as_diffier_error
 from diffier_cli.outputs import plan_outputs, preflight, remove_stale_parts
-
-# Launchers that start one process per shard: (rank, world size, local rank) variables.
-LAUNCHER_VARIABLES = (
-    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),  # torchrun, accelerate launch, deepspeed
-    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),  # srun
-    ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", None),  # sbatch --array (offset by SLURM_ARRAY_TASK_MIN)
-)
-
 
 @dataclass(frozen=True)
 class Shard:
@@ -58,24 +51,48 @@ def parse_shard(text: str, source: str = "--shard") -> Shard:
     return Shard(index, count, source)
 
 
-def resolve_shard(explicit: str | None, environ: Mapping[str, str] = os.environ) -> Shard:
-    """--shard K/N, else the first launcher that started more than one process, else the whole run.
+def _count(environ: Mapping[str, str], name: str) -> int:
+    value = environ.get(name, "")
+    return int(value) if value.isdigit() else 0
 
-    Inside an sbatch array every task also sees SLURM_PROCID=0 of SLURM_NTASKS=1, hence "more than one".
+
+def resolve_shard(explicit: str | None, environ: Mapping[str, str] = os.environ) -> Shard:
+    """--shard K/N, else the launcher's variables, else the whole run.
+
+    torchrun and `accelerate launch` set RANK/WORLD_SIZE; srun sets SLURM_PROCID/SLURM_NTASKS; an
+    sbatch array sets SLURM_ARRAY_TASK_ID (from SLURM_ARRAY_TASK_MIN, every SLURM_ARRAY_TASK_STEP)
+    and SLURM_ARRAY_TASK_COUNT. srun tasks inside an array split each array task's share further.
+    The GPU slot on the node comes from LOCAL_RANK or SLURM_LOCALID.
     """
-    for rank_var, size_var, local_var in LAUNCHER_VARIABLES:
-        size = environ.get(size_var, "")
-        if rank_var not in environ or not size.isdigit() or int(size) < 2:
-            continue
-        local = environ.get(local_var, "") if local_var else ""
-        local_rank = int(local) if local.isdigit() else None
-        if explicit is not None:
-            return replace(parse_shard(explicit), local_rank=local_rank)
-        rank = environ[rank_var]
-        if rank_var == "SLURM_ARRAY_TASK_ID" and rank.isdigit():
-            rank = str(int(rank) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0") or 0))
-        return replace(parse_shard(f"{rank}/{size}", f"{rank_var}/{size_var}"), local_rank=local_rank)
-    return parse_shard(explicit) if explicit is not None else Shard(0, 1, "default")
+    local = environ.get("LOCAL_RANK", environ.get("SLURM_LOCALID", ""))
+    local_rank = int(local) if local.isdigit() else None
+    if explicit is not None:
+        return replace(parse_shard(explicit), local_rank=local_rank)
+    if _count(environ, "WORLD_SIZE") > 1:
+        shard = parse_shard(f"{environ.get('RANK', '')}/{environ['WORLD_SIZE']}", "RANK/WORLD_SIZE")
+        return replace(shard, local_rank=local_rank)
+    index, count, sources = 0, 1, []
+    if _count(environ, "SLURM_ARRAY_TASK_COUNT") > 1:
+        task, first = _count(environ, "SLURM_ARRAY_TASK_ID"), _count(environ, "SLURM_ARRAY_TASK_MIN")
+        step = _count(environ, "SLURM_ARRAY_TASK_STEP") or 1
+        index, count = (task - first) // step, _count(environ, "SLURM_ARRAY_TASK_COUNT")
+        sources.append("SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
+    if _count(environ, "SLURM_NTASKS") > 1:
+        tasks = _count(environ, "SLURM_NTASKS")
+        index, count = index * tasks + _count(environ, "SLURM_PROCID"), count * tasks
+        sources.append("SLURM_PROCID/SLURM_NTASKS")
+    if not sources:
+        return Shard(0, 1, "default", local_rank)
+    return replace(parse_shard(f"{index}/{count}", " and ".join(sources)), local_rank=local_rank)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines at "\n" (and "\r\n") only: str.splitlines also breaks at U+2028, form feeds and other
+    separators that JSON keeps raw inside strings, which would shift every later line's index."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def job_id(command: str, inputs: Sequence[object], settings: Mapping[str, object]) -> str:
@@ -87,10 +104,12 @@ def job_id(command: str, inputs: Sequence[object], settings: Mapping[str, object
 
 @dataclass
 class Planned:
-    """One item this process will make: its fields and the files it writes."""
+    """One item this process will make: its fields, the files it writes, and whether existing
+    files there may be replaced (--overwrite, or the leftovers of an item a killed run left half done)."""
 
     item: dict
     paths: list[Path]
+    replace: bool = False
 
 
 @dataclass
@@ -110,12 +129,18 @@ def plan_job(
     shard: Shard,
     skip_existing: bool,
     overwrite: bool,
+    seed_given: bool,
     companions: Callable[[Path], list[Path]] = lambda path: [],
 ) -> Plan:
     """Names for all items, then this shard's part, minus what exists (with --skip-existing);
     checks the rest for clobbering before any model loads."""
     if skip_existing and overwrite:
         raise UsageError("--skip-existing keeps existing outputs and --overwrite replaces them; choose one")
+    # Seeds come from --seed + index: processes that drew their own random seeds would not make one run.
+    if shard.count > 1 and not seed_given:
+        raise UsageError(f"shard {shard} of a sharded run needs --seed N, the same in every shard, so the shards make one run")
+    if skip_existing and not seed_given:
+        raise UsageError("--skip-existing resumes a run: pass its --seed (printed when it started, and stored in every output)")
     paths = plan_outputs(output, items, default_name, name)
     mine = shard.select(len(items))
     pending, skipped = [], 0
@@ -124,12 +149,21 @@ def plan_job(
         if skip_existing and all(path.is_file() for path in files):
             skipped += 1
             continue
-        pending.append(Planned(items[index], files))
-    preflight([path for planned in pending for path in planned.paths], overwrite)
+        pending.append(Planned(items[index], files, replace=overwrite or skip_existing))
+    for replace in (False, True):
+        preflight([path for planned in pending if planned.replace == replace for path in planned.paths], overwrite=replace)
     for planned in pending:
         for path in planned.paths:
             remove_stale_parts(path)
     return Plan(pending=pending, total=len(items), shard=shard, skipped=skipped)
+
+
+REPEAT_WINDOW_S = 1.0
+
+
+def resume_hint(seed_given: bool, seed: int) -> str:
+    """How to rerun a run so that it resumes: with --skip-existing, and with the seed it drew."""
+    return "the same command with --skip-existing" + ("" if seed_given else f" --seed {seed}")
 
 
 class PartialFailure(DiffierError):
@@ -150,10 +184,11 @@ class JobRun:
     reporter: object
     json_lines: bool
     keep_going: bool
+    resume: str = "the same command with --skip-existing"  # how to resume, for the Ctrl-C message
     name_single_item: bool = False  # put the item's label on a failure even when it is the only item
     written: int = 0
     failures: list[tuple[dict, str]] = field(default_factory=list)
-    _stop_requested: bool = False
+    _stop_requested_at: float | None = None
 
     def announce(self) -> None:
         """Say what this process will make, unless the run is a single item made from scratch."""
@@ -166,33 +201,52 @@ class JobRun:
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        """The first Ctrl-C lets the current item finish, then stops; a second stops at once."""
+        """Ctrl-C or SIGTERM (Slurm's time limit, scancel) lets the current item finish, then stops;
+        another Ctrl-C stops at once. A repeat within a second is the same keypress forwarded by
+        a launcher (torchrun's agent passes its SIGINT on to workers that got it already)."""
         if not _in_main_thread():
             yield
             return
 
         def request_stop(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
+            now = time.monotonic()
+            if self._stop_requested_at is not None:
+                if signum == signal.SIGINT and now - self._stop_requested_at > REPEAT_WINDOW_S:
+                    raise KeyboardInterrupt
+                return
+            self._stop_requested_at = now
             self.reporter.message("stopping after the current item (Ctrl-C again to stop now)")
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    def batches(self, size: int) -> Iterator[list[Planned]]:
-        pending = self.plan.pending
-        for start in range(0, len(pending), size):
-            if self._stop_requested:
-                done = self.written + len(self.failures)
-                raise Interrupted(
-                    f"interrupted after {done} of {len(pending)} item(s); rerun the same command with "
-                    "--skip-existing to resume"
-                )
-            yield pending[start : start + size]
+    def batches(self, size: int, alone: Callable[[dict], bool] = lambda item: False) -> Iterator[list[Planned]]:
+        """Pending items in order, `size` at a time; an item for which `alone` is true (a bad input
+        line) comes as a batch of its own, so it fails in its turn without taking others with it."""
+        batch: list[Planned] = []
+        for planned in self.plan.pending:
+            if alone(planned.item):
+                if batch:
+                    yield from self._checked(batch)
+                    batch = []
+                yield from self._checked([planned])
+            else:
+                batch.append(planned)
+                if len(batch) == size:
+                    yield from self._checked(batch)
+                    batch = []
+        if batch:
+            yield from self._checked(batch)
+
+    def _checked(self, batch: list[Planned]) -> Iterator[list[Planned]]:
+        if self._stop_requested_at is not None:
+            done = self.written + len(self.failures)
+            raise Interrupted(f"interrupted after {done} of {len(self.plan.pending)} item(s); rerun {self.resume} to resume")
+        yield batch
 
     @contextmanager
     def attempt(self, batch: list[Planned], label: Callable[[dict], str]) -> Iterator[None]:

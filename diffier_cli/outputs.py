@@ -71,18 +71,19 @@ def plan_outputs(
                 f"pass a folder (-o out/) and optionally --name '{{index:05d}}-{{seed}}{suffix}'"
             )
         template = output.replace("{", "{{").replace("}", "}}")
+    names_from_template = output is None or folder_given or "{" in output
 
     unknown = _template_fields(template) - set(NAME_FIELDS)
     if unknown:
         raise UsageError(
-            f"unknown field(s) {', '.join(sorted(unknown))} in the output name {template}; "
+            f"unknown field(s) {', '.join(sorted(field or '{}' for field in unknown))} in the output name {template}; "
             f"use {', '.join('{' + f + '}' for f in NAME_FIELDS)}"
         )
     try:
         paths = [Path(template.format(**{k: v for k, v in item.items() if k in NAME_FIELDS})) for item in items]
     except (ValueError, IndexError, KeyError) as exc:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
-    for i, item in enumerate(items):
+    for i, item in enumerate(items if names_from_template else []):  # an explicit -o FILE is taken as given
         if item.get("name"):  # a name given with the input (a .jsonl line's "name") replaces the template's
             own = str(item["name"])
             paths[i] = paths[i].with_name(own if Path(own).suffix.lower() == suffix else own + suffix)
@@ -139,8 +140,9 @@ def _umask() -> int:
 
 
 def write_atomically(files: Mapping[Path, bytes], overwrite: bool) -> None:
-    """Write each file to a temporary file in its folder, then rename them all: a killed or failed
-    run never leaves a truncated file, nor one output of a pair (a WAV without its sidecar)."""
+    """Write each file to a temporary file in its folder, then rename them in the order given: a
+    killed or failed run never leaves a truncated file. Put last the file whose presence says the
+    item is done (a WAV after its sidecar), since a kill can fall between two renames."""
     for path in files:
         if path.exists() and not overwrite:
             raise UsageError(f"{path} appeared during the run; pass --overwrite to replace it")

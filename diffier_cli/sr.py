@@ -22,7 +22,7 @@ from typing import Iterator
 
 from diffier_cli import __version__
 from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
-from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard
+from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint
 from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
@@ -360,11 +360,11 @@ def run(opts: SROptions) -> None:
     items = work_items(images, seed, mode)
     shard = resolve_shard(opts.shard)
     plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),
-                    shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite)
+                    shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
     refuse_outputs_among_inputs(opts.inputs, opts.recursive, [planned.paths[0] for planned in plan.pending])
     for planned in plan.pending:  # a bad image fails as its own item, and alone it loads no model
         planned.item["error"] = problem_with(planned.item["input"], opts)
-    job = JobRun(plan, reporter, opts.json, opts.keep_going, name_single_item=True)
+    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed), name_single_item=True)
     reporter.message(f"seed {seed}")
     job.announce()
 
@@ -392,7 +392,7 @@ def run(opts: SROptions) -> None:
                 output, details = upscale(model, image, alpha, color_mode, item["seed"], negative, opts, reporter, description)
                 seconds = time.perf_counter() - started
                 record = _record(opts, model, negative, item, image.size, output.size, details, job_fields)
-                write_atomically({path: _png(output, text, record)}, opts.overwrite)
+                write_atomically({path: _png(output, text, record)}, planned.replace)
                 job.wrote()
                 if opts.json:
                     print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
-from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard
+from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
@@ -110,10 +110,10 @@ def read_prompts(opts: T2IOptions) -> list[PromptLine]:
             raise UsageError("the prompt is empty; say what to draw")
         return [PromptLine(opts.prompt)]
     text, label = _read_source(opts.prompts_file)
-    lines = text.splitlines()
+    lines = split_lines(text)
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing blank line is the end of the file, not a prompt
-    jsonl = opts.prompts_file.endswith(".jsonl") or (label == "stdin" and lines and lines[0].lstrip().startswith("{"))
+    jsonl = opts.prompts_file.lower().endswith((".jsonl", ".ndjson")) or (label == "stdin" and lines and lines[0].lstrip().startswith("{"))
     prompts = []
     for number, line in enumerate(lines, 1):
         where = f"{label} line {number}"
@@ -140,7 +140,8 @@ def work_items(prompts: list[PromptLine], opts: T2IOptions, seed: int, mode: str
                     "prompt": line.prompt, "negative_prompt": line.negative_prompt if line.negative_prompt is not None else opts.negative_prompt,
                     "line": p + 1, "error": line.error}
             if line.name:
-                item["name"] = line.name if opts.num_images == 1 else f"{line.name}-{j}"
+                base = line.name[:-4] if line.name.lower().endswith(".png") else line.name
+                item["name"] = base if opts.num_images == 1 else f"{base}-{j}"
             items.append(item)
     return items
 
@@ -226,11 +227,15 @@ def run(opts: T2IOptions) -> None:
     items = work_items(prompts, opts, seed, mode)
     shard = resolve_shard(opts.shard)
     plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME, shard=shard,
-                    skip_existing=opts.skip_existing, overwrite=opts.overwrite)
-    job = JobRun(plan, reporter, opts.json, opts.keep_going)
+                    skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
+    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed))
     reporter.message(f"seed {seed}")
     job.announce()
-    if not plan.pending:
+    if all(planned.item["error"] for planned in plan.pending):  # nothing to draw: fail or finish without a model
+        for planned in plan.pending:
+            with job.attempt([planned], _label):
+                raise UsageError(planned.item["error"])
+        job.finish(_label)
         return
 
     quiet_libraries(show_downloads=reporter.interactive)
@@ -257,19 +262,17 @@ def run(opts: T2IOptions) -> None:
     settings = {"seed": seed, "mode": mode, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
                 "cfg": opts.cfg, "steps": opts.steps, "ddim_eta": opts.ddim_eta, "num_images": opts.num_images,
                 "size": [width, height], "negative_prompt": opts.negative_prompt,
+                "batch_invariant": opts.batch_invariant, "memory": memory.enabled(),
                 "refiner": None if opts.refiner is None else opts.refiner.settings()}
     job_fields = {"id": job_id("t2i", [(line.prompt, line.negative_prompt, line.seed, line.name) for line in prompts], settings),
                   "count": len(items)}
 
     with job.running(), reporter.progress(total=len(plan.pending) * opts.steps, description=mode), torch.no_grad():
-        for batch in job.batches(opts.batch_size):
-            for planned in [planned for planned in batch if planned.item["error"]]:
-                with job.attempt([planned], _label):
-                    raise UsageError(planned.item["error"])
-            batch = [planned for planned in batch if not planned.item["error"]]
-            if not batch:
-                continue
+        for batch in job.batches(opts.batch_size, alone=lambda item: bool(item["error"])):
+            images = None
             with job.attempt(batch, _label):
+                if batch[0].item["error"]:
+                    raise UsageError(batch[0].item["error"])
                 for planned in batch:
                     dropped = backbone.dropped_prompt_text(planned.item["prompt"])
                     if dropped:
@@ -281,10 +284,13 @@ def run(opts: T2IOptions) -> None:
                     on_step=lambda n=len(batch): reporter.advance(n),
                 )
                 seconds = (time.perf_counter() - started) / len(batch)
-                for planned, image, per_step in zip(batch, images, stats):
+            if images is None:
+                continue
+            for planned, image, per_step in zip(batch, images, stats):
+                with job.attempt([planned], _label):  # each write on its own: one full disk fails one item
                     (path,) = planned.paths
                     record = _record(opts, backbone, planned.item, height, width, per_step, versions, job_fields)
-                    write_atomically({path: png_bytes(image, png_text(record))}, opts.overwrite)
+                    write_atomically({path: png_bytes(image, png_text(record))}, planned.replace)
                     job.wrote()
                     if opts.json:
                         line = {"path": str(path), "wall_time_s": round(seconds, 3), **record}

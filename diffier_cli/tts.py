@@ -19,7 +19,7 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import ModelUnavailable, UsageError
-from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard
+from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.outputs import slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
@@ -88,7 +88,7 @@ def split_utterances(text: str) -> list[str]:
     from models.gradtts.cleaners import NON_FINAL_ABBREVIATIONS
 
     utterances = []
-    for line in text.splitlines():
+    for line in split_lines(text):
         words: list[str] = []
         for word in line.split():
             words.append(word)
@@ -126,7 +126,7 @@ def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> li
     """The whole text as item 0, or with --per-line item i = the i-th non-empty line (its 1-based
     line number kept); item i's seed is seed + i."""
     if per_line:
-        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        lines = [(number, line.strip()) for number, line in enumerate(split_lines(text), 1) if line.strip()]
     else:
         lines = [(None, text)] if text.strip() else []
     items = []
@@ -292,7 +292,7 @@ def _plan(opts: TTSOptions, items: list[dict], shard) -> Plan:
     if opts.output != "-":
         default_name = "{stem}-{index:04d}-{seed}-{mode}.wav" if opts.per_line else "{stem}-{seed}-{mode}.wav"
         return plan_job(items, output=opts.output, name=opts.name, default_name=default_name, shard=shard,
-                        skip_existing=opts.skip_existing, overwrite=opts.overwrite,
+                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
                         companions=lambda path: [path.with_suffix(".json")])
     if sys.stdout.isatty():
         raise UsageError("-o - writes a WAV to stdout, which is a terminal; redirect it or pass a file")
@@ -317,7 +317,7 @@ def run(opts: TTSOptions) -> None:
         raise UsageError("the text is empty; nothing to say")
     shard = resolve_shard(opts.shard)
     plan = _plan(opts, items, shard)
-    job = JobRun(plan, reporter, opts.json, opts.keep_going)
+    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed))
     reporter.message(f"seed {seed}")
     job.announce()
     if not plan.pending:
@@ -362,7 +362,9 @@ def run(opts: TTSOptions) -> None:
                 else:
                     path, sidecar = planned.paths
                     record = _record(opts, voice, item, skipped, per_utterance, len(waveform), seconds, job_fields)
-                    write_atomically({path: data, sidecar: json.dumps(record, ensure_ascii=False, indent=1).encode()}, opts.overwrite)
+                    # the sidecar first: a WAV on disk means its item is complete (what --skip-existing trusts)
+                    sidecar_data = json.dumps(record, ensure_ascii=False, indent=1).encode()
+                    write_atomically({sidecar: sidecar_data, path: data}, planned.replace)
                     if opts.json:
                         print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
                     reporter.message(f"wrote {path} and {sidecar.name} ({done})")

@@ -87,6 +87,13 @@ def run_cli(
     return CliResult(code, stdout_bytes.getvalue(), stderr.getvalue())
 
 
+@pytest.fixture(autouse=True)
+def _no_diffier_environment(monkeypatch):
+    """The developer's own DIFFIER_* defaults must not reach the commands under test."""
+    for name in [name for name in os.environ if name.startswith("DIFFIER_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> dict[str, Path]:
     """Folders of a tiny SD pipeline, ε- and v-prediction, saved with save_pretrained."""

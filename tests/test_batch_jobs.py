@@ -23,7 +23,7 @@ from PIL import Image
 
 from diffier_cli.errors import UsageError
 from diffier_cli.invariant import batch_invariant
-from diffier_cli.jobs import Shard, parse_shard, resolve_shard
+from diffier_cli.jobs import Shard, parse_shard, plan_job, resolve_shard, split_lines
 from diffier_cli.outputs import plan_outputs
 from tests.conftest import DIFFIER, run_cli
 
@@ -69,6 +69,10 @@ def test_shards_are_contiguous_disjoint_and_cover_every_item_once(total, count):
         # an array task also sees SLURM_PROCID 0 of 1; the array decides, offset by its first id
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
           "SLURM_ARRAY_TASK_MIN": "3"}, None, (2, 4, None)),
+        ({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"}, None, (3, 4, None)),
+        # srun tasks inside an array task split that task's share
+        ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+          "SLURM_LOCALID": "1"}, None, (3, 6, 1)),
         ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "0/3", (0, 3, 1)),  # the flag wins, the GPU slot stays
         ({}, "2/3", (2, 3, None)),
     ],
@@ -90,6 +94,8 @@ def test_names_come_from_the_global_index_and_the_input(tmp_path):
     items[2]["subdir"] = "deep/er"
     paths = plan_outputs(f"{tmp_path}/", items, "{index:05d}-{seed}.png", name="{index:03d}-{mode}")
     assert paths == [tmp_path / "000-refined.png", tmp_path / "chosen.png", tmp_path / "deep/er" / "002-refined.png"]
+    # an explicit -o FILE is taken as given, whatever the item's own name or sub-folder
+    assert plan_outputs(str(tmp_path / "x.png"), [items[1] | {"subdir": "s"}], "{index}.png") == [tmp_path / "x.png"]
     with pytest.raises(UsageError, match="-o to be a folder"):
         plan_outputs(str(tmp_path / "one.png"), items[:1], "{index}.png", name="{index}")
     with pytest.raises(UsageError, match="items 0 and 1 would both be written"):
@@ -274,3 +280,87 @@ def test_memory_knobs_are_recorded_and_cpu_offload_needs_a_gpu(tiny_sd, tmp_path
     offload = run_cli(*t2i_args(tiny_sd["epsilon"], "a cat", "-o", str(tmp_path / "o.png"), "--cpu-offload",
                                 "--device", "cpu"))
     assert offload.returncode == 2 and "--cpu-offload" in offload.stderr and not (tmp_path / "o.png").exists()
+
+
+def test_batch_invariant_mode_keeps_broadcasting_masks_and_in_place_calls():
+    torch.manual_seed(1)
+    q = torch.randn(3, 2, 5, 4)
+    shared_kv = torch.randn(1, 2, 7, 4)  # broadcast over the batch
+    per_item_mask = torch.randn(3, 1, 5, 7)
+    broadcast_mask = torch.randn(5, 7)
+    x = torch.randn(4, 6).t()  # non-contiguous
+    with torch.no_grad():
+        expected = [
+            F.scaled_dot_product_attention(q, shared_kv, shared_kv),
+            F.scaled_dot_product_attention(q, shared_kv, shared_kv, per_item_mask),
+            F.scaled_dot_product_attention(q, shared_kv, shared_kv, attn_mask=broadcast_mask),
+            F.linear(input=x.t(), weight=torch.ones(3, 6)),
+        ]
+        with batch_invariant():
+            got = [
+                F.scaled_dot_product_attention(q, shared_kv, shared_kv),
+                F.scaled_dot_product_attention(q, shared_kv, shared_kv, per_item_mask),
+                F.scaled_dot_product_attention(q, shared_kv, shared_kv, attn_mask=broadcast_mask),
+                F.linear(input=x.t(), weight=torch.ones(3, 6)),
+            ]
+            y = x.clone()
+            F.silu(y, inplace=True)
+    for a, b in zip(expected, got):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(y, F.silu(x))
+
+
+def test_input_lines_split_at_newlines_only():
+    assert split_lines('{"prompt": "a\u2028b"}\r\nsecond\x0cpage\n\nlast') == ['{"prompt": "a\u2028b"}', "second\x0cpage", "", "last"]
+
+
+def test_a_half_written_item_is_made_again_and_may_replace_its_leftover(tmp_path):
+    """A kill between the sidecar's rename and the WAV's leaves a sidecar alone: not done, and
+    --skip-existing replaces it instead of refusing to clobber it."""
+    items = [{"index": i, "seed": i, "slug": "s", "stem": "t", "mode": "refined"} for i in range(2)]
+    (tmp_path / "0.wav").write_bytes(b"RIFF")
+    (tmp_path / "0.json").write_text("{}")
+    (tmp_path / "1.json").write_text("{}")
+    plan = plan_job(items, output=f"{tmp_path}/", name="{index}", default_name="x.wav", shard=Shard(0, 1, "default"),
+                    skip_existing=True, overwrite=False, seed_given=True, companions=lambda p: [p.with_suffix(".json")])
+    assert plan.skipped == 1 and [p.item["index"] for p in plan.pending] == [1] and plan.pending[0].replace
+
+
+@pytest.mark.parametrize(("extra", "needle"), [(("--shard", "1/2"), "needs --seed"), (("--skip-existing",), "pass its --seed")])
+def test_shards_and_resumes_need_the_seed_of_the_run(tmp_path, extra, needle):
+    result = run_cli("t2i", "a cat", "-o", f"{tmp_path}/", *extra)
+    assert result.returncode == 2 and needle in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_an_interrupt_anywhere_says_how_to_resume(tmp_path, monkeypatch):
+    from diffier_cli import t2i
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(t2i, "run", interrupted)
+    result = run_cli("t2i", "a cat", "-o", str(tmp_path / "x.png"))
+    assert result.returncode == 130
+    assert result.stderr.splitlines() == [
+        "diffier: error: interrupted; rerun the same command with --skip-existing (and the printed --seed) to resume"]
+
+
+def test_keep_going_fails_one_write_of_a_batch_without_counting_others_twice(tiny_sd, tmp_path, monkeypatch):
+    from diffier_cli import t2i
+    from diffier_cli.errors import DiffierError
+
+    real_write = t2i.write_atomically
+
+    def full_disk_for_item_1(files, replace):
+        if any(path.name.startswith("00001-") for path in files):
+            raise DiffierError("cannot write: No space left on device")
+        real_write(files, replace)
+
+    monkeypatch.setattr(t2i, "write_atomically", full_disk_for_item_1)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\n")
+    result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path}/out/",
+                               "--batch-size", "3", "--keep-going", "--json"))
+    assert result.returncode == 5
+    assert [(r["index"], "error" in r) for r in result.records] == [(0, False), (1, True), (2, False)]
+    assert result.stderr.splitlines()[-1].startswith("diffier: error: 1 of 3 item(s) failed (2 written)")
