@@ -8,7 +8,7 @@ two processes against one, all on the tests' tiny Stable Diffusion model (or --m
 3. 16 items as one `diffier` process against `torchrun --nproc-per-node 2` (one thread each), and
    against one process with one thread.
 
-    python benchmarks/batch_throughput.py [--model FOLDER] [--items 16] [--steps 20] [--size 64]
+    python benchmarks/batch_throughput.py [--model FOLDER] [--items 16] [--steps 20] [--size 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,7 @@ class ForwardClock:
         self.seconds += time.perf_counter() - self._start
 
 
-def in_process(model: Path, prompts: Path, items: int, steps: int, size: int) -> dict:
+def in_process(model: Path, prompts: Path, items: int, steps: int, size: int, repeats: int) -> dict:
     """Items/s per batch size and mode, and the overhead share, with the model loaded once."""
     import torch
 
@@ -75,13 +76,17 @@ def in_process(model: Path, prompts: Path, items: int, steps: int, size: int) ->
                 for batch_size in (1, 2, 4, 8):
                     opts = options(model, prompts, Path(scratch), steps, size, batch_size, invariant)
                     t2i.run(opts)  # warm-up
-                    clock.seconds = 0.0
-                    start = time.perf_counter()
-                    t2i.run(opts)
-                    wall = time.perf_counter() - start
+                    walls, forwards = [], []
+                    for _ in range(repeats):
+                        clock.seconds = 0.0
+                        start = time.perf_counter()
+                        t2i.run(opts)
+                        walls.append(time.perf_counter() - start)
+                        forwards.append(clock.seconds)
+                    wall, forward = statistics.median(walls), statistics.median(forwards)
                     results[f"{'invariant' if invariant else 'plain'} b{batch_size}"] = {
-                        "items_per_s": items / wall, "wall_s": wall, "forward_s": clock.seconds,
-                        "overhead_share": 1 - clock.seconds / wall,
+                        "items_per_s": items / wall, "wall_s": wall, "forward_s": forward,
+                        "overhead_share": 1 - forward / wall,
                     }
     finally:
         StableDiffusion.load = original_load
@@ -116,6 +121,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs per setting")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
@@ -125,7 +131,7 @@ def main() -> None:
             model = save_tiny_sd(Path(scratch))["epsilon"]
         prompts = Path(scratch) / "prompts.txt"
         prompts.write_text("".join(f"prompt {i}: a small red house by a lake\n" for i in range(args.items)))
-        report = {"in_process": in_process(model, prompts, args.items, args.steps, args.size),
+        report = {"in_process": in_process(model, prompts, args.items, args.steps, args.size, args.repeats),
                   "processes_s": processes(model, prompts, args.steps, args.size)}
     print(json.dumps(report, indent=1))
 

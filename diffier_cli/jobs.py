@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from diffier_cli.errors import DiffierError, ExitCode, UsageError, as_diffier_error
 from diffier_cli.outputs import plan_outputs, preflight, remove_stale_parts
 
+
 @dataclass(frozen=True)
 class Shard:
     """Shard `index` of `count`: a contiguous run of global indices (`divmod`, no padding)."""

@@ -192,7 +192,7 @@ def generate(backbone, opts: T2IOptions, items: list[dict], height: int, width: 
     from diffier_cli.sampling import denoise, per_item_stats
 
     noise_generators, refine_generators = item_generators([item["seed"] for item in items], backbone.device)
-    with batch_invariant(opts.batch_invariant):
+    with batch_invariant(len(items), opts.batch_invariant):
         state = backbone.prepare(
             [item["prompt"] for item in items],
             negative_prompts=[item["negative_prompt"] or "" for item in items],

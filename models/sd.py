@@ -24,7 +24,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 class SDState:
     """One batch's conditioning and randomness."""
 
-    prompt_embeds: torch.Tensor  # [uncond; cond] when guided, else cond
+    prompt_embeds: torch.Tensor  # item by item [uncond₀, cond₀, uncond₁, ...] when guided, else cond
     cfg: float
     guided: bool
     batch: int
@@ -207,7 +207,10 @@ class StableDiffusion:
             )
         else:
             cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, guided, negative_prompt=negative_prompts)
-        embeds = torch.cat([uncond, cond]) if guided else cond
+        # Item by item, [uncond₀, cond₀, uncond₁, cond₁, ...] (the pipeline concatenates all
+        # unconditionals first; the same numbers at batch 1), so that batch-invariant execution
+        # can give every item exactly its one-item shape.
+        embeds = torch.stack([uncond, cond], dim=1).flatten(0, 1) if guided else cond
         self.scheduler.set_timesteps(steps, device=self.device)
         return SDState(
             prompt_embeds=embeds,
@@ -235,12 +238,13 @@ class StableDiffusion:
         return self.scheduler.timesteps
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
-        model_input = torch.cat([x] * 2) if state.guided else x
+        model_input = x.repeat_interleave(2, dim=0) if state.guided else x
         model_input = self.scheduler.scale_model_input(model_input, t)
         out = self.pipe.unet(model_input, t, encoder_hidden_states=state.prompt_embeds, return_dict=False)[0]
         if not state.guided:
             return out
-        uncond, cond = out.chunk(2)
+        pairs = out.unflatten(0, (state.batch, 2))
+        uncond, cond = pairs[:, 0], pairs[:, 1]
         # Classifier-free guidance (Ho & Salimans 2022, Eq. 6): ε̂ = ε(∅) + ω (ε(c) − ε(∅)).
         return uncond + state.cfg * (cond - uncond)
 
