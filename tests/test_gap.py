@@ -1,0 +1,102 @@
+"""`diffier gap`: the exact-score benchmark's mathematics and its command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffier_cli.gap import GapOptions, MixtureBackbone, one_step_omega_star, run_one, sweep
+from models.mixture import MISFITS, Mixture, MisfitModel
+from tests.conftest import run_cli
+
+
+def problem(misfit: str = "over-dispersed", size: float = 0.5, dim: int = 3):
+    generator = torch.Generator().manual_seed(3)
+    truth = Mixture.random(classes=3, components=2, dim=dim, sigma=0.3, spread=1.0, generator=generator)
+    direction = torch.randn(dim, generator=generator, dtype=torch.float64)
+    return MisfitModel(truth, misfit, size, direction / direction.norm())
+
+
+@pytest.mark.parametrize("alpha_bar", [0.999, 0.5, 0.01])
+@pytest.mark.parametrize("conditional", [True, False])
+def test_closed_form_eps_is_minus_sigma_times_the_autograd_score(alpha_bar, conditional):
+    truth = problem().truth
+    x = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    labels = torch.arange(16) % 3 if conditional else None
+    (score,) = torch.autograd.grad(truth.log_prob(x, labels, alpha_bar).sum(), x)
+    expected = -math.sqrt(1 - alpha_bar) * score
+    assert torch.allclose(truth.eps(x.detach(), alpha_bar, labels), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_with_a_perfect_model_the_gap_is_zero_and_omega_star_is_one():
+    model = problem("none")
+    backbone = MixtureBackbone(model, steps=10)
+    labels = torch.arange(32) % 3
+    x_t = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    truth_samples = model.truth.sample(labels, torch.Generator().manual_seed(4))
+    run = run_one(backbone, labels, x_t, truth_samples, 1.0, None, seed=0, setting="baseline")
+    assert run.gap < 1e-24
+    assert run.omega_star == pytest.approx(1.0, abs=1e-12)
+    guided = run_one(backbone, labels, x_t, truth_samples, 4.0, None, seed=0, setting="baseline")
+    assert guided.gap > 1e-3 and guided.omega_star == pytest.approx(1.0, abs=1e-12)  # ω* does not move with ω
+
+
+@pytest.mark.parametrize("misfit", [m for m in MISFITS if m != "none"])
+def test_eq9_omega_star_is_the_argmin_of_the_one_step_loss(misfit):
+    model = problem(misfit)
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(64) % 3
+    alpha_bar = 0.3
+    cond, uncond = model.eps(x, alpha_bar, labels), model.eps(x, alpha_bar, None)
+    true = model.truth.eps(x, alpha_bar, labels)
+    grid = torch.linspace(-5, 15, 200001, dtype=torch.float64)
+    losses = torch.stack([((uncond + w * (cond - uncond) - true) ** 2).sum() for w in grid[::100]])
+    coarse = float(grid[::100][losses.argmin()])
+    fine = grid[(grid - coarse).abs() <= 0.01]
+    fine_losses = torch.stack([((uncond + w * (cond - uncond) - true) ** 2).sum() for w in fine])
+    assert one_step_omega_star(model, x, labels, alpha_bar) == pytest.approx(float(fine[fine_losses.argmin()]), abs=1e-4)
+
+
+def test_refined_and_baseline_runs_start_from_the_same_noise(monkeypatch):
+    seen = []
+
+    class Recording(MixtureBackbone):
+        def predict(self, x, t, state):
+            if not state.gap.any():  # the first step
+                seen.append(x.clone())
+            return super().predict(x, t, state)
+
+    opts = GapOptions(misfit="over-dispersed", misfit_size=0.5, omegas=[2.0], dim=3, classes=2, components=2, sigma=0.3,
+                      spread=1.0, n_samples=8, steps=4, eta=0.05, max_iters=1, seed=7)
+    monkeypatch.setattr("diffier_cli.gap.MixtureBackbone", Recording)
+    result = sweep(opts)
+    assert [r.setting for r in result["runs"]] == ["baseline", "descent", "ascent"]
+    assert len(seen) == 3 and all(torch.equal(seen[0], x) for x in seen)
+    gaps = [r.gap for r in result["runs"]]
+    assert len(set(gaps)) == 3  # the refinement did change the trajectories
+
+
+def test_the_command_prints_a_table_json_and_a_plot(tmp_path):
+    plot = tmp_path / "gap.png"
+    result = run_cli("gap", "--omegas", "1,3", "--steps", "5", "--n-samples", "60", "--dim", "2", "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    (record,) = result.records
+    assert [(r["omega"], r["setting"]) for r in record["runs"]] == [
+        (1.0, "baseline"), (1.0, "descent"), (1.0, "ascent"), (3.0, "baseline"), (3.0, "descent"), (3.0, "ascent")]
+    assert record["params"]["misfit"] == "over-dispersed" and record["command"] == "gap"
+    assert "Eq. 9 ω*" in result.stderr and "lowest gap at ω" in result.stderr
+    assert Image.open(plot).format == "PNG" and np.asarray(Image.open(plot)).std() > 0
+    again = run_cli("gap", "--omegas", "1,3", "--steps", "5", "--n-samples", "60", "--dim", "2", "--json", "-q")
+    assert again.records[0]["runs"] == record["runs"]  # seeded and deterministic
+
+
+@pytest.mark.parametrize(("args", "needle"), [(("--omegas", "1,x"), "comma-separated"), (("--omegas", "-1"), ">= 0"),
+                                              (("--misfit", "wrong"), "wrong")])
+def test_bad_gap_options_exit_2(args, needle):
+    result = run_cli("gap", *args)
+    assert result.returncode == 2 and needle in result.stderr and len(result.stderr.splitlines()) == 1
