@@ -73,6 +73,7 @@ MODEL = "Model and hardware"
 MEMORY = "Memory"
 OUTPUT = "Output"
 BATCH = "Batch jobs"
+SWEEP = "Sweeps (the paper's Fig. 3 layout)"
 
 # Options whose meaning and help are the same in every command, declared once.
 BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed.", rich_help_panel=REFINER)
@@ -117,6 +118,9 @@ def t2i(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     num_images: int = typer.Option(1, "--num-images", min=1, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per forward pass. It never changes an image's noise, nor by default its pixels; it gains speed only with --no-batch-invariant.", rich_help_panel=BATCH),
+    sweep_cfg: Optional[str] = typer.Option(None, "--sweep-cfg", help="A grid instead of one image: rows baseline and refined, one column per ω (e.g. 3,5,7.5,10), same seed; -o names the grid, the cells are written beside it.", rich_help_panel=SWEEP),
+    sweep_eta: Optional[str] = typer.Option(None, "--sweep-eta", help="The same grid over the method's η (e.g. 0.01,0.05,0.1).", rich_help_panel=SWEEP),
+    sweep_iters: Optional[str] = typer.Option(None, "--sweep-iters", help="The same grid over --max-iters (e.g. 1,3,10).", rich_help_panel=SWEEP),
     batch_invariant: bool = typer.Option(True, "--batch-invariant/--no-batch-invariant", help="Run every batch-dependent kernel at one image's shape, so --batch-size never changes a pixel (and batching gains nothing); --no-batch-invariant batches the kernels for speed, and they round differently (about 1/255).", rich_help_panel=BATCH),
     height: Optional[int] = typer.Option(None, "--height", callback=_multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
     width: Optional[int] = typer.Option(None, "--width", callback=_multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
@@ -148,41 +152,49 @@ def t2i(
     from diffier_cli import t2i as job
 
     refiner = _refiner(baseline, eta, threshold, max_iters, direction)
-    job.run(
-        job.T2IOptions(
-            prompt=prompt,
-            prompts_file=prompts_file,
-            negative_prompt=negative_prompt,
-            cfg=cfg,
-            steps=steps,
-            ddim_eta=ddim_eta,
-            seed=seed,
-            num_images=num_images,
-            batch_size=batch_size,
-            batch_invariant=batch_invariant,
-            cpu_offload=cpu_offload,
-            vae_slicing=vae_slicing,
-            vae_tiling=vae_tiling,
-            attention_slicing=attention_slicing,
-            height=height,
-            width=width,
-            output=output,
-            name=name,
-            overwrite=overwrite,
-            skip_existing=skip_existing,
-            keep_going=keep_going,
-            shard=shard,
-            model=model,
-            revision=revision,
-            offline=offline,
-            cache_dir=cache_dir,
-            device=device,
-            dtype=dtype.value,
-            refiner=refiner,
-            json=json_lines,
-            quiet=quiet,
-        )
+    sweeps = {name: value for name, value in (("cfg", sweep_cfg), ("eta", sweep_eta), ("iters", sweep_iters)) if value is not None}
+    if len(sweeps) > 1:
+        raise typer.BadParameter("sweep one thing at a time", param_hint="--sweep-cfg/--sweep-eta/--sweep-iters")
+    options = job.T2IOptions(
+        prompt=prompt,
+        prompts_file=prompts_file,
+        negative_prompt=negative_prompt,
+        cfg=cfg,
+        steps=steps,
+        ddim_eta=ddim_eta,
+        seed=seed,
+        num_images=num_images,
+        batch_size=batch_size,
+        batch_invariant=batch_invariant,
+        cpu_offload=cpu_offload,
+        vae_slicing=vae_slicing,
+        vae_tiling=vae_tiling,
+        attention_slicing=attention_slicing,
+        height=height,
+        width=width,
+        output=output,
+        name=name,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        keep_going=keep_going,
+        shard=shard,
+        model=model,
+        revision=revision,
+        offline=offline,
+        cache_dir=cache_dir,
+        device=device,
+        dtype=dtype.value,
+        refiner=refiner,
+        json=json_lines,
+        quiet=quiet,
     )
+    if sweeps:
+        from diffier_cli.sweep import parse_values, run_sweep
+
+        ((parameter, values),) = sweeps.items()
+        run_sweep(options, parameter, parse_values(parameter, values))
+    else:
+        job.run(options)
 
 
 class Subtype(str, Enum):

@@ -215,6 +215,25 @@ def generate(backbone, opts: T2IOptions, items: list[dict], height: int, width: 
     return images, per_item_stats(trajectory.steps, len(items))
 
 
+def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
+    """Stable Diffusion on the process's device, with the memory knobs applied."""
+    quiet_libraries(show_downloads=reporter.interactive)
+    from models.sd import MemoryOptions, StableDiffusion
+
+    device = resolve_device(opts.device, local_rank)
+    dtype = resolve_dtype(opts.dtype, device)
+    reporter.message(f"loading {opts.model} on {device} ({str(dtype).removeprefix('torch.')})")
+    return StableDiffusion.load(
+        opts.model,
+        revision=opts.revision,
+        device=device,
+        dtype=dtype,
+        offline=opts.offline,
+        cache_dir=opts.cache_dir,
+        memory=MemoryOptions(opts.cpu_offload, opts.vae_slicing, opts.vae_tiling, opts.attention_slicing),
+    )
+
+
 def _label(item: dict) -> str:
     return f"item {item['index']} (line {item['line']})"
 
@@ -238,31 +257,16 @@ def run(opts: T2IOptions) -> None:
         job.finish(_label)
         return
 
-    quiet_libraries(show_downloads=reporter.interactive)
     import torch
 
-    from models.sd import MemoryOptions, StableDiffusion
-
-    device = resolve_device(opts.device, shard.local_rank)
-    dtype = resolve_dtype(opts.dtype, device)
-    reporter.message(f"loading {opts.model} on {device} ({str(dtype).removeprefix('torch.')})")
-    memory = MemoryOptions(opts.cpu_offload, opts.vae_slicing, opts.vae_tiling, opts.attention_slicing)
-    backbone = StableDiffusion.load(
-        opts.model,
-        revision=opts.revision,
-        device=device,
-        dtype=dtype,
-        offline=opts.offline,
-        cache_dir=opts.cache_dir,
-        memory=memory,
-    )
+    backbone = load_backbone(opts, shard.local_rank, reporter)
     height = opts.height or backbone.native_size
     width = opts.width or backbone.native_size
     versions = library_versions()
     settings = {"seed": seed, "mode": mode, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
                 "cfg": opts.cfg, "steps": opts.steps, "ddim_eta": opts.ddim_eta, "num_images": opts.num_images,
                 "size": [width, height], "negative_prompt": opts.negative_prompt,
-                "batch_invariant": opts.batch_invariant, "memory": memory.enabled(),
+                "batch_invariant": opts.batch_invariant, "memory": backbone.memory.enabled(),
                 "refiner": None if opts.refiner is None else opts.refiner.settings()}
     job_fields = {"id": job_id("t2i", [(line.prompt, line.negative_prompt, line.seed, line.name) for line in prompts], settings),
                   "count": len(items)}

@@ -1,0 +1,124 @@
+"""`diffier t2i --sweep-cfg/--sweep-eta/--sweep-iters`: the paper's Fig. 3 layout, one labelled grid.
+
+Rows are baseline and refined, columns the swept values, every cell from the same seed, so a
+column differs only by the refinement and a row only by the swept value. Each cell is also
+written as its own PNG with its own record; the grid's record lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from diffier_cli import __version__
+from diffier_cli.errors import UsageError
+from diffier_cli.jobs import job_id
+from diffier_cli.metadata import library_versions, png_text
+from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
+from diffier_cli.runtime import Reporter, choose_seed
+
+SWEPT = {"cfg": "ω", "eta": "η", "iters": "max-iters"}
+GRID_LABELS = {"cfg": "cfg", "eta": "eta", "iters": "iters"}  # ASCII: Pillow's built-in font has no Greek
+LABEL_HEIGHT = 24
+
+
+def parse_values(parameter: str, text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--sweep-{parameter} {text} is not a comma-separated list of numbers") from None
+    if parameter == "iters" and any(v < 1 or v != int(v) for v in values):
+        raise UsageError(f"--sweep-iters {text}: iterations are whole numbers >= 1")
+    if any(v < 0 for v in values):
+        raise UsageError(f"--sweep-{parameter} {text}: values must be >= 0")
+    if len(set(values)) != len(values):
+        raise UsageError(f"--sweep-{parameter} {text} repeats a value")
+    return values
+
+
+def _cell_options(opts, parameter: str, value: float, refined: bool):
+    """The run options of one cell: the swept value set, the refiner on or off."""
+    refiner = opts.refiner if refined else None
+    if parameter == "cfg":
+        return replace(opts, cfg=value, refiner=refiner)
+    if not refined:
+        return replace(opts, refiner=None)
+    field = "eta" if parameter == "eta" else "max_iters"
+    return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if field == "max_iters" else value}))
+
+
+def compose(cells: list[list], column_labels: list[str], row_labels: list[str]):
+    """A labelled grid of equally sized PIL images (rows × columns)."""
+    from PIL import Image, ImageDraw
+
+    width, height = cells[0][0].size
+    margin = 80
+    grid = Image.new("RGB", (margin + width * len(column_labels), LABEL_HEIGHT + height * len(row_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(column_labels):
+        draw.text((margin + c * width + 4, 4), label, fill="black")
+    for r, (label, row) in enumerate(zip(row_labels, cells)):
+        draw.text((4, LABEL_HEIGHT + r * height + height // 2), label, fill="black")
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (margin + c * width, LABEL_HEIGHT + r * height))
+    return grid
+
+
+def run_sweep(opts, parameter: str, values: list[float]) -> None:
+    from diffier_cli.t2i import _record, generate, load_backbone
+
+    if opts.prompt is None or opts.num_images != 1:
+        raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
+    if opts.refiner is None:
+        raise UsageError(f"--sweep-{parameter} shows baseline and refined rows; drop --baseline")
+    reporter = Reporter(opts.quiet)
+    seed = choose_seed(opts.seed)
+    grid_path = Path(opts.output or f"sweep-{parameter}-{seed}-{slugify(opts.prompt)}.png")
+    if grid_path.suffix.lower() != ".png" or "{" in str(grid_path):
+        raise UsageError(f"-o {grid_path}: a sweep writes one grid; pass a .png file name")
+    modes = ("baseline", "refined")
+    # The baseline depends on ω but not on the refiner's η or iterations: one baseline cell then.
+    baseline_values = values if parameter == "cfg" else [None]
+    cells = [(value, "baseline") for value in baseline_values] + [(value, "refined") for value in values]
+    cell_paths = {
+        (value, mode): grid_path.with_name(f"{grid_path.stem}-{mode}.png" if value is None else f"{grid_path.stem}-{parameter}{value:g}-{mode}.png")
+        for value, mode in cells
+    }
+    preflight([grid_path, *cell_paths.values()], opts.overwrite)
+    reporter.message(f"seed {seed}")
+
+    import torch
+
+    backbone = load_backbone(opts, None, reporter)
+    height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
+    versions = library_versions()
+    settings = {"seed": seed, "prompt": opts.prompt, "parameter": parameter, "values": values, "cfg": opts.cfg,
+                "steps": opts.steps, "refiner": opts.refiner.settings()}
+    job = {"id": job_id("t2i-sweep", [opts.prompt], settings), "count": len(cell_paths)}
+    images, records = {}, []
+    with torch.no_grad():
+        for index, (value, mode) in enumerate(cells):
+            refined = mode == "refined"
+            cell = _cell_options(opts, parameter, value, refined)
+            item = {"index": index, "seed": seed, "mode": mode, "prompt": opts.prompt,
+                    "negative_prompt": opts.negative_prompt, "line": 1}
+            (image,), (per_step,) = generate(backbone, cell, [item], height, width)
+            record = _record(cell, backbone, item, height, width, per_step, versions, job)
+            record["sweep"] = {"parameter": parameter, "value": value}
+            write_atomically({cell_paths[value, mode]: png_bytes(image, png_text(record))}, opts.overwrite)
+            images[value, mode] = image
+            records.append({"path": str(cell_paths[value, mode]), **record})
+            shown = "" if value is None else f"{SWEPT[parameter]} = {value:g}, "
+            reporter.message(f"wrote {cell_paths[value, mode]} ({shown}{mode})")
+    rows = [[images[value if parameter == "cfg" else None, "baseline"] for value in values],
+            [images[value, "refined"] for value in values]]
+    grid = compose(rows,
+                   [f"{GRID_LABELS[parameter]} {value:g}" for value in values], list(modes))
+    grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
+                   "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in cell_paths.items()]}
+    write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)
+    if opts.json:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+    reporter.message(f"wrote {grid_path} ({len(modes)} rows × {len(values)} columns)")
