@@ -343,6 +343,8 @@ def sr(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .png path for one image, or a folder (existing or ending in /) for many (default: the current folder, named {stem}-x4-{mode}.png with the scale in the name).", rich_help_panel=OUTPUT),
     name: Optional[str] = NAME,
     overwrite: bool = OVERWRITE,
+    compare: bool = typer.Option(False, "--compare", help="One image, baseline and refined on the same seed, written with a side-by-side PNG (input bicubic | baseline | refined).", rich_help_panel=SWEEP),
+    crop: Optional[str] = typer.Option(None, "--crop", metavar="X,Y,W,H", help="With --compare: add a row with this region (output pixels) of each panel enlarged.", rich_help_panel=SWEEP),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Take the images of the input folders' sub-folders too; outputs keep the sub-folders under the -o folder.", rich_help_panel=BATCH),
     skip_existing: bool = SKIP_EXISTING,
     keep_going: bool = KEEP_GOING,
@@ -358,42 +360,48 @@ def sr(
     for option, value, multiple in (("--tile-size", tile_size, 64), ("--pixel-tile", pixel_tile, 32)):
         if value is not None and value % multiple:
             raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=option)
-    job.run(
-        job.SROptions(
-            inputs=inputs,
-            recursive=recursive,
-            output=output,
-            name=name,
-            skip_existing=skip_existing,
-            keep_going=keep_going,
-            shard=shard,
-            scale=scale,
-            preset=preset.value,
-            sampler=sampler.value if sampler else None,
-            steps=steps,
-            ddim_eta=ddim_eta,
-            dec_w=dec_w,
-            color_fix=color_fix.value if color_fix else None,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            pixel_tile=pixel_tile,
-            pixel_stride=pixel_stride,
-            negative_prompt=negative_prompt,
-            cfg=cfg,
-            tokenizer=tokenizer,
-            checkpoint=ckpt,
-            vae_checkpoint=vae_ckpt,
-            offline=offline,
-            cache_dir=cache_dir,
-            seed=seed,
-            overwrite=overwrite,
-            device=device,
-            dtype=dtype.value,
-            refiner=_refiner(baseline, eta, threshold, max_iters, direction),
-            json=json_lines,
-            quiet=quiet,
-        )
+    options = job.SROptions(
+        inputs=inputs,
+        recursive=recursive,
+        output=output,
+        name=name,
+        skip_existing=skip_existing,
+        keep_going=keep_going,
+        shard=shard,
+        scale=scale,
+        preset=preset.value,
+        sampler=sampler.value if sampler else None,
+        steps=steps,
+        ddim_eta=ddim_eta,
+        dec_w=dec_w,
+        color_fix=color_fix.value if color_fix else None,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        pixel_tile=pixel_tile,
+        pixel_stride=pixel_stride,
+        negative_prompt=negative_prompt,
+        cfg=cfg,
+        tokenizer=tokenizer,
+        checkpoint=ckpt,
+        vae_checkpoint=vae_ckpt,
+        offline=offline,
+        cache_dir=cache_dir,
+        seed=seed,
+        overwrite=overwrite,
+        device=device,
+        dtype=dtype.value,
+        refiner=_refiner(baseline, eta, threshold, max_iters, direction),
+        json=json_lines,
+        quiet=quiet,
     )
+    if crop is not None and not compare:
+        raise typer.BadParameter("--crop zooms into a --compare picture; add --compare", param_hint="--crop")
+    if compare:
+        from diffier_cli.compare_sr import parse_crop, run_compare
+
+        run_compare(options, None if crop is None else parse_crop(crop))
+    else:
+        job.run(options)
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
+from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
@@ -20,7 +21,6 @@ from diffier_cli.runtime import Reporter, choose_seed
 
 SWEPT = {"cfg": "ω", "eta": "η", "iters": "max-iters"}
 GRID_LABELS = {"cfg": "cfg", "eta": "eta", "iters": "iters"}  # ASCII: Pillow's built-in font has no Greek
-LABEL_HEIGHT = 24
 
 
 def parse_values(parameter: str, text: str) -> list[float]:
@@ -46,23 +46,6 @@ def _cell_options(opts, parameter: str, value: float, refined: bool):
         return replace(opts, refiner=None)
     field = "eta" if parameter == "eta" else "max_iters"
     return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if field == "max_iters" else value}))
-
-
-def compose(cells: list[list], column_labels: list[str], row_labels: list[str]):
-    """A labelled grid of equally sized PIL images (rows × columns)."""
-    from PIL import Image, ImageDraw
-
-    width, height = cells[0][0].size
-    margin = 80
-    grid = Image.new("RGB", (margin + width * len(column_labels), LABEL_HEIGHT + height * len(row_labels)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(column_labels):
-        draw.text((margin + c * width + 4, 4), label, fill="black")
-    for r, (label, row) in enumerate(zip(row_labels, cells)):
-        draw.text((4, LABEL_HEIGHT + r * height + height // 2), label, fill="black")
-        for c, image in enumerate(row):
-            grid.paste(image.convert("RGB"), (margin + c * width, LABEL_HEIGHT + r * height))
-    return grid
 
 
 def run_sweep(opts, parameter: str, values: list[float]) -> None:

@@ -380,3 +380,39 @@ def test_inputs_are_checked_before_any_model_loads(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
     clash = run_cli("sr", str(tmp_path / "a.png"), str(tmp_path / "a.jpg"), "-o", f"{tmp_path}/out/", "-q")
     assert_one_line_error(clash, 2, "items 0 and 1 would both be written", "--name")
+
+
+# --- sr --compare ------------------------------------------------------------------------------
+
+
+def test_compare_writes_both_runs_and_the_side_by_side(tiny, images, tmp_path):
+    from diffier_cli.grid import LABEL_HEIGHT, ROW_LABEL_WIDTH
+
+    out = tmp_path / "cmp"
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+                     "--seed", "3", "--compare", "--crop", "4,2,8,6", "-o", f"{out}/", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["rgb-x4-baseline.png", "rgb-x4-compare.png", "rgb-x4-refined.png"]
+    assert [r["mode"] for r in result.records] == ["baseline", "refined"]
+    for mode, extra in (("baseline", ("--baseline",)), ("refined", ())):
+        single = sr(tiny, images / "rgb.png", tmp_path / f"{mode}.png", "--seed", "3", *extra)
+        assert single.returncode == 0, single.stderr
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"{mode}.png")), np.asarray(Image.open(out / f"rgb-x4-{mode}.png")))
+    grid = Image.open(out / "rgb-x4-compare.png")
+    zoom_height = round(256 * 6 / 8)
+    assert grid.size == (ROW_LABEL_WIDTH + 3 * 256, LABEL_HEIGHT + 32 + zoom_height)  # the zooms make each column 256 wide
+    left = ROW_LABEL_WIDTH + 2 * 256
+    refined = np.asarray(grid.convert("RGB"))[LABEL_HEIGHT : LABEL_HEIGHT + 32, left : left + 48]
+    assert np.array_equal(refined, np.asarray(Image.open(out / "rgb-x4-refined.png").convert("RGB")))
+    assert json.loads(grid.text["diffier"])["compare"]["crop"] == [4, 2, 8, 6]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [(("--compare", "--baseline"), "drop --baseline"),
+                                               (("--crop", "1,1,4,4"), "add --compare"),
+                                               (("--compare", "--crop", "40,0,20,4"), "leaves the 48×32 output"),
+                                               (("--compare", "--crop", "1,2"), "X,Y,W,H")])
+def test_compare_refusals_exit_2(tiny, images, tmp_path, extra, needle):
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]),
+                     "-o", f"{tmp_path}/", *extra)
+    assert_one_line_error(result, 2, needle)
+    assert not list(tmp_path.iterdir())

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffier_cli.sweep import LABEL_HEIGHT
+from diffier_cli.grid import LABEL_HEIGHT, ROW_LABEL_WIDTH as MARGIN
 from tests.conftest import run_cli
 
-MARGIN = 80
 
 
 def pixels(path) -> np.ndarray:
