@@ -236,6 +236,7 @@ def tts(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .wav path, a folder (existing or ending in /), a template with {index} {stem} {seed} {mode} {slug}, or - for a complete WAV on stdout (default: ./{stem}-{seed}-{mode}.wav, with --per-line ./{stem}-{index:04d}-{seed}-{mode}.wav).", rich_help_panel=OUTPUT),
     name: Optional[str] = NAME,
     subtype: Subtype = typer.Option(Subtype.PCM_16, "--subtype", help="WAV sample format.", rich_help_panel=OUTPUT),
+    compare: bool = typer.Option(False, "--compare", help="Baseline and refined from one text on one seed: {stem}-{seed}-baseline.wav and -refined.wav (each with its .json) and {stem}-{seed}-compare.png, their mel spectrograms and the difference; -o is a folder (needs matplotlib, the package's plot extra).", rich_help_panel=OUTPUT),
     overwrite: bool = OVERWRITE,
     skip_existing: bool = SKIP_EXISTING,
     keep_going: bool = KEEP_GOING,
@@ -249,37 +250,41 @@ def tts(
     """
     from diffier_cli import tts as job
 
-    job.run(
-        job.TTSOptions(
-            text_file=text_file,
-            text=text,
-            per_line=per_line,
-            checkpoint=checkpoint,
-            pe_scale=pe_scale,
-            vocoder=vocoder,
-            speaker=speaker,
-            steps=steps,
-            temperature=temperature,
-            length_scale=length_scale,
-            stochastic=stochastic,
-            pause=pause,
-            seed=seed,
-            output=output,
-            name=name,
-            overwrite=overwrite,
-            skip_existing=skip_existing,
-            keep_going=keep_going,
-            shard=shard,
-            subtype=subtype.value,
-            offline=offline,
-            cache_dir=cache_dir,
-            device=device,
-            dtype=dtype.value,
-            refiner=_refiner(baseline, eta, threshold, max_iters, direction),
-            json=json_lines,
-            quiet=quiet,
-        )
+    options = job.TTSOptions(
+        text_file=text_file,
+        text=text,
+        per_line=per_line,
+        checkpoint=checkpoint,
+        pe_scale=pe_scale,
+        vocoder=vocoder,
+        speaker=speaker,
+        steps=steps,
+        temperature=temperature,
+        length_scale=length_scale,
+        stochastic=stochastic,
+        pause=pause,
+        seed=seed,
+        output=output,
+        name=name,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        keep_going=keep_going,
+        shard=shard,
+        subtype=subtype.value,
+        offline=offline,
+        cache_dir=cache_dir,
+        device=device,
+        dtype=dtype.value,
+        refiner=_refiner(baseline, eta, threshold, max_iters, direction),
+        json=json_lines,
+        quiet=quiet,
     )
+    if compare:
+        from diffier_cli.compare_tts import run_compare
+
+        run_compare(options)
+    else:
+        job.run(options)
 
 
 class Preset(str, Enum):
@@ -458,7 +463,7 @@ def gap(
     eta: float = ETA,
     max_iters: int = MAX_ITERS,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seed of the problem, x_T and the refinement draws."),
-    plot_path: Optional[str] = typer.Option(None, "--plot", help="Also write gap and log-likelihood against ω as a PNG (needs matplotlib: pip install 'diffier[plot]')."),
+    plot_path: Optional[str] = typer.Option(None, "--plot", help="Also write gap and log-likelihood against ω as a PNG (needs matplotlib, the package's plot extra)."),
     overwrite: bool = OVERWRITE,
     json_lines: bool = typer.Option(False, "--json", help="Print the whole result as one JSON object on stdout."),
     quiet: bool = QUIET,

@@ -201,9 +201,11 @@ def load_voice(opts: TTSOptions, reporter: Reporter, local_rank: int | None) -> 
     return Voice(GradTTSBackbone(model, device, dtype), vocoder, speaker, model_info, vocoder_info)
 
 
-def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]]], seed: int, on_step=None):
+def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]]], seed: int, on_step=None,
+               mels: list | None = None):
     """One item → (waveform, per-utterance statistics): every utterance through the shared loop
-    and the vocoder, drawing in order from the item's own generators, joined by --pause of silence."""
+    and the vocoder, drawing in order from the item's own generators, joined by --pause of silence.
+    `mels`, when given, receives each utterance's mel as the vocoder got it ([80, frames] float32)."""
     import numpy as np
     import torch
 
@@ -228,7 +230,10 @@ def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]
                 backbone, state, backbone.init_noise(state), refiner=opts.refiner,
                 generators=refine_generators, on_step=on_step,
             )
-            audio = voice.vocoder(backbone.decode(trajectory.sample, state)).squeeze().float().cpu().numpy()
+            mel = backbone.decode(trajectory.sample, state)
+            audio = voice.vocoder(mel).squeeze().float().cpu().numpy()
+        if mels is not None:
+            mels.append(mel[0].float().cpu().numpy())
         pieces.extend([audio, pause])
         per_utterance.append({"text": utterance, "frames": state.frames, **per_item_stats(trajectory.steps, 1)[0]})
     return np.concatenate(pieces[:-1]), per_utterance
@@ -287,6 +292,36 @@ def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_
     }
 
 
+def speak(voice: Voice, opts: TTSOptions, item: dict, spoken: list[tuple[str, list[int]]], skipped: list[str],
+          job: dict, on_step=None, mels: list | None = None) -> tuple[bytes, dict, float]:
+    """One item → (its WAV, its record, seconds of synthesis)."""
+    started = time.perf_counter()
+    waveform, per_utterance = synthesize(voice, opts, spoken, item["seed"], on_step=on_step, mels=mels)
+    seconds = time.perf_counter() - started
+    record = _record(opts, voice, item, skipped, per_utterance, len(waveform), seconds, job)
+    return wav_bytes(waveform, voice.sample_rate, opts.subtype), record, seconds
+
+
+def item_files(path: Path, sidecar: Path, record: dict, data: bytes) -> dict[Path, bytes]:
+    """A WAV and its sidecar for write_atomically, the sidecar first: a WAV on disk means its item
+    is complete (what --skip-existing trusts)."""
+    return {sidecar: json.dumps(record, ensure_ascii=False, indent=1).encode(), path: data}
+
+
+def print_record(path: Path, seconds: float, record: dict) -> None:
+    """--json: one line per WAV written."""
+    print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
+
+
+def job_fields(opts: TTSOptions, items: list[dict], seed: int, mode: str) -> dict:
+    """The records' `job`: a digest of the items and settings, and the item count."""
+    settings = {"seed": seed, "mode": mode, "checkpoint": opts.checkpoint, "pe_scale": opts.pe_scale,
+                "vocoder": opts.vocoder, "speaker": opts.speaker, "steps": opts.steps, "temperature": opts.temperature,
+                "length_scale": opts.length_scale, "stochastic": opts.stochastic, "pause": opts.pause,
+                "subtype": opts.subtype, "refiner": None if opts.refiner is None else opts.refiner.settings()}
+    return {"id": job_id("tts", [item["text"] for item in items], settings), "count": len(items)}
+
+
 def _plan(opts: TTSOptions, items: list[dict], shard) -> Plan:
     """Files for the items (a WAV and its .json sidecar each), or with -o - one WAV on stdout."""
     if opts.output != "-":
@@ -334,11 +369,7 @@ def run(opts: TTSOptions) -> None:
             prepared[planned.item["index"]] = exc
     ready = [spoken for spoken in prepared.values() if not isinstance(spoken, UsageError)]
     voice = load_voice(opts, reporter, shard.local_rank) if ready else None
-    settings = {"seed": seed, "mode": mode, "checkpoint": opts.checkpoint, "pe_scale": opts.pe_scale,
-                "vocoder": opts.vocoder, "speaker": opts.speaker, "steps": opts.steps, "temperature": opts.temperature,
-                "length_scale": opts.length_scale, "stochastic": opts.stochastic, "pause": opts.pause,
-                "subtype": opts.subtype, "refiner": None if opts.refiner is None else opts.refiner.settings()}
-    job_fields = {"id": job_id("tts", [item["text"] for item in items], settings), "count": len(items)}
+    fields = job_fields(opts, items, seed, mode)
 
     total_steps = sum(len(spoken) for spoken, _ in ready) * opts.steps
     with job.running(), reporter.progress(total=total_steps, description=mode):
@@ -349,24 +380,17 @@ def run(opts: TTSOptions) -> None:
                 if isinstance(prepared[item["index"]], UsageError):
                     raise prepared[item["index"]]
                 spoken, skipped = prepared[item["index"]]
-                started = time.perf_counter()
-                waveform, per_utterance = synthesize(voice, opts, spoken, item["seed"], on_step=reporter.advance)
-                seconds = time.perf_counter() - started
-                duration = len(waveform) / voice.sample_rate
-                data = wav_bytes(waveform, voice.sample_rate, opts.subtype)
-                done = f"{duration:.2f} s of audio, seed {item['seed']}, {mode}, {seconds:.1f} s"
+                data, record, seconds = speak(voice, opts, item, spoken, skipped, fields, on_step=reporter.advance)
+                done = f"{record['audio']['duration_s']:.2f} s of audio, seed {item['seed']}, {mode}, {seconds:.1f} s"
                 if not planned.paths:  # -o -
                     sys.stdout.buffer.write(data)
                     sys.stdout.buffer.flush()
                     reporter.message(f"wrote {len(data)} bytes of WAV to stdout ({done})")
                 else:
                     path, sidecar = planned.paths
-                    record = _record(opts, voice, item, skipped, per_utterance, len(waveform), seconds, job_fields)
-                    # the sidecar first: a WAV on disk means its item is complete (what --skip-existing trusts)
-                    sidecar_data = json.dumps(record, ensure_ascii=False, indent=1).encode()
-                    write_atomically({sidecar: sidecar_data, path: data}, planned.replace)
+                    write_atomically(item_files(path, sidecar, record, data), planned.replace)
                     if opts.json:
-                        print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
+                        print_record(path, seconds, record)
                     reporter.message(f"wrote {path} and {sidecar.name} ({done})")
                 job.wrote()
     job.finish(_label)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -213,3 +214,49 @@ def test_pcm16_scales_by_32767_without_wrapping():
     data = wav_bytes(np.array([1.0, -1.0, 0.5, 1.2, -0.25], dtype=np.float32), 22050, "PCM_16")
     samples, _ = soundfile.read(io.BytesIO(data), dtype="int16")
     assert samples.tolist() == [32767, -32767, 16384, 32767, -8192]
+
+
+def test_compare_writes_the_two_plain_runs_and_a_png_of_their_mels(checkpoints, tmp_path):
+    from PIL import Image
+
+    common = ("--text", "Hello there. Bye now.", "--seed", "4")
+    compared = tts(checkpoints[1], *common, "--compare", "-o", f"{tmp_path}/out/")
+    assert compared.returncode == 0, compared.stderr
+    names = ["hello-there-bye-now-4-baseline.json", "hello-there-bye-now-4-baseline.wav", "hello-there-bye-now-4-compare.png",
+             "hello-there-bye-now-4-refined.json", "hello-there-bye-now-4-refined.wav"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+    plain = {mode: tts(checkpoints[1], *common, *extra, "-o", f"{tmp_path}/plain/", "-q")
+             for mode, extra in {"baseline": ("--baseline",), "refined": ()}.items()}
+    assert [run.returncode for run in plain.values()] == [0, 0]
+
+    wavs = {mode: tmp_path / "out" / f"hello-there-bye-now-4-{mode}.wav" for mode in plain}
+    assert [r["path"] for r in compared.records] == [str(wavs["baseline"]), str(wavs["refined"])]
+    timing = ("real_time_factor",)
+    for mode, wav in wavs.items():
+        twin = tmp_path / "plain" / wav.name
+        assert np.array_equal(soundfile.read(wav, dtype="int16")[0], soundfile.read(twin, dtype="int16")[0])
+        ours, theirs = (json.loads(path.with_suffix(".json").read_text()) for path in (wav, twin))
+        assert {k: v for k, v in ours.items() if k not in timing} == {k: v for k, v in theirs.items() if k not in timing}
+    assert not np.array_equal(*(soundfile.read(wav, dtype="int16")[0] for wav in wavs.values()))
+
+    with Image.open(tmp_path / "out" / names[2]) as png:
+        png.load()
+        record = json.loads(png.text["diffier"])
+        assert png.width > 500 and png.height > 500
+    assert record == {"tool": "diffier", "version": record["version"], "command": "tts", "seed": 4,
+                      "compare": {mode: str(wav) for mode, wav in wavs.items()},
+                      "refiner": {"name": "diffier", "eta": 0.05, "threshold": 0.001, "max_iters": 1, "direction": "descent"}}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(("--per-line",), "drop --per-line"), (("--baseline",), "drop --baseline"), (("-o", "-"), "not a WAV on stdout"),
+     (("-o", "a.wav"), "pass a folder"), (("--seed", "3"), "hi-3-refined.json exists"), ((), "needs matplotlib")],
+)
+def test_compare_refusals_exit_2_before_any_model_loads_and_write_nothing(tmp_path, monkeypatch, args, needle):
+    if needle == "needs matplotlib":
+        monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    (tmp_path / "hi-3-refined.json").write_text("{}")
+    result = run_cli("tts", "--text", "Hi.", "--compare", "--checkpoint", "unused.pt", "-q", *args, cwd=tmp_path)
+    assert_one_line_error(result, 2, needle)
+    assert [p.name for p in tmp_path.iterdir()] == ["hi-3-refined.json"]
