@@ -502,7 +502,7 @@ def info(
             typer.echo(json.dumps(record, ensure_ascii=False, indent=2) if isinstance(record, dict) else record)
 
 
-class Misfit(str, Enum):
+class Misfit(str, Enum):  # models.mixture.MISFITS, repeated here so that --help never imports torch
     none = "none"
     over_dispersed = "over-dispersed"
     over_sharp = "over-sharp"
@@ -510,29 +510,20 @@ class Misfit(str, Enum):
     eps_scale = "eps-scale"
 
 
-def _omegas(value: str) -> str:
-    try:
-        omegas = [float(part) for part in value.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"{value} is not a comma-separated list of numbers, e.g. 1,2,3,5,7.5,10") from None
-    if not omegas or any(omega < 0 for omega in omegas):
-        raise typer.BadParameter(f"{value}: guidance scales must be >= 0")
-    return value
-
-
 @app.command(epilog="Example: diffier gap --misfit over-sharp --json > sharp.json ; diffier gap --plot gap.png . " + EXIT_CODES_HELP)
 def gap(
     misfit: Misfit = typer.Option(Misfit.over_dispersed, "--misfit", help="The model's error: components too broad (over-dispersed) or too sharp, means shifted, ε scaled, or none (exact)."),
     misfit_size: float = typer.Option(0.5, "--misfit-size", min=0.0, help="How large: σ × (1 + size) or ÷ (1 + size), shift by size along a random unit direction, ε × (1 + size)."),
-    omegas: str = typer.Option("1,2,3,5,7.5,10", "--omegas", callback=_omegas, help="Guidance scales ω to sweep, comma-separated."),
+    omegas: str = typer.Option("1,2,3,5,7.5,10", "--omegas", help="Guidance scales ω to sweep, comma-separated."),
     dim: int = typer.Option(8, "--dim", min=1, help="Data dimension d."),
-    classes: int = typer.Option(4, "--classes", min=1, help="Classes K (the conditions)."),
+    classes: int = typer.Option(4, "--classes", min=2, help="Classes K (the conditions; with one, guidance has nothing to do)."),
     components: int = typer.Option(3, "--components", min=1, help="Gaussian components M per class."),
     sigma: float = typer.Option(0.3, "--sigma", callback=_positive, help="Standard deviation σ of every component."),
     spread: float = typer.Option(1.0, "--spread", callback=_positive, help="Standard deviation of the component means."),
-    n_samples: int = typer.Option(1000, "--n-samples", min=2, help="Samples per run (class i mod K)."),
-    steps: int = typer.Option(50, "--steps", min=1, help="DDIM steps on SD 2.1's schedule."),
+    n_samples: int = typer.Option(1000, "--n-samples", min=2, max=20000, help="Samples per run (class i mod K); the energy distance holds n²/K² distances per class in memory."),
+    steps: int = typer.Option(50, "--steps", min=1, max=1000, help="DDIM steps on SD 2.1's schedule (T = 1000)."),
     eta: float = ETA,
+    threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seed of the problem, x_T and the refinement draws."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Also write gap and log-likelihood against ω as a PNG (needs matplotlib, the package's plot extra)."),
@@ -549,6 +540,8 @@ def gap(
     from diffier_cli.outputs import preflight, write_atomically
 
     if plot_path is not None:
+        if Path(plot_path).suffix.lower() != ".png" or Path(plot_path).is_dir():
+            raise UsageError(f"--plot {plot_path}: pass a .png file name")
         preflight([Path(plot_path)], overwrite)
         try:
             import matplotlib  # noqa: F401
@@ -558,10 +551,12 @@ def gap(
 
     from diffier_cli import gap as bench
 
-    opts = bench.GapOptions(misfit=misfit.value, misfit_size=misfit_size, omegas=[float(w) for w in omegas.split(",")],
+    from diffier_cli.sweep import parse_numbers
+
+    opts = bench.GapOptions(misfit=misfit.value, misfit_size=misfit_size, omegas=parse_numbers(omegas, "--omegas"),
                             dim=dim, classes=classes, components=components, sigma=sigma, spread=spread,
-                            n_samples=n_samples, steps=steps, eta=eta, max_iters=max_iters, seed=seed)
-    result = bench.sweep(opts)
+                            n_samples=n_samples, steps=steps, eta=eta, threshold=threshold, max_iters=max_iters, seed=seed)
+    result = bench.run_benchmark(opts)
     if not quiet:
         console = Console(stderr=True)
         console.print(bench.table(result))

@@ -17,6 +17,7 @@ from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
+from diffier_cli.sweep import refuse_batch_options
 
 ZOOM_WIDTH = 256
 
@@ -40,6 +41,7 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
         raise UsageError("--compare upscales one image file; pass exactly one")
     if opts.refiner is None:
         raise UsageError("--compare shows baseline and refined; drop --baseline")
+    refuse_batch_options(opts, "--compare")
     if opts.output is not None and not (opts.output.endswith("/") or Path(opts.output).is_dir()):
         raise UsageError(f"-o {opts.output}: --compare writes three files; pass a folder (ending in /)")
     reporter = Reporter(opts.quiet)

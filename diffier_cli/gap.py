@@ -76,13 +76,19 @@ class MixtureBackbone:
 
     def step(self, x: torch.Tensor, prediction: torch.Tensor, t, state: GapState) -> torch.Tensor:
         true = self.model.truth.eps(x, self._alpha_bar(t), state.labels)
-        cond, uncond = state.last
-        delta = cond - uncond
+        projection, spread = guidance_projection(*state.last, true)
         state.gap += ((prediction - true) ** 2).sum(-1)
-        state.projection += ((true - uncond) * delta).sum(-1)
-        state.spread += (delta * delta).sum(-1)
+        state.projection += projection
+        state.spread += spread
         # DDIM (Song et al. 2021, Eq. 12), η = 0, diffusers' implementation as in `diffier t2i`.
         return self.scheduler.step(prediction, t, x, eta=0.0, return_dict=False)[0]
+
+
+def guidance_projection(cond: torch.Tensor, uncond: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (⟨ε* − ε_∅, Δ⟩, ‖Δ‖²) with Δ = ε_c − ε_∅: Eq. 9's ω* is the first summed over
+    the second summed, the least-squares ω of min_ω ‖ε_∅ + ωΔ − ε*‖²."""
+    delta = cond - uncond
+    return ((true - uncond) * delta).sum(-1), (delta * delta).sum(-1)
 
 
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,11 +141,12 @@ class GapOptions:
     n_samples: int
     steps: int
     eta: float
+    threshold: float
     max_iters: int
     seed: int
 
 
-def sweep(opts: GapOptions, on_run=None) -> dict:
+def run_benchmark(opts: GapOptions, on_run=None) -> dict:
     """Every (ω, setting) run, and where the gap and the quality are best."""
     problem = torch.Generator().manual_seed(opts.seed)
     truth = Mixture.random(opts.classes, opts.components, opts.dim, opts.sigma, opts.spread, problem)
@@ -151,8 +158,8 @@ def sweep(opts: GapOptions, on_run=None) -> dict:
     truth_samples = truth.sample(labels, torch.Generator().manual_seed(opts.seed + 2))
     settings = {
         "baseline": None,
-        "descent": DiffIER(eta=opts.eta, max_iters=opts.max_iters, direction="descent"),
-        "ascent": DiffIER(eta=opts.eta, max_iters=opts.max_iters, direction="ascent"),
+        "descent": DiffIER(eta=opts.eta, threshold=opts.threshold, max_iters=opts.max_iters, direction="descent"),
+        "ascent": DiffIER(eta=opts.eta, threshold=opts.threshold, max_iters=opts.max_iters, direction="ascent"),
     }
     runs = []
     with torch.no_grad():
@@ -189,10 +196,9 @@ def _fixed_point(baseline: list[GapRun]) -> float | None:
 
 def one_step_omega_star(model: MisfitModel, x: torch.Tensor, labels: torch.Tensor, alpha_bar: float) -> float:
     """Eq. 9 at one step: argmin_ω Σ‖ε_∅ + ω(ε_c − ε_∅) − ε*‖², in closed form."""
-    cond, uncond = model.eps(x, alpha_bar, labels), model.eps(x, alpha_bar, None)
-    true = model.truth.eps(x, alpha_bar, labels)
-    delta = cond - uncond
-    return float(((true - uncond) * delta).sum() / (delta * delta).sum())
+    projection, spread = guidance_projection(model.eps(x, alpha_bar, labels), model.eps(x, alpha_bar, None),
+                                             model.truth.eps(x, alpha_bar, labels))
+    return float(projection.sum() / spread.sum())
 
 
 def table(result: dict):
@@ -222,27 +228,27 @@ def summary(result: dict) -> list[str]:
 
 
 def plot(result: dict) -> bytes:
-    """PNG bytes: gap and log-likelihood against ω, one curve per setting."""
+    """PNG bytes: gap, log-likelihood and energy distance against ω, one curve per setting."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global backend state
 
     runs = result["runs"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(15, 4), layout="constrained")
+    axes = figure.subplots(1, 3)
+    measures = (("gap", "Σ_t ‖ε̂ − ε*‖² (mean over samples)"), ("log_likelihood", "mean log-likelihood (true density)"),
+                ("energy_distance", "energy distance to true samples"))
     for setting in dict.fromkeys(r.setting for r in runs):
         mine = [r for r in runs if r.setting == setting]
-        left.plot([r.omega for r in mine], [r.gap for r in mine], marker="o", label=setting)
-        right.plot([r.omega for r in mine], [r.log_likelihood for r in mine], marker="o", label=setting)
-    left.set(xlabel="ω", ylabel="Σ_t ‖ε̂ − ε*‖² (mean over samples)", title="gap")
-    right.set(xlabel="ω", ylabel="mean log-likelihood (true density)", title="quality")
-    right.axhline(result["true_samples_log_likelihood"], color="grey", linestyle=":", label="true samples")
-    for axis in (left, right):
+        for axis, (key, _) in zip(axes, measures):
+            axis.plot([r.omega for r in mine], [getattr(r, key) for r in mine], marker="o", label=setting)
+    for axis, (key, label) in zip(axes, measures):
+        axis.set(xlabel="ω", ylabel=label)
+        if result["omega_star_fixed_point"] is not None:
+            axis.axvline(result["omega_star_fixed_point"], color="grey", linestyle="--", label="Eq. 9 ω* = ω")
+    axes[1].axhline(result["true_samples_log_likelihood"], color="grey", linestyle=":", label="true samples")
+    for axis in axes:
         axis.legend()
-    figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
     return buffer.getvalue()

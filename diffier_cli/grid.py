@@ -22,5 +22,5 @@ def compose(rows: list[list], column_labels: list[str], row_labels: list[str]):
     for top, height, label, row in zip(tops, heights, row_labels, rows):
         draw.text((4, top + height // 2), label, fill="black")
         for left, image in zip(lefts, row):
-            grid.paste(image.convert("RGB"), (left, top))
+            grid.paste(image.convert("RGBA"), (left, top), image.convert("RGBA"))  # transparency over white
     return grid

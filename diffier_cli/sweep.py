@@ -8,6 +8,7 @@ written as its own PNG with its own record; the grid's record lists them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,21 +21,37 @@ from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
 
 SWEPT = {"cfg": "ω", "eta": "η", "iters": "max-iters"}
-GRID_LABELS = {"cfg": "cfg", "eta": "eta", "iters": "iters"}  # ASCII: Pillow's built-in font has no Greek
 
 
-def parse_values(parameter: str, text: str) -> list[float]:
+def parse_numbers(text: str, option: str) -> list[float]:
+    """A comma-separated list of distinct finite numbers >= 0, or a one-line usage error."""
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise UsageError(f"--sweep-{parameter} {text} is not a comma-separated list of numbers") from None
+        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 1,2,3,5,7.5,10") from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise UsageError(f"{option} {text}: values must be finite and >= 0")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{option} {text} repeats a value")
+    return values
+
+
+def parse_values(parameter: str, text: str) -> list[float]:
+    values = parse_numbers(text, f"--sweep-{parameter}")
     if parameter == "iters" and any(v < 1 or v != int(v) for v in values):
         raise UsageError(f"--sweep-iters {text}: iterations are whole numbers >= 1")
-    if any(v < 0 for v in values):
-        raise UsageError(f"--sweep-{parameter} {text}: values must be >= 0")
-    if len(set(values)) != len(values):
-        raise UsageError(f"--sweep-{parameter} {text} repeats a value")
+    if len({f"{v:g}" for v in values}) != len(values):
+        raise UsageError(f"--sweep-{parameter} {text}: values too close to tell apart in file names")
     return values
+
+
+def refuse_batch_options(opts, flag: str) -> None:
+    """Options of batch runs that a one-picture comparison cannot honour: refused, not ignored."""
+    given = {"--name": opts.name is not None, "--skip-existing": opts.skip_existing, "--keep-going": opts.keep_going,
+             "--shard": opts.shard is not None}
+    for option, present in given.items():
+        if present:
+            raise UsageError(f"{flag} makes one comparison, not a batch; drop {option}")
 
 
 def _cell_options(opts, parameter: str, value: float, refined: bool):
@@ -55,6 +72,7 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
         raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
     if opts.refiner is None:
         raise UsageError(f"--sweep-{parameter} shows baseline and refined rows; drop --baseline")
+    refuse_batch_options(opts, f"--sweep-{parameter}")
     reporter = Reporter(opts.quiet)
     seed = choose_seed(opts.seed)
     grid_path = Path(opts.output or f"sweep-{parameter}-{seed}-{slugify(opts.prompt)}.png")
@@ -76,8 +94,9 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     backbone = load_backbone(opts, None, reporter)
     height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
     versions = library_versions()
-    settings = {"seed": seed, "prompt": opts.prompt, "parameter": parameter, "values": values, "cfg": opts.cfg,
-                "steps": opts.steps, "refiner": opts.refiner.settings()}
+    settings = {"seed": seed, "prompt": opts.prompt, "parameter": parameter, "values": values,
+                **({} if parameter == "cfg" else {"cfg": opts.cfg}), "steps": opts.steps, "model": backbone.resolved.model_id,
+                "revision": backbone.resolved.revision, "refiner": opts.refiner.settings()}
     job = {"id": job_id("t2i-sweep", [opts.prompt], settings), "count": len(cell_paths)}
     images, records = {}, []
     with torch.no_grad():
@@ -97,7 +116,7 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     rows = [[images[value if parameter == "cfg" else None, "baseline"] for value in values],
             [images[value, "refined"] for value in values]]
     grid = compose(rows,
-                   [f"{GRID_LABELS[parameter]} {value:g}" for value in values], list(modes))
+                   [f"{parameter} {value:g}" for value in values], list(modes))  # ASCII: Pillow's built-in font has no Greek
     grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
                    "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in cell_paths.items()]}
     write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffier_cli.gap import GapOptions, MixtureBackbone, one_step_omega_star, run_one, sweep
+from diffier_cli.gap import GapOptions, MixtureBackbone, one_step_omega_star, run_benchmark, run_one
 from models.mixture import MISFITS, Mixture, MisfitModel
 from tests.conftest import run_cli
 
@@ -72,9 +71,9 @@ def test_refined_and_baseline_runs_start_from_the_same_noise(monkeypatch):
             return super().predict(x, t, state)
 
     opts = GapOptions(misfit="over-dispersed", misfit_size=0.5, omegas=[2.0], dim=3, classes=2, components=2, sigma=0.3,
-                      spread=1.0, n_samples=8, steps=4, eta=0.05, max_iters=1, seed=7)
+                      spread=1.0, n_samples=8, steps=4, eta=0.05, threshold=1e-3, max_iters=1, seed=7)
     monkeypatch.setattr("diffier_cli.gap.MixtureBackbone", Recording)
-    result = sweep(opts)
+    result = run_benchmark(opts)
     assert [r.setting for r in result["runs"]] == ["baseline", "descent", "ascent"]
     assert len(seen) == 3 and all(torch.equal(seen[0], x) for x in seen)
     gaps = [r.gap for r in result["runs"]]
@@ -96,7 +95,9 @@ def test_the_command_prints_a_table_json_and_a_plot(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "needle"), [(("--omegas", "1,x"), "comma-separated"), (("--omegas", "-1"), ">= 0"),
-                                              (("--misfit", "wrong"), "wrong")])
+                                              (("--omegas", "1,nan"), "finite"), (("--misfit", "wrong"), "wrong"),
+                                              (("--steps", "1001"), "less than or equal to 1000"), (("--classes", "1"), "--classes"),
+                                              (("--plot", "gap.jpg"), ".png file name")])
 def test_bad_gap_options_exit_2(args, needle):
     result = run_cli("gap", *args)
     assert result.returncode == 2 and needle in result.stderr and len(result.stderr.splitlines()) == 1

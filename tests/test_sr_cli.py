@@ -410,7 +410,8 @@ def test_compare_writes_both_runs_and_the_side_by_side(tiny, images, tmp_path):
 @pytest.mark.parametrize(("extra", "needle"), [(("--compare", "--baseline"), "drop --baseline"),
                                                (("--crop", "1,1,4,4"), "add --compare"),
                                                (("--compare", "--crop", "40,0,20,4"), "leaves the 48×32 output"),
-                                               (("--compare", "--crop", "1,2"), "X,Y,W,H")])
+                                               (("--compare", "--crop", "1,2"), "X,Y,W,H"),
+                                               (("--compare", "--skip-existing", "--seed", "1"), "drop --skip-existing")])
 def test_compare_refusals_exit_2(tiny, images, tmp_path, extra, needle):
     result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]),
                      "-o", f"{tmp_path}/", *extra)

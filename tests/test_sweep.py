@@ -63,6 +63,9 @@ def test_iteration_sweep_has_one_baseline_and_refines_with_each_count(tiny_sd, t
         (("--sweep-cfg", "3,5", "--sweep-eta", "0.1"), "one thing at a time"),
         (("--sweep-iters", "1,2.5"), "whole numbers"),
         (("--sweep-eta", "0.1,x"), "comma-separated"),
+        (("--sweep-iters", "1,nan"), "finite"),
+        (("--sweep-cfg", "7.5,7.5000001"), "too close"),
+        (("--sweep-cfg", "3,5", "--name", "x"), "drop --name"),
     ],
 )
 def test_bad_sweeps_exit_2(tmp_path, args, needle):
