@@ -61,9 +61,12 @@ def to_pesq_rate(samples, rate: int):
 
 
 def wideband_pesq(reference, degraded) -> float:
-    from pesq import pesq
+    from pesq import PesqError, pesq
 
-    return float(pesq(PESQ_RATE, reference, degraded, "wb"))
+    try:
+        return float(pesq(PESQ_RATE, reference, degraded, "wb"))
+    except PesqError as exc:  # e.g. no utterance detected in a silent or too short signal
+        raise UsageError(f"PESQ cannot score this pair ({type(exc).__name__}: {exc}); check the recording") from exc
 
 
 def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> None:
@@ -94,7 +97,10 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
             for mode in MODES:
                 run = opts if mode == "refined" else replace(opts, refiner=None)
                 waveform, _ = synthesize(voice, run, spoken, opts.seed + index)
-                row[f"pesq_{mode}"] = wideband_pesq(reference, to_pesq_rate(np.clip(waveform, -1, 1), voice.sample_rate))
+                try:
+                    row[f"pesq_{mode}"] = wideband_pesq(reference, to_pesq_rate(np.clip(waveform, -1, 1), voice.sample_rate))
+                except UsageError as exc:
+                    raise UsageError(f"{entry.id}: {exc}") from exc
             rows.append(row)
             reporter.message(f"{entry.id}: PESQ baseline {row['pesq_baseline']:.3f}, refined {row['pesq_refined']:.3f}")
             if opts.json:

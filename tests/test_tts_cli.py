@@ -305,3 +305,11 @@ def test_eval_tts_input_errors_exit_2(tmp_path, content, needle):
     metadata.write_text(content)
     result = run_cli("eval", "tts", "--text-file", str(metadata), "--reference-dir", str(tmp_path), "--checkpoint", "unused.pt")
     assert_one_line_error(result, 2, needle)
+
+
+def test_pesq_of_silence_is_a_one_line_usage_error():
+    from diffier_cli.errors import UsageError
+    from diffier_cli.eval_tts import PESQ_RATE, wideband_pesq
+
+    with pytest.raises(UsageError, match="PESQ cannot score"):
+        wideband_pesq(np.zeros(PESQ_RATE), np.zeros(PESQ_RATE))
