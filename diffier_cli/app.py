@@ -579,8 +579,11 @@ def manifest(
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
 ) -> None:
-    """List every output with its record (NDJSON, one line per file, by job and item index) and
-    check each job is complete: exit 5 when some item index of a job has no output."""
+    """List every output with its record and check that each job is complete.
+
+    NDJSON, one line per file, sorted by job and item index; exit 5 when some item index of a job
+    has no output.
+    """
     from pathlib import Path
 
     from diffier_cli import manifest as audit
