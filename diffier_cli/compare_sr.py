@@ -14,10 +14,9 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.grid import compose
-from diffier_cli.jobs import job_id
+from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
-from diffier_cli.sweep import refuse_batch_options
 
 ZOOM_WIDTH = 256
 

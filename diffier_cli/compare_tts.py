@@ -17,7 +17,7 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
-from diffier_cli.jobs import resolve_shard
+from diffier_cli.jobs import refuse_batch_options, resolve_shard
 from diffier_cli.outputs import preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
 from diffier_cli.tts import (
@@ -29,11 +29,10 @@ MODES = ("baseline", "refined")
 
 def _refuse(opts: TTSOptions) -> None:
     """The options --compare cannot honour, refused before anything is read or loaded."""
-    drop = {"--per-line": opts.per_line, "--baseline": opts.refiner is None, "--name": opts.name is not None,
-            "--skip-existing": opts.skip_existing, "--shard": opts.shard is not None}
-    for flag, given in drop.items():
+    for flag, given in {"--per-line": opts.per_line, "--baseline": opts.refiner is None}.items():
         if given:
             raise UsageError(f"--compare makes one baseline and one refined WAV from one text; drop {flag}")
+    refuse_batch_options(opts, "--compare")
     output = opts.output
     if output == "-":
         raise UsageError("--compare writes two WAVs and a PNG, not a WAV on stdout; pass a folder (-o out/) or no -o")

@@ -87,6 +87,15 @@ def resolve_shard(explicit: str | None, environ: Mapping[str, str] = os.environ)
     return replace(parse_shard(f"{index}/{count}", " and ".join(sources)), local_rank=local_rank)
 
 
+def refuse_batch_options(opts, flag: str) -> None:
+    """Options of batch runs that a one-picture comparison cannot honour: refused, not ignored."""
+    given = {"--name": opts.name is not None, "--skip-existing": opts.skip_existing, "--keep-going": opts.keep_going,
+             "--shard": opts.shard is not None}
+    for option, present in given.items():
+        if present:
+            raise UsageError(f"{flag} makes one comparison, not a batch; drop {option}")
+
+
 def split_lines(text: str) -> list[str]:
     """Lines at "\n" (and "\r\n") only: str.splitlines also breaks at U+2028, form feeds and other
     separators that JSON keeps raw inside strings, which would shift every later line's index."""

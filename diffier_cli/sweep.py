@@ -15,7 +15,7 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.grid import compose
-from diffier_cli.jobs import job_id
+from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
@@ -43,15 +43,6 @@ def parse_values(parameter: str, text: str) -> list[float]:
     if len({f"{v:g}" for v in values}) != len(values):
         raise UsageError(f"--sweep-{parameter} {text}: values too close to tell apart in file names")
     return values
-
-
-def refuse_batch_options(opts, flag: str) -> None:
-    """Options of batch runs that a one-picture comparison cannot honour: refused, not ignored."""
-    given = {"--name": opts.name is not None, "--skip-existing": opts.skip_existing, "--keep-going": opts.keep_going,
-             "--shard": opts.shard is not None}
-    for option, present in given.items():
-        if present:
-            raise UsageError(f"{flag} makes one comparison, not a batch; drop {option}")
 
 
 def _cell_options(opts, parameter: str, value: float, refined: bool):

@@ -251,7 +251,8 @@ def test_compare_writes_the_two_plain_runs_and_a_png_of_their_mels(checkpoints, 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(("--per-line",), "drop --per-line"), (("--baseline",), "drop --baseline"), (("-o", "-"), "not a WAV on stdout"),
-     (("-o", "a.wav"), "pass a folder"), (("--seed", "3"), "hi-3-refined.json exists"), ((), "needs matplotlib")],
+     (("-o", "a.wav"), "pass a folder"), (("--seed", "3"), "hi-3-refined.json exists"), ((), "needs matplotlib"),
+     (("--keep-going",), "drop --keep-going"), (("--name", "x"), "drop --name")],
 )
 def test_compare_refusals_exit_2_before_any_model_loads_and_write_nothing(tmp_path, monkeypatch, args, needle):
     if needle == "needs matplotlib":
