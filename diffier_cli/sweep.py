@@ -56,8 +56,56 @@ def _cell_options(opts, parameter: str, value: float, refined: bool):
     return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if field == "max_iters" else value}))
 
 
+def cell_paths(grid_path: Path, parameter: str, values: list[float]) -> dict[tuple[float | None, str], Path]:
+    """Where each cell of a grid is written, beside the grid. The baseline depends on ω but not
+    on the refiner's η or iterations, so an η or iterations sweep has one baseline cell (value None)."""
+    baseline_values = values if parameter == "cfg" else [None]
+    cells = [(value, "baseline") for value in baseline_values] + [(value, "refined") for value in values]
+    return {
+        (value, mode): grid_path.with_name(f"{grid_path.stem}-{mode}.png" if value is None else f"{grid_path.stem}-{parameter}{value:g}-{mode}.png")
+        for value, mode in cells
+    }
+
+
+def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt: dict, grid_path: Path, reporter, versions: dict) -> tuple[dict, list[dict]]:
+    """Draw every cell of one prompt's grid from `prompt["seed"]`, write the cells and the grid;
+    return the images by (value, mode) and the cells' records."""
+    import torch
+
+    from diffier_cli.t2i import _record, generate
+
+    paths = cell_paths(grid_path, parameter, values)
+    height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
+    settings = {"seed": prompt["seed"], "prompt": prompt["prompt"], "negative_prompt": prompt["negative_prompt"],
+                "parameter": parameter, "values": values, **({} if parameter == "cfg" else {"cfg": opts.cfg}),
+                "steps": opts.steps, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
+                "refiner": opts.refiner.settings()}
+    job = {"id": job_id("t2i-sweep", [prompt["prompt"]], settings), "count": len(paths)}
+    images, records = {}, []
+    with torch.no_grad():
+        for index, (value, mode) in enumerate(paths):
+            cell = _cell_options(opts, parameter, value, mode == "refined")
+            item = {**prompt, "index": index, "mode": mode}
+            (image,), (per_step,) = generate(backbone, cell, [item], height, width)
+            record = _record(cell, backbone, item, height, width, per_step, versions, job)
+            record["sweep"] = {"parameter": parameter, "value": value}
+            write_atomically({paths[value, mode]: png_bytes(image, png_text(record))}, opts.overwrite)
+            images[value, mode] = image
+            records.append({"path": str(paths[value, mode]), **record})
+            shown = "" if value is None else f"{SWEPT[parameter]} = {value:g}, "
+            reporter.message(f"wrote {paths[value, mode]} ({shown}{mode})")
+    rows = [[images[value if parameter == "cfg" else None, "baseline"] for value in values],
+            [images[value, "refined"] for value in values]]
+    grid = compose(rows, [f"{parameter} {value:g}" for value in values], ["baseline", "refined"])  # ASCII: Pillow's built-in font has no Greek
+    grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
+                   "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in paths.items()]}
+    write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)
+    reporter.message(f"wrote {grid_path} (2 rows × {len(values)} columns)")
+    return images, records
+
+
 def run_sweep(opts, parameter: str, values: list[float]) -> None:
-    from diffier_cli.t2i import _record, generate, load_backbone
+    from diffier_cli.t2i import load_backbone
 
     if opts.prompt is None or opts.num_images != 1:
         raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
@@ -69,49 +117,11 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     grid_path = Path(opts.output or f"sweep-{parameter}-{seed}-{slugify(opts.prompt)}.png")
     if grid_path.suffix.lower() != ".png" or "{" in str(grid_path):
         raise UsageError(f"-o {grid_path}: a sweep writes one grid; pass a .png file name")
-    modes = ("baseline", "refined")
-    # The baseline depends on ω but not on the refiner's η or iterations: one baseline cell then.
-    baseline_values = values if parameter == "cfg" else [None]
-    cells = [(value, "baseline") for value in baseline_values] + [(value, "refined") for value in values]
-    cell_paths = {
-        (value, mode): grid_path.with_name(f"{grid_path.stem}-{mode}.png" if value is None else f"{grid_path.stem}-{parameter}{value:g}-{mode}.png")
-        for value, mode in cells
-    }
-    preflight([grid_path, *cell_paths.values()], opts.overwrite)
+    preflight([grid_path, *cell_paths(grid_path, parameter, values).values()], opts.overwrite)
     reporter.message(f"seed {seed}")
-
-    import torch
-
     backbone = load_backbone(opts, None, reporter)
-    height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
-    versions = library_versions()
-    settings = {"seed": seed, "prompt": opts.prompt, "parameter": parameter, "values": values,
-                **({} if parameter == "cfg" else {"cfg": opts.cfg}), "steps": opts.steps, "model": backbone.resolved.model_id,
-                "revision": backbone.resolved.revision, "refiner": opts.refiner.settings()}
-    job = {"id": job_id("t2i-sweep", [opts.prompt], settings), "count": len(cell_paths)}
-    images, records = {}, []
-    with torch.no_grad():
-        for index, (value, mode) in enumerate(cells):
-            refined = mode == "refined"
-            cell = _cell_options(opts, parameter, value, refined)
-            item = {"index": index, "seed": seed, "mode": mode, "prompt": opts.prompt,
-                    "negative_prompt": opts.negative_prompt, "line": 1}
-            (image,), (per_step,) = generate(backbone, cell, [item], height, width)
-            record = _record(cell, backbone, item, height, width, per_step, versions, job)
-            record["sweep"] = {"parameter": parameter, "value": value}
-            write_atomically({cell_paths[value, mode]: png_bytes(image, png_text(record))}, opts.overwrite)
-            images[value, mode] = image
-            records.append({"path": str(cell_paths[value, mode]), **record})
-            shown = "" if value is None else f"{SWEPT[parameter]} = {value:g}, "
-            reporter.message(f"wrote {cell_paths[value, mode]} ({shown}{mode})")
-    rows = [[images[value if parameter == "cfg" else None, "baseline"] for value in values],
-            [images[value, "refined"] for value in values]]
-    grid = compose(rows,
-                   [f"{parameter} {value:g}" for value in values], list(modes))  # ASCII: Pillow's built-in font has no Greek
-    grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
-                   "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in cell_paths.items()]}
-    write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)
+    prompt = {"seed": seed, "prompt": opts.prompt, "negative_prompt": opts.negative_prompt, "line": 1}
+    _, records = draw_sweep(backbone, opts, parameter, values, prompt, grid_path, reporter, library_versions())
     if opts.json:
         for record in records:
             print(json.dumps(record, ensure_ascii=False), flush=True)
-    reporter.message(f"wrote {grid_path} ({len(modes)} rows × {len(values)} columns)")

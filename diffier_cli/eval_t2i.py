@@ -1,0 +1,82 @@
+"""`diffier eval t2i`: CLIP score of baseline and refined images at each guidance scale ω.
+
+Every prompt of --prompts-file is drawn as the grid of `t2i PROMPT --sweep-cfg` (rows baseline
+and refined, one column per ω, all from the prompt's seed) into the -o folder, and every cell is
+scored against its own prompt. The table gives, per ω, the mean over prompts of each row and
+their difference: with one seed per prompt for both rows, that difference is paired.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from diffier_cli.clip_score import load_clip_score
+from diffier_cli.errors import UsageError
+from diffier_cli.jobs import refuse_batch_options
+from diffier_cli.metadata import library_versions
+from diffier_cli.outputs import preflight
+from diffier_cli.runtime import Reporter
+from diffier_cli.scores import mean, print_table, write_csv
+from diffier_cli.sweep import cell_paths, draw_sweep
+
+MODES = ("baseline", "refined")
+
+
+def prompt_items(opts) -> list[dict]:
+    """Prompt p (line p + 1) with seed = its .jsonl seed, else --seed + p; every line must be good."""
+    from diffier_cli.t2i import read_prompts, work_items
+
+    items = work_items(read_prompts(opts), replace(opts, num_images=1), opts.seed, "sweep")
+    bad = [item["error"] for item in items if item["error"]]
+    if bad:
+        raise UsageError(f"{bad[0]}" + (f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""))
+    return items
+
+
+def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | None, csv_path: str | None) -> None:
+    from diffier_cli.runtime import resolve_device
+    from diffier_cli.t2i import load_backbone
+
+    if opts.refiner is None:
+        raise UsageError("eval compares baseline and refined; drop --baseline")
+    refuse_batch_options(opts, "eval t2i")
+    items = prompt_items(opts)
+    folder = Path(opts.output or "eval-t2i")
+    if folder.suffix.lower() == ".png" or "{" in str(folder):
+        raise UsageError(f"-o {folder}: eval writes a grid per prompt; pass a folder")
+    grids = [folder / f"{item['index']:05d}-{item['seed']}-{item.get('name') or item['slug']}.png" for item in items]
+    planned = [path for grid in grids for path in (grid, *cell_paths(grid, "cfg", omegas).values())]
+    if len(set(planned)) != len(planned):
+        raise UsageError("two prompts would write the same file names; give them distinct \"name\"s")
+    preflight(planned + ([Path(csv_path)] if csv_path else []), opts.overwrite)
+    reporter = Reporter(opts.quiet)
+
+    scorer, clip_record = load_clip_score(clip_model, clip_revision, opts.offline, opts.cache_dir, resolve_device(opts.device))
+    backbone = load_backbone(opts, None, reporter)
+    versions = library_versions()
+    rows = []
+    for item, grid in zip(items, grids):
+        prompt = {key: item[key] for key in ("seed", "prompt", "negative_prompt", "line")}
+        images, records = draw_sweep(backbone, opts, "cfg", omegas, prompt, grid, reporter, versions)
+        for record in records:
+            omega, mode = record["sweep"]["value"], record["mode"]
+            row = {"index": item["index"], "line": item["line"], "prompt": item["prompt"], "seed": item["seed"],
+                   "cfg": omega, "mode": mode, "clip_score": scorer(images[omega, mode], item["prompt"]),
+                   "path": record["path"]}
+            rows.append(row)
+            if opts.json:
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+
+    means = {(omega, mode): mean([r["clip_score"] for r in rows if r["cfg"] == omega and r["mode"] == mode])
+             for omega in omegas for mode in MODES}
+    print_table(f"CLIP score ({clip_model}), mean over {len(items)} prompt(s)", ["ω", *MODES, "refined − baseline"],
+                [[f"{omega:g}", *(f"{means[omega, mode]:.3f}" for mode in MODES), f"{means[omega, 'refined'] - means[omega, 'baseline']:+.3f}"]
+                 for omega in omegas], opts.quiet)
+    if opts.json:
+        summary = {"prompts": len(items), "clip_model": clip_record, "refiner": opts.refiner.settings(), "steps": opts.steps,
+                   "mean_clip_score": [{"cfg": omega, **{mode: means[omega, mode] for mode in MODES}} for omega in omegas]}
+        print(json.dumps({"summary": summary}, ensure_ascii=False), flush=True)
+    if csv_path is not None:
+        write_csv(rows, Path(csv_path), opts.overwrite)

@@ -1,0 +1,146 @@
+"""`diffier eval sr`: degradation, PSNR, the pyiqa metrics' wiring and failures, end to end on tiny StableSR."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffier_cli.eval_sr import Degradation, as_tensor
+from diffier_cli.iqa import psnr
+from tests.conftest import run_cli
+from tests.test_sr_cli import SMALL, tiny  # noqa: F401 - the module-scoped tiny StableSR fixture
+from tests.test_t2i_cli import assert_one_line_error
+
+
+def test_psnr_of_identical_images_is_inf_and_of_a_known_shift_exact():
+    image = torch.full((1, 3, 8, 8), 100 / 255, dtype=torch.float64)
+    assert psnr(image, image) == math.inf
+    shifted = torch.full((1, 3, 8, 8), 110 / 255, dtype=torch.float64)
+    assert psnr(shifted, image) == pytest.approx(20 * math.log10(255 / 10), abs=1e-9)  # MSE = (10/255)²
+
+
+def gaussian_reference(hr: Image.Image, kernel: int, sigma: float) -> np.ndarray:
+    """The blur written out: a sampled, normalised separable Gaussian over reflect-101 padding."""
+    x = np.asarray(hr, dtype=np.float64) / 255
+    offsets = np.arange(kernel) - kernel // 2
+    weights = np.exp(-(offsets**2) / (2 * sigma**2))
+    weights /= weights.sum()
+    pad = kernel // 2
+    padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    rows = sum(w * padded[i : i + x.shape[0], :, :] for i, w in enumerate(weights))
+    both = sum(w * rows[:, j : j + x.shape[1], :] for j, w in enumerate(weights))
+    return (np.clip(both, 0, 1) * 255).round().astype(np.uint8)
+
+
+def test_degradation_crops_to_the_scale_blurs_then_downscales_bicubic():
+    rng = np.random.default_rng(1)
+    hr = Image.fromarray(rng.integers(0, 256, (18, 21, 3), dtype=np.uint8), "RGB")
+    crop, lr = Degradation(scale=4, blur_kernel=7, blur_sigma=1.6).apply(hr)
+    assert crop.size == (20, 16) and np.array_equal(np.asarray(crop), np.asarray(hr)[:16, :20])
+    blurred = Image.fromarray(gaussian_reference(crop, 7, 1.6), "RGB")
+    assert np.array_equal(np.asarray(lr), np.asarray(blurred.resize((5, 4), Image.Resampling.BICUBIC)))
+    _, plain = Degradation(scale=2, blur_kernel=7, blur_sigma=0).apply(hr)
+    assert np.array_equal(np.asarray(plain), np.asarray(hr.crop((0, 0, 20, 18)).resize((10, 9), Image.Resampling.BICUBIC)))
+
+
+@pytest.fixture()
+def hr_dir(tmp_path):
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    y, x = np.mgrid[0:34, 0:26]
+    smooth = np.stack([x * 9, y * 7, (x + y) * 4], axis=-1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(smooth, "RGB").save(folder / "a.png")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(folder / "b.png")
+    return folder
+
+
+def eval_sr(tiny, hr_dir, out, *extra):
+    return run_cli("eval", "sr", "--hr-dir", str(hr_dir), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+                   "--seed", "3", "-o", str(out), "--json", *extra)
+
+
+def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny, hr_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "eval"
+    result = eval_sr(tiny, hr_dir, out, "--metrics", "psnr", "--csv", str(tmp_path / "sr.csv"))
+    assert result.returncode == 0, result.stderr
+    *rows, summary = result.records
+    assert [(r["image"], r["mode"], r["seed"]) for r in rows] == [
+        ("a", "baseline", 3), ("a", "refined", 3), ("b", "baseline", 4), ("b", "refined", 4)]
+    for row in rows:
+        source = Image.open(row["hr"]).convert("RGB")
+        crop = source.crop((0, 0, source.width - source.width % 4, source.height - source.height % 4))
+        produced = Image.open(row["path"])
+        assert produced.size == crop.size
+        assert row["psnr"] == psnr(as_tensor(produced, "cpu"), as_tensor(crop, "cpu"))
+    assert rows[0]["psnr"] != rows[1]["psnr"]  # the refinement changed the result
+    for mode in ("baseline", "refined"):
+        assert summary["summary"]["mean"][mode]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows if r["mode"] == mode]), rel=1e-12)
+    assert "PSNR ↑" in result.stderr and "mean (refined)" in result.stderr
+    assert [float(r["psnr"]) for r in csv.DictReader(open(tmp_path / "sr.csv"))] == [r["psnr"] for r in rows]
+
+    for mode, extra in (("baseline", ("--baseline",)), ("refined", ())):
+        single = run_cli("sr", str(out / "b-lr.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+                         "--seed", "4", "-o", str(tmp_path / f"{mode}.png"), *extra)
+        assert single.returncode == 0, single.stderr
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"{mode}.png")), np.asarray(Image.open(out / f"b-{mode}.png")))
+
+
+def fake_pyiqa(create_metric) -> types.ModuleType:
+    """A stand-in for pyiqa's entry point (pyiqa itself needs torchvision, which this CPU torch lacks)."""
+    module = types.ModuleType("pyiqa")
+    module.create_metric = create_metric
+    return module
+
+
+def test_pyiqa_metrics_get_rgb_in_0_1_output_first_and_their_scores_land_in_the_table(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+    built = []
+
+    def create_metric(name, device, as_loss):
+        built.append((name, str(device), as_loss))
+        if name == "lpips":  # full reference: (distorted, reference)
+            return lambda output, reference: (output - reference).abs().mean().reshape(1, 1)
+        return lambda output: output.mean(dim=(1, 2, 3))
+
+    monkeypatch.setitem(sys.modules, "pyiqa", fake_pyiqa(create_metric))
+    result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "lpips,musiq,clipiqa")
+    assert result.returncode == 0, result.stderr
+    assert built == [("lpips", "cpu", False), ("musiq", "cpu", False), ("clipiqa", "cpu", False)]
+    for row in result.records[:-1]:
+        output = np.asarray(Image.open(row["path"]).convert("RGB"), dtype=np.float64) / 255
+        source = np.asarray(Image.open(row["hr"]).convert("RGB"), dtype=np.float64) / 255
+        reference = source[: output.shape[0], : output.shape[1]]
+        assert row["lpips"] == pytest.approx(np.abs(output - reference).mean(), abs=1e-6)
+        assert row["musiq"] == row["clipiqa"] == pytest.approx(output.mean(), abs=1e-6)
+    assert "LPIPS ↓" in result.stderr and "MUSIQ ↑" in result.stderr
+
+
+def test_metric_weights_unavailable_is_exit_3_before_any_work(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+    def create_metric(name, device, as_loss):
+        raise OSError(f"cannot download {name}: network unreachable")
+
+    monkeypatch.setitem(sys.modules, "pyiqa", fake_pyiqa(create_metric))
+    result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "psnr,musiq")
+    assert_one_line_error(result, 3, "cannot load pyiqa's musiq weights", "network unreachable")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_learned_metrics_without_pyiqa_name_the_extra(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "pyiqa", None)  # import pyiqa raises ImportError
+    result = eval_sr(tiny, hr_dir, tmp_path / "eval")
+    assert_one_line_error(result, 2, "LPIPS, MUSIQ, CLIP-IQA need pyiqa", "pip install 'diffier[iqa]'", "--metrics psnr")
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(("extra", "needle"), [(("--metrics", "psnr,ssim"), "choose from psnr,lpips,musiq,clipiqa"),
+                                               (("--blur-kernel", "6"), "must be odd"),
+                                               (("--scale", "64"), "smaller than --scale 64")])
+def test_bad_eval_options_exit_2(tiny, hr_dir, tmp_path, extra, needle):  # noqa: F811
+    result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "psnr", *extra)
+    assert_one_line_error(result, 2, needle)
