@@ -19,9 +19,7 @@ from diffier_cli.iqa import load_scorers
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
 from diffier_cli.runtime import Reporter, require, resolve_device
-from diffier_cli.scores import mean, print_table, write_csv
-
-MODES = ("baseline", "refined")
+from diffier_cli.scores import MODES, mean, print_json, print_table, write_csv
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,14 @@ class Degradation:
             raise UsageError(f"a {size[0]}×{size[1]} image is smaller than --scale {self.scale}")
         return width, height
 
+    @property
+    def blurs(self) -> bool:
+        return self.blur_sigma > 0 and self.blur_kernel > 1
+
+    def record(self) -> dict:
+        return {"scale": self.scale, "blur_kernel": self.blur_kernel, "blur_sigma": self.blur_sigma,
+                "downscale": "Pillow bicubic (antialiased)"}
+
     def apply(self, hr):
         """HR PIL RGB → (the HR crop the scores compare against, the LR image)."""
         import numpy as np
@@ -52,7 +58,7 @@ class Degradation:
         width, height = self.hr_size(hr.size)
         hr = hr.crop((0, 0, width, height))
         blurred = hr
-        if self.blur_sigma > 0 and self.blur_kernel > 1:
+        if self.blurs:
             from kornia.filters import gaussian_blur2d
 
             x = torch.from_numpy(np.asarray(hr, dtype=np.float64)).permute(2, 0, 1)[None] / 255
@@ -69,47 +75,64 @@ def as_tensor(image, device):
     return (torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None] / 255).to(device)
 
 
-def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: str | None) -> None:
-    import torch
+def check_headers(images: list[tuple[Path, str]], degradation: Degradation, opts) -> None:
+    """Every HR image readable, RGB and of a workable size, from its header: a bad one fails
+    before any model loads, not halfway through the table."""
     from PIL import Image
 
-    from diffier_cli.sr import _png, _readable, _record, check_guidance, list_images, load_model, read_image, refuse_outputs_among_inputs, upscale
+    from diffier_cli.sr import _readable, geometry
+
+    for source, _ in images:
+        try:
+            with _readable(), Image.open(source) as opened:
+                if opened.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in opened.info:
+                    raise UsageError("has an alpha channel; the metrics score RGB, so flatten it first")
+                width, height = degradation.hr_size(opened.size)
+                geometry(width // degradation.scale, height // degradation.scale, opts)
+        except UsageError as exc:
+            raise UsageError(f"{source}: {exc}") from None
+
+
+def metric_versions(metrics) -> dict:
+    from importlib.metadata import version
+
+    return {m.name: "diffier (float64)" if m.name == "psnr" else f"pyiqa {version('pyiqa')}" for m in metrics}
+
+
+def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: str | None) -> None:
+    import torch
+
+    from diffier_cli.sr import _png, _record, check_guidance, list_images, load_model, read_image, refuse_outputs_among_inputs, upscale
 
     if opts.refiner is None:
         raise UsageError("eval compares baseline and refined; drop --baseline")
     refuse_batch_options(opts, "eval sr")
     check_guidance(opts)
     degradation.check()
-    require("kornia", purpose="eval sr's blur", extra="eval")
+    if degradation.blurs:
+        require("kornia", purpose="eval sr's blur", extra="eval")
     images = list_images([str(hr_dir)], opts.recursive)
     stems = [str(Path(subdir) / path.stem) for path, subdir in images]
     if len(set(stems)) != len(stems):
-        raise UsageError(f"two HR images in {hr_dir} share a name without their suffix; rename one")
+        twice = next(stem for stem in stems if stems.count(stem) > 1)
+        raise UsageError(f"two HR images in {hr_dir} are named {twice} (besides their suffix); rename one")
     folder = Path(opts.output or "eval-sr")
     if folder.suffix.lower() == ".png":
         raise UsageError(f"-o {folder}: eval writes three images per HR image; pass a folder")
     paths = [{kind: folder / f"{stem}-{kind}.png" for kind in ("lr", *MODES)} for stem in stems]
-    refuse_outputs_among_inputs([str(hr_dir)], opts.recursive, [path for entry in paths for path in entry.values()])
+    refuse_outputs_among_inputs([str(hr_dir)], True, [path for entry in paths for path in entry.values()])
     preflight([path for entry in paths for path in entry.values()] + ([Path(csv_path)] if csv_path else []), opts.overwrite)
-    for source, _ in images:  # from the headers, before any model loads
-        with _readable(), Image.open(source) as opened:
-            try:
-                degradation.hr_size(opened.size)
-            except UsageError as exc:
-                raise UsageError(f"{source}: {exc}") from None
+    check_headers(images, degradation, opts)
     reporter = Reporter(opts.quiet)
     device = resolve_device(opts.device)
     scorers = load_scorers(metrics, device, opts.offline)
     model, negative = load_model(opts, None, reporter)
-    settings = {"seed": opts.seed, "scale": degradation.scale, "blur_kernel": degradation.blur_kernel,
-                "blur_sigma": degradation.blur_sigma, "preset": opts.preset, "refiner": opts.refiner.settings()}
+    settings = {"seed": opts.seed, **degradation.record(), "preset": opts.preset, "refiner": opts.refiner.settings()}
     job = {"id": job_id("eval-sr", [str(path) for path, _ in images], settings), "count": 2 * len(images)}
     rows = []
     for index, ((source, _), stem, out) in enumerate(zip(images, stems, paths)):
         hr, lr = degradation.apply(read_image(source)[0])
-        lr_record = {"tool": "diffier", "version": __version__, "command": "eval sr", "hr": str(source),
-                     "degradation": {"blur_kernel": degradation.blur_kernel, "blur_sigma": degradation.blur_sigma,
-                                     "downscale": "Pillow bicubic (antialiased)", "scale": degradation.scale}}
+        lr_record = {"tool": "diffier", "version": __version__, "command": "eval sr", "hr": str(source), "degradation": degradation.record()}
         write_atomically({out["lr"]: png_bytes(lr, {"diffier": json.dumps(lr_record, ensure_ascii=False)})}, opts.overwrite)
         reference = as_tensor(hr, device)
         for mode in MODES:
@@ -117,7 +140,7 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
             item = {"index": index, "seed": opts.seed + index, "mode": mode, "input": str(out["lr"])}
             output, details = upscale(model, lr, None, "RGB", item["seed"], negative, run, reporter, f"{stem} {mode}")
             record = _record(run, model, negative, item, lr.size, output.size, details, job)
-            record["eval"] = {"hr": str(source), **lr_record["degradation"]}
+            record["eval"] = {"hr": str(source), **degradation.record()}
             write_atomically({out[mode]: _png(output, {}, record)}, opts.overwrite)
             with torch.no_grad():
                 candidate = as_tensor(output, device)
@@ -126,7 +149,7 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
             row = {"image": stem, "hr": str(source), "seed": item["seed"], "mode": mode, **scores, "path": str(out[mode])}
             rows.append(row)
             if opts.json:
-                print(json.dumps(row, ensure_ascii=False), flush=True)
+                print_json(row)
             reporter.message(f"{stem} {mode}: " + ", ".join(f"{m.label} {scores[m.name]:.4g}" for m in metrics))
 
     means = {mode: {m.name: mean([r[m.name] for r in rows if r["mode"] == mode]) for m in metrics} for mode in MODES}
@@ -135,7 +158,9 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
     print_table(f"{len(images)} image(s), ×{degradation.scale}, blur σ {degradation.blur_sigma:g}", ["image", *(m.heading for m in metrics)],
                 table, opts.quiet)
     if opts.json:
-        print(json.dumps({"summary": {"images": len(images), "mean": means, "degradation": lr_record["degradation"],
-                                      "refiner": opts.refiner.settings(), "preset": opts.preset}}, ensure_ascii=False), flush=True)
+        print_json({"summary": {"images": len(images), "seed": opts.seed, "mean": means, "degradation": degradation.record(),
+                                "metrics": metric_versions(metrics), "preset": opts.preset, "model": model.info,
+                                "refiner": opts.refiner.settings(), "job": job["id"]}})
     if csv_path is not None:
-        write_csv(rows, Path(csv_path), opts.overwrite)
+        mean_rows = [{"image": "mean", "hr": "", "seed": "", "mode": mode, **means[mode], "path": ""} for mode in MODES]
+        write_csv(rows + mean_rows, Path(csv_path), opts.overwrite)

@@ -8,7 +8,6 @@ their difference: with one seed per prompt for both rows, that difference is pai
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,11 +16,9 @@ from diffier_cli.errors import UsageError
 from diffier_cli.jobs import refuse_batch_options
 from diffier_cli.metadata import library_versions
 from diffier_cli.outputs import preflight
-from diffier_cli.runtime import Reporter
-from diffier_cli.scores import mean, print_table, write_csv
+from diffier_cli.runtime import Reporter, quiet_libraries
+from diffier_cli.scores import MODES, mean, print_json, print_table, write_csv
 from diffier_cli.sweep import cell_paths, draw_sweep
-
-MODES = ("baseline", "refined")
 
 
 def prompt_items(opts) -> list[dict]:
@@ -48,10 +45,9 @@ def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | No
         raise UsageError(f"-o {folder}: eval writes a grid per prompt; pass a folder")
     grids = [folder / f"{item['index']:05d}-{item['seed']}-{item.get('name') or item['slug']}.png" for item in items]
     planned = [path for grid in grids for path in (grid, *cell_paths(grid, "cfg", omegas).values())]
-    if len(set(planned)) != len(planned):
-        raise UsageError("two prompts would write the same file names; give them distinct \"name\"s")
     preflight(planned + ([Path(csv_path)] if csv_path else []), opts.overwrite)
     reporter = Reporter(opts.quiet)
+    quiet_libraries(show_downloads=reporter.interactive)
 
     scorer, clip_record = load_clip_score(clip_model, clip_revision, opts.offline, opts.cache_dir, resolve_device(opts.device))
     backbone = load_backbone(opts, None, reporter)
@@ -67,7 +63,8 @@ def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | No
                    "path": record["path"]}
             rows.append(row)
             if opts.json:
-                print(json.dumps(row, ensure_ascii=False), flush=True)
+                print_json(row)
+            reporter.message(f"{item['index']:05d} ω = {omega:g} {mode}: CLIP score {row['clip_score']:.3f}")
 
     means = {(omega, mode): mean([r["clip_score"] for r in rows if r["cfg"] == omega and r["mode"] == mode])
              for omega in omegas for mode in MODES}
@@ -77,6 +74,6 @@ def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | No
     if opts.json:
         summary = {"prompts": len(items), "clip_model": clip_record, "refiner": opts.refiner.settings(), "steps": opts.steps,
                    "mean_clip_score": [{"cfg": omega, **{mode: means[omega, mode] for mode in MODES}} for omega in omegas]}
-        print(json.dumps({"summary": summary}, ensure_ascii=False), flush=True)
+        print_json({"summary": summary})
     if csv_path is not None:
         write_csv(rows, Path(csv_path), opts.overwrite)

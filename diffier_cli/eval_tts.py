@@ -9,7 +9,6 @@ synthesis (22050 Hz) and references are resampled with soxr (its high-quality se
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
 from diffier_cli.outputs import preflight
 from diffier_cli.runtime import Reporter, require
-from diffier_cli.scores import mean, write_csv
+from diffier_cli.scores import MODES, mean, print_json, write_csv
 
 PESQ_RATE = 16000  # P.862.2 wideband
-MODES = ("baseline", "refined")
 
 
 @dataclass(frozen=True)
@@ -104,12 +102,12 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
             rows.append(row)
             reporter.message(f"{entry.id}: PESQ baseline {row['pesq_baseline']:.3f}, refined {row['pesq_refined']:.3f}")
             if opts.json:
-                print(json.dumps(row), flush=True)
+                print_json(row)
     summary = {mode: mean([row[f"pesq_{mode}"] for row in rows]) for mode in MODES}
     reporter.message(f"mean PESQ (wideband) over {len(rows)} utterance(s): baseline {summary['baseline']:.3f}, "
                      f"refined {summary['refined']:.3f}")
     if opts.json:
-        print(json.dumps({"summary": {"utterances": len(rows), **{f"mean_pesq_{m}": v for m, v in summary.items()},
-                                      "refiner": opts.refiner.settings(), "steps": opts.steps}}), flush=True)
+        print_json({"summary": {"utterances": len(rows), **{f"mean_pesq_{m}": v for m, v in summary.items()},
+                                "refiner": opts.refiner.settings(), "steps": opts.steps}})
     if csv_path is not None:
         write_csv(rows, Path(csv_path), opts.overwrite)

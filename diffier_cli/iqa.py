@@ -3,13 +3,15 @@
 PSNR is RGB in [0, 1] over the whole image, as pyiqa's `psnr` at its defaults.
 LPIPS, MUSIQ and CLIP-IQA come from pyiqa, the toolbox StableSR's evaluation uses, so scores are
 comparable with published tables; pyiqa is an optional extra because it brings torchvision and
-downloads each metric's weights on first use (cached under ~/.cache/torch/hub/pyiqa).
+downloads each metric's weights on first use.
 """
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from diffier_cli.errors import ModelUnavailable, UsageError, first_line
 
@@ -58,6 +60,30 @@ def psnr(output, reference) -> float:
 Scorer = Callable[..., float]  # (output, reference) for full-reference metrics, (output,) otherwise
 
 
+PYIQA_CACHES = "~/.cache/torch/hub/pyiqa, ~/.cache/torch/hub/checkpoints (torchvision backbones) and ~/.cache/clip"
+
+
+@contextmanager
+def no_network(enabled: bool) -> Iterator[None]:
+    """Refuse every outgoing connection while pyiqa builds its metrics: it downloads weights with
+    urllib (torch.hub, OpenAI CLIP), which no library's offline switch reaches."""
+    if not enabled:
+        yield
+        return
+    import socket
+
+    connect = socket.socket.connect
+
+    def refuse(sock, address):
+        raise ConnectionRefusedError(f"--offline: no connection to {address}")
+
+    socket.socket.connect = refuse
+    try:
+        yield
+    finally:
+        socket.socket.connect = connect
+
+
 def load_scorers(metrics: list[Metric], device, offline: bool) -> dict[str, Scorer]:
     """One scorer per metric; pyiqa's are built (and their weights fetched) here, before any work."""
     scorers: dict[str, Scorer] = {"psnr": psnr} if any(m.name == "psnr" for m in metrics) else {}
@@ -69,17 +95,15 @@ def load_scorers(metrics: list[Metric], device, offline: bool) -> dict[str, Scor
         import pyiqa
     except Exception as exc:  # noqa: BLE001 - ImportError, or torchvision's operator errors against a mismatched torch
         raise UsageError(f"{names} need pyiqa ({first_line(exc)}); pip install 'diffier[iqa]', or pass --metrics psnr") from exc
-    if offline:
-        import os
-
-        os.environ["HF_HUB_OFFLINE"] = "1"  # pyiqa fetches some weights from the Hugging Face hub
     for metric in learned:
         try:
-            model = pyiqa.create_metric(metric.name, device=device, as_loss=False)
+            with no_network(offline), redirect_stdout(sys.stderr):  # pyiqa prints its loading messages
+                model = pyiqa.create_metric(metric.name, device=device, as_loss=False)
         except Exception as exc:  # noqa: BLE001 - any failure to build a metric means: its weights are unavailable
+            where = "are not in the caches (--offline)" if offline else "cannot be had"
             raise ModelUnavailable(
-                f"cannot load pyiqa's {metric.name} weights: {first_line(exc)} [{type(exc).__name__}]; run once with "
-                "network access (pyiqa caches them under ~/.cache/torch/hub/pyiqa) or leave it out of --metrics"
+                f"pyiqa's {metric.name} weights {where}: {first_line(exc)} [{type(exc).__name__}]; run once with network "
+                f"access (pyiqa caches them in {PYIQA_CACHES}) or leave it out of --metrics"
             ) from exc
         scorers[metric.name] = _pyiqa_scorer(model)
     return scorers
@@ -89,7 +113,8 @@ def _pyiqa_scorer(model) -> Scorer:
     """pyiqa metrics take (distorted, reference) NCHW RGB in [0, 1] and return a (N,) or (N, 1) tensor."""
 
     def score(output, reference=None) -> float:
-        value = model(output) if reference is None else model(output, reference)
+        with redirect_stdout(sys.stderr):
+            value = model(output) if reference is None else model(output, reference)
         return float(value.reshape(-1)[0])
 
     return score

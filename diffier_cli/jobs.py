@@ -160,8 +160,8 @@ def plan_job(
             skipped += 1
             continue
         pending.append(Planned(items[index], files, replace=overwrite or skip_existing))
-    for replace in (False, True):
-        preflight([path for planned in pending if planned.replace == replace for path in planned.paths], overwrite=replace)
+    for replacing in (False, True):
+        preflight([path for planned in pending if planned.replace == replacing for path in planned.paths], overwrite=replacing, resumable=True)
     for planned in pending:
         for path in planned.paths:
             remove_stale_parts(path)

@@ -103,15 +103,15 @@ def plan_outputs(
     return paths
 
 
-def preflight(paths: list[Path], overwrite: bool) -> None:
-    """Refuse clobbering and unwritable places before any work starts; create nothing yet."""
+def preflight(paths: list[Path], overwrite: bool, resumable: bool = False) -> None:
+    """Refuse clobbering and unwritable places before any work starts; create nothing yet.
+    `resumable`: the command has --skip-existing, so the refusal offers it."""
     for path in paths:
         if path.is_dir():
             raise UsageError(f"{path} is a folder; pass a file name or a folder ending in '/'")
         if path.exists() and not overwrite:
-            raise UsageError(
-                f"{path} exists; pass --skip-existing to keep it (resume), --overwrite to replace it, or choose another -o"
-            )
+            keep = "--skip-existing to keep it (resume), " if resumable else ""
+            raise UsageError(f"{path} exists; pass {keep}--overwrite to replace it, or choose another -o")
     for folder in sorted({path.parent for path in paths}):
         existing = folder.absolute()
         while not existing.exists():

@@ -9,10 +9,29 @@ from pathlib import Path
 
 from diffier_cli.outputs import write_atomically
 
+MODES = ("baseline", "refined")  # the two runs every eval compares, on the same seeds
+
 
 def mean(values: list[float]) -> float:
     """The arithmetic mean, exactly rounded; an inf (the PSNR of an exact reconstruction) stays inf."""
     return math.fsum(values) / len(values)
+
+
+def print_json(record: dict) -> None:
+    """One JSON line on stdout; an infinite score (PSNR of an exact match) is written as null,
+    because bare `Infinity` is not JSON and strict parsers (jq) reject it."""
+    import json
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [finite(item) for item in value]
+        return value
+
+    print(json.dumps(finite(record), ensure_ascii=False, allow_nan=False), flush=True)
 
 
 def write_csv(rows: list[dict], path: Path, overwrite: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import socket
 import sys
 import types
 
@@ -83,7 +84,10 @@ def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny
     for mode in ("baseline", "refined"):
         assert summary["summary"]["mean"][mode]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows if r["mode"] == mode]), rel=1e-12)
     assert "PSNR ↑" in result.stderr and "mean (refined)" in result.stderr
-    assert [float(r["psnr"]) for r in csv.DictReader(open(tmp_path / "sr.csv"))] == [r["psnr"] for r in rows]
+    written = list(csv.DictReader(open(tmp_path / "sr.csv")))
+    assert [float(r["psnr"]) for r in written[:4]] == [r["psnr"] for r in rows]
+    assert [(r["image"], r["mode"], float(r["psnr"])) for r in written[4:]] == [
+        ("mean", mode, summary["summary"]["mean"][mode]["psnr"]) for mode in ("baseline", "refined")]
 
     for mode, extra in (("baseline", ("--baseline",)), ("refined", ())):
         single = run_cli("sr", str(out / "b-lr.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
@@ -103,21 +107,25 @@ def test_pyiqa_metrics_get_rgb_in_0_1_output_first_and_their_scores_land_in_the_
     built = []
 
     def create_metric(name, device, as_loss):
+        print(f"Loading pretrained model {name}")  # pyiqa prints to stdout; --json must stay clean
         built.append((name, str(device), as_loss))
-        if name == "lpips":  # full reference: (distorted, reference)
-            return lambda output, reference: (output - reference).abs().mean().reshape(1, 1)
+        if name == "lpips":  # full reference: (distorted, reference); signed, so a swap shows
+            return lambda output, reference: (output - reference).mean().reshape(1, 1)
         return lambda output: output.mean(dim=(1, 2, 3))
 
     monkeypatch.setitem(sys.modules, "pyiqa", fake_pyiqa(create_metric))
+    monkeypatch.setattr("diffier_cli.eval_sr.metric_versions", lambda metrics: {m.name: "stand-in" for m in metrics})
     result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "lpips,musiq,clipiqa")
     assert result.returncode == 0, result.stderr
     assert built == [("lpips", "cpu", False), ("musiq", "cpu", False), ("clipiqa", "cpu", False)]
+    assert "Loading pretrained model lpips" in result.stderr
     for row in result.records[:-1]:
         output = np.asarray(Image.open(row["path"]).convert("RGB"), dtype=np.float64) / 255
         source = np.asarray(Image.open(row["hr"]).convert("RGB"), dtype=np.float64) / 255
         reference = source[: output.shape[0], : output.shape[1]]
-        assert row["lpips"] == pytest.approx(np.abs(output - reference).mean(), abs=1e-6)
+        assert row["lpips"] == pytest.approx((output - reference).mean(), abs=1e-6)
         assert row["musiq"] == row["clipiqa"] == pytest.approx(output.mean(), abs=1e-6)
+    assert any(abs(row["lpips"]) > 1e-3 for row in result.records[:-1])
     assert "LPIPS ↓" in result.stderr and "MUSIQ ↑" in result.stderr
 
 
@@ -127,8 +135,26 @@ def test_metric_weights_unavailable_is_exit_3_before_any_work(tiny, hr_dir, tmp_
 
     monkeypatch.setitem(sys.modules, "pyiqa", fake_pyiqa(create_metric))
     result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "psnr,musiq")
-    assert_one_line_error(result, 3, "cannot load pyiqa's musiq weights", "network unreachable")
+    assert_one_line_error(result, 3, "pyiqa's musiq weights cannot be had", "network unreachable", "~/.cache/torch/hub/pyiqa")
     assert not (tmp_path / "eval").exists()
+
+
+def test_offline_refuses_the_connections_pyiqa_would_download_through(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def create_metric(name, device, as_loss):
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # a weight download's first act
+            pass
+        return lambda output: output.mean(dim=(1, 2, 3))
+
+    monkeypatch.setitem(sys.modules, "pyiqa", fake_pyiqa(create_metric))
+    monkeypatch.setattr("diffier_cli.eval_sr.metric_versions", lambda metrics: {})
+    with server:
+        offline = eval_sr(tiny, hr_dir, tmp_path / "offline", "--metrics", "musiq", "--offline")
+        assert_one_line_error(offline, 3, "pyiqa's musiq weights are not in the caches (--offline)", "no connection to")
+        online = eval_sr(tiny, hr_dir, tmp_path / "online", "--metrics", "musiq")
+        assert online.returncode == 0, online.stderr  # and the refusal ended with the offline run
 
 
 def test_learned_metrics_without_pyiqa_name_the_extra(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
@@ -136,6 +162,42 @@ def test_learned_metrics_without_pyiqa_name_the_extra(tiny, hr_dir, tmp_path, mo
     result = eval_sr(tiny, hr_dir, tmp_path / "eval")
     assert_one_line_error(result, 2, "LPIPS, MUSIQ, CLIP-IQA need pyiqa", "pip install 'diffier[iqa]'", "--metrics psnr")
     assert not (tmp_path / "eval").exists()
+
+
+def test_hr_folder_problems_are_named_before_any_model_loads(tiny, tmp_path):  # noqa: F811
+    def attempt(build, *extra):
+        folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        (folder / "hr").mkdir(parents=True)
+        build(folder / "hr")
+        return eval_sr(tiny, folder / "hr", folder / "out", "--metrics", "psnr", *extra), folder
+
+    def broken(hr):
+        Image.new("RGB", (8, 8)).save(hr / "a.png")
+        (hr / "b.png").write_bytes(b"not a png")
+
+    result, _ = attempt(broken)
+    assert_one_line_error(result, 2, "b.png: not a readable image")
+    result, _ = attempt(lambda hr: Image.new("RGBA", (8, 8)).save(hr / "a.png"))
+    assert_one_line_error(result, 2, "a.png: has an alpha channel")
+    result, _ = attempt(lambda hr: Image.new("RGB", (70000, 4)).save(hr / "wide.png"), "--scale", "2")
+    assert_one_line_error(result, 2, "wide.png: a 70000×4 output needs")
+    result, _ = attempt(lambda hr: (Image.new("RGB", (8, 8)).save(hr / "a.png"), Image.new("RGB", (8, 8)).save(hr / "a.jpg")))
+    assert_one_line_error(result, 2, "are named a (besides their suffix)")
+    result, folder = attempt(lambda hr: Image.new("RGB", (8, 8)).save(hr / "a.png"))
+    inside = eval_sr(tiny, folder / "hr", folder / "hr" / "scores", "--metrics", "psnr")
+    assert_one_line_error(inside, 2, "would be written among the inputs")
+
+
+def test_recursive_keeps_the_sub_folders_in_the_output_names(tiny, tmp_path):  # noqa: F811
+    hr = tmp_path / "hr"
+    (hr / "x").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(hr / "a.png")
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(hr / "x" / "a.png")
+    result = eval_sr(tiny, hr, tmp_path / "out", "--metrics", "psnr", "--recursive", "--blur-sigma", "0")
+    assert result.returncode == 0, result.stderr
+    assert [r["image"] for r in result.records[:-1]] == ["a", "a", "x/a", "x/a"]
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
+        "a-baseline.png", "a-lr.png", "a-refined.png", "x/a-baseline.png", "x/a-lr.png", "x/a-refined.png"]
 
 
 @pytest.mark.parametrize(("extra", "needle"), [(("--metrics", "psnr,ssim"), "choose from psnr,lpips,musiq,clipiqa"),
