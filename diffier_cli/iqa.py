@@ -99,7 +99,10 @@ def load_scorers(metrics: list[Metric], device, offline: bool) -> dict[str, Scor
         try:
             with no_network(offline), redirect_stdout(sys.stderr):  # pyiqa prints its loading messages
                 model = pyiqa.create_metric(metric.name, device=device, as_loss=False)
-        except Exception as exc:  # noqa: BLE001 - any failure to build a metric means: its weights are unavailable
+        except ImportError as exc:  # e.g. openai-clip (clipiqa) needs pkg_resources, gone from setuptools 82
+            raise UsageError(f"pyiqa's {metric.name} cannot import {exc.name or first_line(exc)}; pip install 'diffier[iqa]' "
+                             "(it pins setuptools<82 for pkg_resources)") from exc
+        except Exception as exc:  # noqa: BLE001 - any other failure to build a metric means: its weights are unavailable
             where = "are not in the caches (--offline)" if offline else "cannot be had"
             raise ModelUnavailable(
                 f"pyiqa's {metric.name} weights {where}: {first_line(exc)} [{type(exc).__name__}]; run once with network "

@@ -157,6 +157,15 @@ def test_offline_refuses_the_connections_pyiqa_would_download_through(tiny, hr_d
         assert online.returncode == 0, online.stderr  # and the refusal ended with the offline run
 
 
+def test_a_module_pyiqa_cannot_import_is_exit_2_naming_it(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+    def create_metric(name, device, as_loss):
+        import pkg_resources_gone_from_setuptools  # noqa: F401 - what openai-clip does on setuptools >= 82
+
+    monkeypatch.setitem(sys.modules, "pyiqa", fake_pyiqa(create_metric))
+    result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "clipiqa")
+    assert_one_line_error(result, 2, "pyiqa's clipiqa cannot import pkg_resources_gone_from_setuptools", "setuptools<82")
+
+
 def test_learned_metrics_without_pyiqa_name_the_extra(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # import pyiqa raises ImportError
     result = eval_sr(tiny, hr_dir, tmp_path / "eval")
