@@ -8,9 +8,13 @@ numbers in the comments below are the spec's.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from diffier_cli.iec import IECStats
+    from diffier_cli.sampling import Step
 
 Direction = Literal["descent", "ascent"]
 DIRECTIONS: tuple[Direction, ...] = ("descent", "ascent")
@@ -23,6 +27,28 @@ class RefineStats:
     iterations: torch.Tensor  # int64: iterations run (≤ max_iters)
     loss: torch.Tensor  # float32: per-element mean of ‖ε̂ − n‖² at the last iteration (rule 2)
     rel_change: torch.Tensor  # float32: ‖ε̂_refined − ε̂‖ / ‖ε̂‖, measured in float32 (rule 8)
+
+    @staticmethod
+    def summarize(per_step: dict) -> dict:
+        """One item's trajectory in a few numbers (per_step: one list per field, one entry per step)."""
+        n = len(per_step["iterations"])
+        return {
+            "steps": n,
+            "iterations_total": sum(per_step["iterations"]),
+            "iterations_max": max(per_step["iterations"]),
+            "loss_mean": sum(per_step["loss"]) / n,
+            "rel_change_mean": sum(per_step["rel_change"]) / n,
+            "rel_change_max": max(per_step["rel_change"]),
+        }
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A refiner's answer for one step: x_{t−1}, the ε the step used, and what it did per item."""
+
+    sample: torch.Tensor
+    eps: torch.Tensor
+    stats: RefineStats | IECStats
 
 
 @torch.no_grad()  # rule 7: the gradient is closed form
@@ -112,6 +138,7 @@ class DiffIER:
     direction: Direction = "descent"
 
     name = "diffier"
+    mode = "refined"
 
     def __call__(
         self, eps: torch.Tensor, generators: Sequence[torch.Generator]
@@ -124,6 +151,11 @@ class DiffIER:
             max_iters=self.max_iters,
             direction=self.direction,
         )
+
+    def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined:
+        """The cheap path: refine ε̂(x_t, t) and take the plain step from it; no model call."""
+        eps, stats = self(step.eps, generators)
+        return Refined(step.take(eps), eps, stats)
 
     def settings(self) -> dict:
         return {"name": self.name, **asdict(self)}
