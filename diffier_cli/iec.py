@@ -12,7 +12,7 @@ Where this differs from the official code, on purpose:
   item that has converged is frozen: the model is still called on the whole batch while other
   items iterate (slicing each backbone's conditioning per item would be per-modality code), but
   the frozen item's values are not updated, so its result is what it would be alone.
-- A stochastic step's noise is drawn once per step and reused by every Φ (`Step.frozen_map`);
+- A stochastic step's noise is drawn once per step and reused by every Φ (`Step.frozen`);
   the official code draws fresh noise per correction when η > 0 (L l.346, D l.257), which moves
   the fixed point between iterations. Every official script runs η = 0, where the two agree.
 - Which steps are corrected is a user choice (--iec-steps, default all); the official step sets
@@ -150,23 +150,23 @@ class IEC:
         if self.iters == 1 or not self.corrects(step.index, step.count):
             return Refined(step.take_prediction(), step.eps, IECStats(corrections, evaluations, residual))
 
-        phi = step.frozen_map()
-        x_hat = phi(step.eps)  # x⁽⁰⁾ = Φ_t(x_t, ε̂(x_t, t), z): the plain step (L l.296-304)
-        eps_bar = step.eps.float()  # ε̄_0; x⁽ᵏ⁾ = Φ_t(x_t, ε̄_k) since Φ is affine in ε (iec.md §1)
+        x_hat, phi = step.frozen()  # x⁽⁰⁾ = Φ_t(x_t, ε̂(x_t, t), z): the plain step (L l.296-304)
+        work = torch.promote_types(step.x.dtype, torch.float32)  # at least float32; float64 stays (diffier gap)
+        eps_bar = step.eps.to(work)  # ε̄_0; x⁽ᵏ⁾ = Φ_t(x_t, ε̄_k) since Φ is affine in ε (iec.md §1)
         active = torch.ones(batch, dtype=torch.bool, device=device)
         broadcast = (batch,) + (1,) * (step.x.ndim - 1)
         for k, weight in enumerate(self.weights):
             e = step.predict_eps(x_hat)  # e_k = ε̂(x⁽ᵏ⁾, t) (L l.327-334)
             y = phi(e)  # y_k = Φ_t(x_t, e_k, z), always from the original x_t (L l.342-350)
             evaluations += active.long()  # counted per item: only while its own result needs it
-            change = (y.float() - x_hat.float()).flatten(1).norm(dim=1)
-            relative = change / (x_hat.float().flatten(1).norm(dim=1) + NORM_FLOOR)  # L l.355, per item
-            residual = torch.where(active, relative, residual)
+            here, target = x_hat.to(work), y.to(work)
+            relative = (target - here).flatten(1).norm(dim=1) / (here.flatten(1).norm(dim=1) + NORM_FLOOR)  # L l.355, per item
+            residual = torch.where(active, relative.float(), residual)
             active = active & ~(relative < self.tol)  # converged: keep x⁽ᵏ⁾ (L l.356-358)
             # x⁽ᵏ⁺¹⁾ = x⁽ᵏ⁾ + w_k (y_k − x⁽ᵏ⁾), w_k = γ^(k + first_power) (L l.360; D l.266)
-            relaxed = (x_hat.float() + weight * (y.float() - x_hat.float())).to(x_hat.dtype)
+            relaxed = (here + weight * (target - here)).to(x_hat.dtype)
             x_hat = torch.where(active.view(broadcast), relaxed, x_hat)
-            eps_bar = torch.where(active.view(broadcast), eps_bar + weight * (e.float() - eps_bar), eps_bar)
+            eps_bar = torch.where(active.view(broadcast), eps_bar + weight * (e.to(work) - eps_bar), eps_bar)
             corrections += active.long()
             if k < len(self.weights) - 1 and not bool(active.any()):  # one host sync per correction
                 break

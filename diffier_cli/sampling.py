@@ -74,18 +74,20 @@ class Step:
         """ε̂(x, t): one more model evaluation, at another x but the current t (iec.md §1, §3)."""
         return self.backbone.to_eps(self.backbone.predict(x, self.t, self.state), x, self.t, self.state)
 
-    def frozen_map(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Φ_t(x_t, ·) with the step's noise drawn now, once: ε ↦ x_{t−1}, free of side effects.
+    def frozen(self) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(the plain step's x_{t−1}, Φ_t(x_t, ·)), both with the step's noise drawn now, once.
 
-        Φ is affine in ε for every sampler here (DDIM, respaced DDPM, the Grad-TTS Euler step),
-        so relaxing x⁽ᵏ⁾ equals relaxing the ε it is made from (iec.md §1, last line)."""
+        The first is the step from the model's own prediction, exactly a baseline step; Φ maps any
+        ε to x_{t−1} with that same noise and no side effect. Φ is affine in ε for every sampler
+        here (DDIM, respaced DDPM, the Grad-TTS Euler step), so relaxing x⁽ᵏ⁾ equals relaxing the ε
+        it is made from (iec.md §1, last line)."""
         noise = self.backbone.step_noise(self.x, self.t, self.state)
 
         def phi(eps: torch.Tensor) -> torch.Tensor:
             prediction = self.backbone.from_eps(eps, self.x, self.t, self.state)
             return self.backbone.step(self.x, prediction, self.t, self.state, noise=noise)
 
-        return phi
+        return self.backbone.step(self.x, self.prediction, self.t, self.state, noise=noise), phi
 
 
 class Refiner(Protocol):

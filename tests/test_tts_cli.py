@@ -314,3 +314,33 @@ def test_pesq_of_silence_is_a_one_line_usage_error():
 
     with pytest.raises(UsageError, match="PESQ cannot score"):
         wideband_pesq(np.zeros(PESQ_RATE), np.zeros(PESQ_RATE))
+
+
+def test_iec_corrects_the_reverse_steps_and_counts_its_evaluations(checkpoints, tmp_path):
+    result = tts(checkpoints[1], "--text", "Hello there.", "-o", str(tmp_path / "iec.wav"), "--seed", "4",
+                 "--refiner", "iec", "--iec-tol", "0", "--iec-steps", "last:2")
+    assert result.returncode == 0, result.stderr
+    (record,) = result.records
+    assert record["mode"] == "iec" and record["refiner"]["steps"] == "last:2"
+    (utterance,) = record["refinement"]["per_utterance"]
+    assert utterance["evaluations"] == [1, 3, 3] and utterance["residual"][0] is None
+    assert record["refinement"]["summary"][0]["model_evaluations"] == 3 + 2 * 2
+
+
+def test_iec_with_an_x_independent_score_equals_the_stochastic_baseline(checkpoints, tmp_path, monkeypatch):
+    """The --stoc step's ξ is drawn once per step and kept through the corrections."""
+    from models.gradtts.adapter import GradTTSBackbone
+
+    monkeypatch.setattr(GradTTSBackbone, "predict", lambda self, x, t, state: torch.full_like(x, -0.2))
+    common = ("--text", "Hello there.", "--seed", "4", "--stoc", "--subtype", "FLOAT")
+    base = tts(checkpoints[1], *common, "-o", str(tmp_path / "base.wav"), "--baseline")
+    iec = tts(checkpoints[1], *common, "-o", str(tmp_path / "iec.wav"), "--refiner", "iec")
+    assert base.returncode == 0 and iec.returncode == 0, base.stderr + iec.stderr
+    assert np.array_equal(soundfile.read(tmp_path / "base.wav")[0], soundfile.read(tmp_path / "iec.wav")[0])
+    assert iec.records[0]["refinement"]["per_utterance"][0]["corrections"] == [0, 0, 0]  # converged at the first check
+
+
+def test_compare_does_not_take_iec_yet(tmp_path):
+    result = run_cli("tts", "--text", "Hi.", "--checkpoint", "unused.pt", "--compare", "--refiner", "iec", "-o", f"{tmp_path}/")
+    assert_one_line_error(result, 2, "--compare does not take --refiner iec")
+    assert not list(tmp_path.iterdir())
