@@ -1,4 +1,5 @@
-"""DiffIER's correction of a noise prediction, exactly as `shared/design/refine_eps.md` specifies it.
+"""DiffIER's correction of a noise prediction, exactly as `shared/design/refine_eps.md` specifies it,
+and `Refined`, what every refiner (DiffIER here, IEC in iec.py) gives the loop for a step.
 
 The paper (DiffIER, Algorithm 1 and Eq. 12) refines the guided prediction ε̂ at every sampling
 step by gradient steps on L = ‖ε̂ − n‖² with a fresh n ~ N(0, I) at each iteration. The rule

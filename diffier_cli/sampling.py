@@ -91,6 +91,9 @@ class Step:
 
 
 class Refiner(Protocol):
+    """Turns one step into x_{t−1}: DiffIER refines ε̂(x_t) and steps once (no model call),
+    IEC re-evaluates the model at candidates of x_{t−1} and re-applies the step."""
+
     name: str
     mode: str  # the output's mode (file names, records): "refined" for DiffIER, "iec" for IEC
 
@@ -101,10 +104,10 @@ class Refiner(Protocol):
 
 @dataclass
 class Trajectory:
-    """The loop's result: the final sample and one RefineStats per step (empty for a baseline)."""
+    """The loop's result: the final sample and the refiner's stats per step (empty for a baseline)."""
 
     sample: torch.Tensor
-    steps: list[RefineStats]
+    steps: list[RefineStats | IECStats]
 
 
 def denoise(
