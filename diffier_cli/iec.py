@@ -100,7 +100,7 @@ class IEC:
     steps: str = "all"
 
     name = "iec"
-    mode = "iec"
+    mode = "iec"  # names outputs and records (runtime.run_mode)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:

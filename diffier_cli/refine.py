@@ -1,5 +1,5 @@
 """DiffIER's correction of a noise prediction, exactly as `shared/design/refine_eps.md` specifies it,
-and `Refined`, what every refiner (DiffIER here, IEC in iec.py) gives the loop for a step.
+and `Refined`, the loop's account of one refined step, whichever refiner (DiffIER here, IEC in iec.py) made it.
 
 The paper (DiffIER, Algorithm 1 and Eq. 12) refines the guided prediction ε̂ at every sampling
 step by gradient steps on L = ‖ε̂ − n‖² with a fresh n ~ N(0, I) at each iteration. The rule
@@ -15,7 +15,6 @@ import torch
 
 if TYPE_CHECKING:
     from diffier_cli.iec import IECStats
-    from diffier_cli.sampling import Step
 
 Direction = Literal["descent", "ascent"]
 DIRECTIONS: tuple[Direction, ...] = ("descent", "ascent")
@@ -139,7 +138,7 @@ class DiffIER:
     direction: Direction = "descent"
 
     name = "diffier"
-    mode = "refined"
+    mode = "refined"  # names outputs and records (runtime.run_mode)
 
     def __call__(
         self, eps: torch.Tensor, generators: Sequence[torch.Generator]
@@ -152,11 +151,6 @@ class DiffIER:
             max_iters=self.max_iters,
             direction=self.direction,
         )
-
-    def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined:
-        """The cheap path: refine ε̂(x_t, t) and take the plain step from it; no model call."""
-        eps, stats = self(step.eps, generators)
-        return Refined(step.take(eps), eps, stats)
 
     def settings(self) -> dict:
         return {"name": self.name, **asdict(self)}

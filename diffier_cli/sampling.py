@@ -4,17 +4,18 @@ A backbone adapter supplies its prediction in its own parameterisation (ε, v or
 conversions to and from ε, and its sampler step. The loop converts to ε only when a refiner is
 on (spec rule 6), so a `--baseline` run executes exactly the backbone's own arithmetic.
 
-A refiner sees one step at a time as a `Step`: x_t, t, the model's prediction there, and two
-maps that only a re-evaluating refiner (IEC) uses: the model's ε̂ at another x with the same t,
-and the step Φ_t(x_t, ε) with the step's noise drawn once (`Backbone.step_noise`), so that Φ can
-be applied again to another ε without drawing or advancing anything.
+Two kinds of refiner: an ε refiner (DiffIER) corrects ε̂(x_t, t) and the loop takes one plain
+step from it, with no model call; a step refiner (IEC) gets the whole step as a `Step`: x_t, t,
+the model's prediction there, the model's ε̂ at another x with the same t, and the step
+Φ_t(x_t, ε) with the step's noise drawn once (`Backbone.step_noise`), so that Φ can be applied
+again to another ε without drawing or advancing anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -90,16 +91,24 @@ class Step:
         return self.backbone.step(self.x, self.prediction, self.t, self.state, noise=noise), phi
 
 
-class Refiner(Protocol):
-    """Turns one step into x_{t−1}: DiffIER refines ε̂(x_t) and steps once (no model call),
-    IEC re-evaluates the model at candidates of x_{t−1} and re-applies the step."""
+class EpsRefiner(Protocol):
+    """Corrects ε̂(x_t, t) before one plain step, drawing from `generators[b]` for item b (DiffIER)."""
 
-    name: str
-    mode: str  # the output's mode (file names, records): "refined" for DiffIER, "iec" for IEC
+    def __call__(self, eps: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, RefineStats]: ...
+
+    def settings(self) -> dict: ...
+
+
+@runtime_checkable
+class StepRefiner(Protocol):
+    """Makes x_{t−1} itself from the whole step, re-evaluating the model as it needs (IEC)."""
 
     def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined: ...
 
     def settings(self) -> dict: ...
+
+
+Refiner = EpsRefiner | StepRefiner
 
 
 @dataclass
@@ -135,7 +144,12 @@ def denoise(
                     observe(x, t, backbone.to_eps(prediction, x, t, state))
                 x = backbone.step(x, prediction, t, state)
             else:
-                refined = refiner.refine(Step(backbone, state, x, t, prediction, index, len(timesteps)), generators)
+                step = Step(backbone, state, x, t, prediction, index, len(timesteps))
+                if isinstance(refiner, StepRefiner):
+                    refined = refiner.refine(step, generators)
+                else:  # spec rule 6: to ε, refine, back, one plain step
+                    eps, stats = refiner(step.eps, generators)
+                    refined = Refined(step.take(eps), eps, stats)
                 if observe is not None:
                     observe(x, t, refined.eps)
                 x = refined.sample
