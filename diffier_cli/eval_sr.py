@@ -19,7 +19,7 @@ from diffier_cli.iqa import load_scorers
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
 from diffier_cli.runtime import Reporter, require, resolve_device
-from diffier_cli.scores import MODES, mean, print_json, print_table, write_csv
+from diffier_cli.scores import compared_modes, mean, print_json, print_table, write_csv
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,7 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
 
     from diffier_cli.sr import _png, _record, check_guidance, list_images, load_model, read_image, refuse_outputs_among_inputs, upscale
 
-    if opts.refiner is None:
-        raise UsageError("eval compares baseline and refined; drop --baseline")
+    modes = compared_modes(opts.refiner, "eval sr")
     refuse_batch_options(opts, "eval sr")
     check_guidance(opts)
     degradation.check()
@@ -119,7 +118,7 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
     folder = Path(opts.output or "eval-sr")
     if folder.suffix.lower() == ".png":
         raise UsageError(f"-o {folder}: eval writes three images per HR image; pass a folder")
-    paths = [{kind: folder / f"{stem}-{kind}.png" for kind in ("lr", *MODES)} for stem in stems]
+    paths = [{kind: folder / f"{stem}-{kind}.png" for kind in ("lr", *modes)} for stem in stems]
     refuse_outputs_among_inputs([str(hr_dir)], True, [path for entry in paths for path in entry.values()])
     preflight([path for entry in paths for path in entry.values()] + ([Path(csv_path)] if csv_path else []), opts.overwrite)
     check_headers(images, degradation, opts)
@@ -135,8 +134,8 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
         lr_record = {"tool": "diffier", "version": __version__, "command": "eval sr", "hr": str(source), "degradation": degradation.record()}
         write_atomically({out["lr"]: png_bytes(lr, {"diffier": json.dumps(lr_record, ensure_ascii=False)})}, opts.overwrite)
         reference = as_tensor(hr, device)
-        for mode in MODES:
-            run = replace(opts, refiner=opts.refiner if mode == "refined" else None)
+        for mode in modes:
+            run = replace(opts, refiner=None if mode == "baseline" else opts.refiner)
             item = {"index": index, "seed": opts.seed + index, "mode": mode, "input": str(out["lr"])}
             output, details = upscale(model, lr, None, "RGB", item["seed"], negative, run, reporter, f"{stem} {mode}")
             record = _record(run, model, negative, item, lr.size, output.size, details, job)
@@ -152,9 +151,9 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
                 print_json(row)
             reporter.message(f"{stem} {mode}: " + ", ".join(f"{m.label} {scores[m.name]:.4g}" for m in metrics))
 
-    means = {mode: {m.name: mean([r[m.name] for r in rows if r["mode"] == mode]) for m in metrics} for mode in MODES}
+    means = {mode: {m.name: mean([r[m.name] for r in rows if r["mode"] == mode]) for m in metrics} for mode in modes}
     table = [[f"{row['image']} ({row['mode']})", *(f"{row[m.name]:.4f}" for m in metrics)] for row in rows]
-    table += [[f"mean ({mode})", *(f"{means[mode][m.name]:.4f}" for m in metrics)] for mode in MODES]
+    table += [[f"mean ({mode})", *(f"{means[mode][m.name]:.4f}" for m in metrics)] for mode in modes]
     print_table(f"{len(images)} image(s), ×{degradation.scale}, blur σ {degradation.blur_sigma:g}", ["image", *(m.heading for m in metrics)],
                 table, opts.quiet)
     if opts.json:
@@ -162,5 +161,5 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
                                 "metrics": metric_versions(metrics), "preset": opts.preset, "model": model.info,
                                 "refiner": opts.refiner.settings(), "job": job["id"]}})
     if csv_path is not None:
-        mean_rows = [{"image": "mean", "hr": "", "seed": "", "mode": mode, **means[mode], "path": ""} for mode in MODES]
+        mean_rows = [{"image": "mean", "hr": "", "seed": "", "mode": mode, **means[mode], "path": ""} for mode in modes]
         write_csv(rows + mean_rows, Path(csv_path), opts.overwrite)

@@ -17,7 +17,7 @@ from diffier_cli.jobs import refuse_batch_options
 from diffier_cli.metadata import library_versions
 from diffier_cli.outputs import preflight
 from diffier_cli.runtime import Reporter, quiet_libraries
-from diffier_cli.scores import MODES, mean, print_json, print_table, write_csv
+from diffier_cli.scores import compared_modes, mean, print_json, print_table, write_csv
 from diffier_cli.sweep import cell_paths, draw_sweep
 
 
@@ -36,15 +36,14 @@ def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | No
     from diffier_cli.runtime import resolve_device
     from diffier_cli.t2i import load_backbone
 
-    if opts.refiner is None:
-        raise UsageError("eval compares baseline and refined; drop --baseline")
+    modes = compared_modes(opts.refiner, "eval t2i")
     refuse_batch_options(opts, "eval t2i")
     items = prompt_items(opts)
     folder = Path(opts.output or "eval-t2i")
     if folder.suffix.lower() == ".png" or "{" in str(folder):
         raise UsageError(f"-o {folder}: eval writes a grid per prompt; pass a folder")
     grids = [folder / f"{item['index']:05d}-{item['seed']}-{item.get('name') or item['slug']}.png" for item in items]
-    planned = [path for grid in grids for path in (grid, *cell_paths(grid, "cfg", omegas).values())]
+    planned = [path for grid in grids for path in (grid, *cell_paths(grid, "cfg", omegas, modes).values())]
     preflight(planned + ([Path(csv_path)] if csv_path else []), opts.overwrite)
     reporter = Reporter(opts.quiet)
     quiet_libraries(show_downloads=reporter.interactive)
@@ -67,13 +66,13 @@ def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | No
             reporter.message(f"{item['index']:05d} ω = {omega:g} {mode}: CLIP score {row['clip_score']:.3f}")
 
     means = {(omega, mode): mean([r["clip_score"] for r in rows if r["cfg"] == omega and r["mode"] == mode])
-             for omega in omegas for mode in MODES}
-    print_table(f"CLIP score ({clip_model}), mean over {len(items)} prompt(s)", ["ω", *MODES, "refined − baseline"],
-                [[f"{omega:g}", *(f"{means[omega, mode]:.3f}" for mode in MODES), f"{means[omega, 'refined'] - means[omega, 'baseline']:+.3f}"]
+             for omega in omegas for mode in modes}
+    print_table(f"CLIP score ({clip_model}), mean over {len(items)} prompt(s)", ["ω", *modes, f"{modes[1]} − baseline"],
+                [[f"{omega:g}", *(f"{means[omega, mode]:.3f}" for mode in modes), f"{means[omega, modes[1]] - means[omega, 'baseline']:+.3f}"]
                  for omega in omegas], opts.quiet)
     if opts.json:
         summary = {"prompts": len(items), "clip_model": clip_record, "refiner": opts.refiner.settings(), "steps": opts.steps,
-                   "mean_clip_score": [{"cfg": omega, **{mode: means[omega, mode] for mode in MODES}} for omega in omegas]}
+                   "mean_clip_score": [{"cfg": omega, **{mode: means[omega, mode] for mode in modes}} for omega in omegas]}
         print_json({"summary": summary})
     if csv_path is not None:
         write_csv(rows, Path(csv_path), opts.overwrite)

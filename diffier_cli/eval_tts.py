@@ -16,7 +16,7 @@ from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
 from diffier_cli.outputs import preflight
 from diffier_cli.runtime import Reporter, require
-from diffier_cli.scores import MODES, mean, print_json, write_csv
+from diffier_cli.scores import compared_modes, mean, print_json, write_csv
 
 PESQ_RATE = 16000  # P.862.2 wideband
 
@@ -73,8 +73,7 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
 
     from diffier_cli.tts import load_voice, speakable, synthesize
 
-    if opts.refiner is None:
-        raise UsageError("eval compares baseline and refined; drop --baseline")
+    modes = compared_modes(opts.refiner, "eval tts")
     require("pesq", "soxr", purpose="eval tts", extra="eval")
     entries = read_metadata(metadata)
     missing = [e.id for e in entries if not (references / f"{e.id}.wav").is_file()]
@@ -92,20 +91,19 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
             recorded, rate = soundfile.read(references / f"{entry.id}.wav")
             reference = to_pesq_rate(recorded, rate)
             row = {"id": entry.id, "line": entry.line, "seed": opts.seed + index}
-            for mode in MODES:
-                run = opts if mode == "refined" else replace(opts, refiner=None)
+            for mode in modes:
+                run = replace(opts, refiner=None) if mode == "baseline" else opts
                 waveform, _ = synthesize(voice, run, spoken, opts.seed + index)
                 try:
                     row[f"pesq_{mode}"] = wideband_pesq(reference, to_pesq_rate(np.clip(waveform, -1, 1), voice.sample_rate))
                 except UsageError as exc:
                     raise UsageError(f"{entry.id}: {exc}") from exc
             rows.append(row)
-            reporter.message(f"{entry.id}: PESQ baseline {row['pesq_baseline']:.3f}, refined {row['pesq_refined']:.3f}")
+            reporter.message(f"{entry.id}: PESQ " + ", ".join(f"{mode} {row[f'pesq_{mode}']:.3f}" for mode in modes))
             if opts.json:
                 print_json(row)
-    summary = {mode: mean([row[f"pesq_{mode}"] for row in rows]) for mode in MODES}
-    reporter.message(f"mean PESQ (wideband) over {len(rows)} utterance(s): baseline {summary['baseline']:.3f}, "
-                     f"refined {summary['refined']:.3f}")
+    summary = {mode: mean([row[f"pesq_{mode}"] for row in rows]) for mode in modes}
+    reporter.message(f"mean PESQ (wideband) over {len(rows)} utterance(s): " + ", ".join(f"{mode} {summary[mode]:.3f}" for mode in modes))
     if opts.json:
         print_json({"summary": {"utterances": len(rows), **{f"mean_pesq_{m}": v for m, v in summary.items()},
                                 "refiner": opts.refiner.settings(), "steps": opts.steps}})

@@ -2,11 +2,11 @@
 
 With real models the true ε* is unknown, so the paper's claims cannot be checked on them. Here the
 data are Gaussian mixtures (models/mixture.py), ε* is closed form, and the "model" has a known
-error; the sampler, the loop and `refine_eps` are the ones the real subcommands run (this module
-only supplies a `Backbone`). Per run it measures:
+error; the sampler, the loop and the refiners (`refine_eps`, IEC) are the ones the real
+subcommands run (this module only supplies a `Backbone`). Per run it measures:
 
-- the accumulated gap Σ_t ‖ε̂_t − ε*_t‖² (ε̂ after guidance and refinement, what the sampler used),
-  averaged over samples;
+- the accumulated gap Σ_t ‖ε̂_t − ε*_t‖² (ε̂ after guidance and refinement, what the sampler used;
+  for IEC the relaxed ε̄ with x_{t−1} = Φ_t(x_t, ε̄), ε* at x_t), averaged over samples;
 - Eq. 9's ω*: the ω minimising the gap of the guided prediction, Σ⟨ε* − ε_∅, Δ⟩ / Σ‖Δ‖² with
   Δ = ε_c − ε_∅, the least-squares solution of min_ω ‖ε_∅ + ωΔ − ε*‖² summed along the trajectory;
 - quality against the true mixture: mean log-likelihood of the samples under their class's true
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from diffier_cli.iec import IEC
 from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import REFINE_SEED_MIX
-from diffier_cli.sampling import denoise
+from diffier_cli.sampling import Refiner, denoise
 from models.mixture import Mixture, MisfitModel
 
 # SD 2.1's scheduler configuration (scaled-linear betas, T = 1000), as models/sd.py gets from the hub.
@@ -36,7 +37,7 @@ class GapState:
     gap: torch.Tensor  # [N] Σ_t ‖ε̂ − ε*‖²
     projection: torch.Tensor  # [N] Σ_t ⟨ε* − ε_∅, Δ⟩
     spread: torch.Tensor  # [N] Σ_t ‖Δ‖²
-    last: tuple = field(default=())
+    at_x_t: tuple = field(default=())  # (t, ε_c, ε_∅) of the first prediction at t: the one at x_t itself
 
 
 class MixtureBackbone:
@@ -64,7 +65,8 @@ class MixtureBackbone:
         a = self._alpha_bar(t)
         cond = self.model.eps(x, a, state.labels)
         uncond = self.model.eps(x, a, None)
-        state.last = (cond, uncond)
+        if not state.at_x_t or state.at_x_t[0] != int(t):  # IEC's re-evaluations at the same t come later
+            state.at_x_t = (int(t), cond, uncond)
         # Classifier-free guidance (Ho & Salimans 2022, Eq. 6): ε̂ = ε(∅) + ω (ε(c) − ε(∅)).
         return uncond + state.omega * (cond - uncond)
 
@@ -74,14 +76,20 @@ class MixtureBackbone:
     def from_eps(self, eps, x, t, state):
         return eps.to(x.dtype)
 
-    def step(self, x: torch.Tensor, prediction: torch.Tensor, t, state: GapState) -> torch.Tensor:
-        true = self.model.truth.eps(x, self._alpha_bar(t), state.labels)
-        projection, spread = guidance_projection(*state.last, true)
-        state.gap += ((prediction - true) ** 2).sum(-1)
-        state.projection += projection
-        state.spread += spread
+    def step_noise(self, x, t, state: GapState) -> None:
+        return None  # DDIM with η = 0
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, t, state: GapState, noise=None) -> torch.Tensor:
         # DDIM (Song et al. 2021, Eq. 12), η = 0, diffusers' implementation as in `diffier t2i`.
         return self.scheduler.step(prediction, t, x, eta=0.0, return_dict=False)[0]
+
+    def observe(self, x: torch.Tensor, t, eps: torch.Tensor, state: GapState) -> None:
+        """Accumulate the gap of the ε the step used (after refinement) and Eq. 9's sums at x_t."""
+        true = self.model.truth.eps(x, self._alpha_bar(t), state.labels)
+        projection, spread = guidance_projection(*state.at_x_t[1:], true)
+        state.gap += ((eps - true) ** 2).sum(-1)
+        state.projection += projection
+        state.spread += spread
 
 
 def guidance_projection(cond: torch.Tensor, uncond: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +107,7 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 @dataclass(frozen=True)
 class GapRun:
     omega: float
-    setting: str  # "baseline", "descent" or "ascent"
+    setting: str  # "baseline", "descent", "ascent" or "iec"
     gap: float
     omega_star: float
     log_likelihood: float
@@ -107,11 +115,12 @@ class GapRun:
 
 
 def run_one(backbone: MixtureBackbone, labels: torch.Tensor, x_t: torch.Tensor, truth_samples: torch.Tensor,
-            omega: float, refiner: DiffIER | None, seed: int, setting: str) -> GapRun:
+            omega: float, refiner: Refiner | None, seed: int, setting: str) -> GapRun:
     """One sampling run over all samples; every setting starts from the same x_T."""
     state = backbone.prepare(labels, omega)
     generators = [torch.Generator().manual_seed((seed + i) ^ REFINE_SEED_MIX) for i in range(labels.shape[0])]
-    trajectory = denoise(backbone, state, x_t.clone(), refiner=refiner, generators=generators)
+    trajectory = denoise(backbone, state, x_t.clone(), refiner=refiner, generators=generators,
+                         observe=lambda x, t, eps: backbone.observe(x, t, eps, state))
     samples = trajectory.sample
     truth = backbone.model.truth
     per_class = [
@@ -144,6 +153,8 @@ class GapOptions:
     threshold: float
     max_iters: int
     seed: int
+    diffier: bool = True  # the descent and ascent rows
+    iec: IEC | None = None  # an iec row with these settings
 
 
 def run_benchmark(opts: GapOptions, on_run=None) -> dict:
@@ -156,11 +167,12 @@ def run_benchmark(opts: GapOptions, on_run=None) -> dict:
     labels = torch.arange(opts.n_samples) % opts.classes
     x_t = torch.randn(opts.n_samples, opts.dim, generator=torch.Generator().manual_seed(opts.seed + 1), dtype=torch.float64)
     truth_samples = truth.sample(labels, torch.Generator().manual_seed(opts.seed + 2))
-    settings = {
-        "baseline": None,
-        "descent": DiffIER(eta=opts.eta, threshold=opts.threshold, max_iters=opts.max_iters, direction="descent"),
-        "ascent": DiffIER(eta=opts.eta, threshold=opts.threshold, max_iters=opts.max_iters, direction="ascent"),
-    }
+    settings: dict[str, Refiner | None] = {"baseline": None}
+    if opts.diffier:
+        for direction in ("descent", "ascent"):
+            settings[direction] = DiffIER(eta=opts.eta, threshold=opts.threshold, max_iters=opts.max_iters, direction=direction)
+    if opts.iec is not None:
+        settings["iec"] = opts.iec
     runs = []
     with torch.no_grad():
         for omega in opts.omegas:

@@ -33,9 +33,24 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
+def refiner_pairs(record: dict) -> dict[str, object]:
+    """The refinement as A1111 `Key: value` pairs: `DiffIER: baseline|refined` and DiffIER's
+    settings, or `Refiner: IEC` and IEC's."""
+    refiner = record["refiner"]
+    if refiner is not None and refiner["name"] == "iec":
+        return {"Refiner": "IEC", "IEC variant": refiner["variant"], "IEC iters": refiner["iters"],
+                "IEC gamma": refiner["gamma"], "IEC tol": refiner["tol"], "IEC steps": refiner["steps"]}
+    pairs: dict[str, object] = {"DiffIER": record["mode"]}
+    if refiner is not None:
+        pairs["DiffIER eta"] = refiner["eta"]
+        pairs["DiffIER threshold"] = refiner["threshold"]
+        pairs["DiffIER max iters"] = refiner["max_iters"]
+        pairs["DiffIER direction"] = refiner["direction"]
+    return pairs
+
+
 def a1111_parameters(record: dict) -> str:
     params = record["params"]
-    refiner = record["refiner"]
     pairs: dict[str, object] = {
         "Steps": params["steps"],
         "Sampler": params["scheduler"],
@@ -48,12 +63,7 @@ def a1111_parameters(record: dict) -> str:
         pairs["Model revision"] = record["model"]["revision"]
     pairs["RNG"] = "CPU"
     pairs["Eta"] = params["ddim_eta"]
-    pairs["DiffIER"] = record["mode"]
-    if refiner is not None:
-        pairs["DiffIER eta"] = refiner["eta"]
-        pairs["DiffIER threshold"] = refiner["threshold"]
-        pairs["DiffIER max iters"] = refiner["max_iters"]
-        pairs["DiffIER direction"] = refiner["direction"]
+    pairs.update(refiner_pairs(record))
     pairs["Version"] = f"diffier {__version__}"
     lines = [record["prompt"]]
     if record.get("negative_prompt"):

@@ -1,4 +1,5 @@
-"""DiffIER's correction of a noise prediction, exactly as `shared/design/refine_eps.md` specifies it.
+"""DiffIER's correction of a noise prediction, exactly as `shared/design/refine_eps.md` specifies it,
+and `Refined`, the loop's account of one refined step, whichever refiner (DiffIER here, IEC in iec.py) made it.
 
 The paper (DiffIER, Algorithm 1 and Eq. 12) refines the guided prediction ε̂ at every sampling
 step by gradient steps on L = ‖ε̂ − n‖² with a fresh n ~ N(0, I) at each iteration. The rule
@@ -8,9 +9,12 @@ numbers in the comments below are the spec's.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from diffier_cli.iec import IECStats
 
 Direction = Literal["descent", "ascent"]
 DIRECTIONS: tuple[Direction, ...] = ("descent", "ascent")
@@ -23,6 +27,28 @@ class RefineStats:
     iterations: torch.Tensor  # int64: iterations run (≤ max_iters)
     loss: torch.Tensor  # float32: per-element mean of ‖ε̂ − n‖² at the last iteration (rule 2)
     rel_change: torch.Tensor  # float32: ‖ε̂_refined − ε̂‖ / ‖ε̂‖, measured in float32 (rule 8)
+
+    @staticmethod
+    def summarize(per_step: dict) -> dict:
+        """One item's trajectory in a few numbers (per_step: one list per field, one entry per step)."""
+        n = len(per_step["iterations"])
+        return {
+            "steps": n,
+            "iterations_total": sum(per_step["iterations"]),
+            "iterations_max": max(per_step["iterations"]),
+            "loss_mean": sum(per_step["loss"]) / n,
+            "rel_change_mean": sum(per_step["rel_change"]) / n,
+            "rel_change_max": max(per_step["rel_change"]),
+        }
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A refiner's answer for one step: x_{t−1}, the ε the step used, and what it did per item."""
+
+    sample: torch.Tensor
+    eps: torch.Tensor
+    stats: RefineStats | IECStats
 
 
 @torch.no_grad()  # rule 7: the gradient is closed form
@@ -112,6 +138,7 @@ class DiffIER:
     direction: Direction = "descent"
 
     name = "diffier"
+    mode = "refined"  # names outputs and records (runtime.run_mode)
 
     def __call__(
         self, eps: torch.Tensor, generators: Sequence[torch.Generator]

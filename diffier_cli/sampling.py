@@ -3,16 +3,24 @@
 A backbone adapter supplies its prediction in its own parameterisation (ε, v or a score), the
 conversions to and from ε, and its sampler step. The loop converts to ε only when a refiner is
 on (spec rule 6), so a `--baseline` run executes exactly the backbone's own arithmetic.
+
+Two kinds of refiner: an ε refiner (DiffIER) corrects ε̂(x_t, t) and the loop takes one plain
+step from it, with no model call; a step refiner (IEC) gets the whole step as a `Step`: x_t, t,
+the model's prediction there, the model's ε̂ at another x with the same t, and the step
+Φ_t(x_t, ε) with the step's noise drawn once (`Backbone.step_noise`), so that Φ can be applied
+again to another ε without drawing or advancing anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from dataclasses import dataclass, fields
+from functools import cached_property
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from diffier_cli.refine import RefineStats
+from diffier_cli.iec import IECStats
+from diffier_cli.refine import Refined, RefineStats
 
 
 class Backbone(Protocol):
@@ -27,24 +35,88 @@ class Backbone(Protocol):
 
     def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: Any) -> torch.Tensor: ...
 
-    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor, state: Any) -> torch.Tensor:
-        """x_t → x_{t−1} from a prediction in the model's parameterisation."""
+    def step_noise(self, x: torch.Tensor, t: torch.Tensor, state: Any) -> torch.Tensor | None:
+        """The noise `step` would draw at (x, t), drawn now from the same generator in the same
+        order; None for a deterministic step. Only refiners that re-apply the step call it."""
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor, state: Any,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t → x_{t−1} from a prediction in the model's parameterisation. With `noise` from
+        `step_noise` it draws nothing and keeps no state, so it can be called again; without, a
+        stochastic step draws its own noise (the plain loop)."""
 
 
-class Refiner(Protocol):
-    def __call__(
-        self, eps: torch.Tensor, generators: Sequence[torch.Generator]
-    ) -> tuple[torch.Tensor, RefineStats]: ...
+@dataclass
+class Step:
+    """One sampling step x_t → x_{t−1} as a refiner sees it: position `index` of `count`."""
+
+    backbone: Backbone
+    state: Any
+    x: torch.Tensor  # x_t
+    t: Any
+    prediction: torch.Tensor  # the model's, at (x_t, t)
+    index: int
+    count: int
+
+    @cached_property
+    def eps(self) -> torch.Tensor:
+        """ε̂(x_t, t), converted from the model's parameterisation (spec rule 6)."""
+        return self.backbone.to_eps(self.prediction, self.x, self.t, self.state)
+
+    def take(self, eps: torch.Tensor) -> torch.Tensor:
+        """The plain step from ε, drawing its noise as a baseline run does."""
+        return self.backbone.step(self.x, self.backbone.from_eps(eps, self.x, self.t, self.state), self.t, self.state)
+
+    def take_prediction(self) -> torch.Tensor:
+        """The plain step from the model's own prediction: a baseline step, no conversion."""
+        return self.backbone.step(self.x, self.prediction, self.t, self.state)
+
+    def predict_eps(self, x: torch.Tensor) -> torch.Tensor:
+        """ε̂(x, t): one more model evaluation, at another x but the current t (iec.md §1, §3)."""
+        return self.backbone.to_eps(self.backbone.predict(x, self.t, self.state), x, self.t, self.state)
+
+    def frozen(self) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(the plain step's x_{t−1}, Φ_t(x_t, ·)), both with the step's noise drawn now, once.
+
+        The first is the step from the model's own prediction, exactly a baseline step; Φ maps any
+        ε to x_{t−1} with that same noise and no side effect. Φ is affine in ε for every sampler
+        here (DDIM, respaced DDPM, the Grad-TTS Euler step), so relaxing x⁽ᵏ⁾ equals relaxing the ε
+        it is made from (iec.md §1, last line)."""
+        noise = self.backbone.step_noise(self.x, self.t, self.state)
+
+        def phi(eps: torch.Tensor) -> torch.Tensor:
+            prediction = self.backbone.from_eps(eps, self.x, self.t, self.state)
+            return self.backbone.step(self.x, prediction, self.t, self.state, noise=noise)
+
+        return self.backbone.step(self.x, self.prediction, self.t, self.state, noise=noise), phi
+
+
+class EpsRefiner(Protocol):
+    """Corrects ε̂(x_t, t) before one plain step, drawing from `generators[b]` for item b (DiffIER)."""
+
+    def __call__(self, eps: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, RefineStats]: ...
 
     def settings(self) -> dict: ...
 
 
+@runtime_checkable
+class StepRefiner(Protocol):
+    """Makes x_{t−1} itself from the whole step, re-evaluating the model as it needs (IEC)."""
+
+    def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined: ...
+
+    def settings(self) -> dict: ...
+
+
+Refiner = EpsRefiner | StepRefiner
+
+
 @dataclass
 class Trajectory:
-    """The loop's result: the final sample and one RefineStats per step (empty for a baseline)."""
+    """The loop's result: the final sample and the refiner's stats per step (empty for a baseline)."""
 
     sample: torch.Tensor
-    steps: list[RefineStats]
+    steps: list[RefineStats | IECStats]
 
 
 def denoise(
@@ -55,35 +127,50 @@ def denoise(
     refiner: Refiner | None,
     generators: Sequence[torch.Generator],
     on_step: Callable[[], None] | None = None,
+    observe: Callable[[torch.Tensor, Any, torch.Tensor], None] | None = None,
 ) -> Trajectory:
-    """Run the sampler from x_T; `generators[b]` feeds the refiner's draws for batch item b."""
-    steps: list[RefineStats] = []
+    """Run the sampler from x_T; `generators[b]` feeds the refiner's draws for batch item b.
+
+    `observe(x_t, t, ε)`, when given, sees once per step the ε the step finally used (refined,
+    or for IEC the relaxed ε̄): the exact-gap benchmark measures it against the true ε*.
+    """
+    steps: list[RefineStats | IECStats] = []
+    timesteps = backbone.timesteps(state)
     with torch.no_grad():
-        for t in backbone.timesteps(state):
+        for index, t in enumerate(timesteps):
             prediction = backbone.predict(x, t, state)
-            if refiner is not None:
-                eps, stats = refiner(backbone.to_eps(prediction, x, t, state), generators)
-                prediction = backbone.from_eps(eps, x, t, state)
-                steps.append(stats)
-            x = backbone.step(x, prediction, t, state)
+            if refiner is None:
+                if observe is not None:
+                    observe(x, t, backbone.to_eps(prediction, x, t, state))
+                x = backbone.step(x, prediction, t, state)
+            else:
+                step = Step(backbone, state, x, t, prediction, index, len(timesteps))
+                if isinstance(refiner, StepRefiner):
+                    refined = refiner.refine(step, generators)
+                else:  # spec rule 6: to ε, refine, back, one plain step
+                    eps, stats = refiner(step.eps, generators)
+                    refined = Refined(step.take(eps), eps, stats)
+                if observe is not None:
+                    observe(x, t, refined.eps)
+                x = refined.sample
+                steps.append(refined.stats)
             if on_step is not None:
                 on_step()
     return Trajectory(sample=x, steps=steps)
 
 
-def per_item_stats(steps: Sequence[RefineStats], batch: int) -> list[dict]:
-    """Per-step statistics of each batch item as plain numbers: the loop's only host sync."""
+def per_item_stats(steps: Sequence[RefineStats | IECStats], batch: int) -> list[dict]:
+    """Per-step statistics of each batch item as plain numbers: the loop's only host sync.
+
+    One list per field of the stats (DiffIER: iterations, loss, rel_change; IEC: corrections,
+    evaluations, residual); a NaN (IEC's residual on a step it did not correct) becomes None.
+    """
     if not steps:
         return [{} for _ in range(batch)]
-    iterations = torch.stack([s.iterations for s in steps], dim=1).cpu()
-    loss = torch.stack([s.loss for s in steps], dim=1).cpu()
-    change = torch.stack([s.rel_change for s in steps], dim=1).cpu()
+    names = [field.name for field in fields(steps[0])]
+    columns = {name: torch.stack([getattr(s, name) for s in steps], dim=1).cpu() for name in names}
     return [
-        {
-            "iterations": iterations[b].tolist(),
-            "loss": loss[b].tolist(),
-            "rel_change": change[b].tolist(),
-        }
+        {name: [None if value != value else value for value in columns[name][b].tolist()] for name in names}
         for b in range(batch)
     ]
 
@@ -92,12 +179,5 @@ def summarize(per_step: dict) -> dict:
     """The few numbers a user reads first: what the refinement did over the whole trajectory."""
     if not per_step:
         return {}
-    n = len(per_step["iterations"])
-    return {
-        "steps": n,
-        "iterations_total": sum(per_step["iterations"]),
-        "iterations_max": max(per_step["iterations"]),
-        "loss_mean": sum(per_step["loss"]) / n,
-        "rel_change_mean": sum(per_step["rel_change"]) / n,
-        "rel_change_max": max(per_step["rel_change"]),
-    }
+    kind = IECStats if "evaluations" in per_step else RefineStats
+    return kind.summarize(per_step)

@@ -23,6 +23,7 @@ from typing import Iterator
 from diffier_cli import __version__
 from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint
+from diffier_cli.metadata import refiner_pairs
 from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
@@ -33,6 +34,7 @@ from diffier_cli.runtime import (
     quiet_libraries,
     resolve_device,
     resolve_dtype,
+    run_mode,
 )
 
 HUB_REPO = "Iceclear/StableSR"
@@ -342,10 +344,11 @@ def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int,
 def _png(output, text: dict, record: dict) -> bytes:
     """The output with the input's text chunks, an A1111 `postprocessing` line and the record."""
     params = record["params"]
+    refinement, mode = next(iter(refiner_pairs(record).items()))  # "DiffIER: refined" or "Refiner: IEC"
     postprocessing = (
         f"StableSR upscale: {record['scale']:g}, preset: {record['preset']}, sampler: {params['sampler']}, "
         f"steps: {params['steps']}, CFW dec_w: {params['dec_w']}, color fix: {params['color_fix']}, "
-        f"seed: {record['seed']}, DiffIER: {record['mode']}, Version: diffier {__version__}"
+        f"seed: {record['seed']}, {refinement}: {mode}, Version: diffier {__version__}"
     )
     chunks = {**text, "postprocessing": postprocessing, "diffier": json.dumps(record, ensure_ascii=False, separators=(",", ":"))}
     return png_bytes(output, chunks)
@@ -360,7 +363,7 @@ def run(opts: SROptions) -> None:
     check_guidance(opts)
     images = list_images(opts.inputs, opts.recursive)
     seed = choose_seed(opts.seed)
-    mode = "baseline" if opts.refiner is None else "refined"
+    mode = run_mode(opts.refiner)
     items = work_items(images, seed, mode)
     shard = resolve_shard(opts.shard)
     plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),

@@ -19,6 +19,7 @@ from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed
+from diffier_cli.scores import compared_modes
 
 SWEPT = {"cfg": "ω", "eta": "η", "iters": "max-iters"}
 
@@ -56,11 +57,11 @@ def _cell_options(opts, parameter: str, value: float, refined: bool):
     return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if field == "max_iters" else value}))
 
 
-def cell_paths(grid_path: Path, parameter: str, values: list[float]) -> dict[tuple[float | None, str], Path]:
+def cell_paths(grid_path: Path, parameter: str, values: list[float], modes: tuple[str, str]) -> dict[tuple[float | None, str], Path]:
     """Where each cell of a grid is written, beside the grid. The baseline depends on ω but not
     on the refiner's η or iterations, so an η or iterations sweep has one baseline cell (value None)."""
     baseline_values = values if parameter == "cfg" else [None]
-    cells = [(value, "baseline") for value in baseline_values] + [(value, "refined") for value in values]
+    cells = [(value, modes[0]) for value in baseline_values] + [(value, modes[1]) for value in values]
     return {
         (value, mode): grid_path.with_name(f"{grid_path.stem}-{mode}.png" if value is None else f"{grid_path.stem}-{parameter}{value:g}-{mode}.png")
         for value, mode in cells
@@ -74,7 +75,8 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt: dict
 
     from diffier_cli.t2i import _record, generate
 
-    paths = cell_paths(grid_path, parameter, values)
+    modes = compared_modes(opts.refiner, f"--sweep-{parameter}")
+    paths = cell_paths(grid_path, parameter, values, modes)
     height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
     settings = {"seed": prompt["seed"], "prompt": prompt["prompt"], "negative_prompt": prompt["negative_prompt"],
                 "parameter": parameter, "values": values, **({} if parameter == "cfg" else {"cfg": opts.cfg}),
@@ -84,7 +86,7 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt: dict
     images, records = {}, []
     with torch.no_grad():
         for index, (value, mode) in enumerate(paths):
-            cell = _cell_options(opts, parameter, value, mode == "refined")
+            cell = _cell_options(opts, parameter, value, mode != "baseline")
             item = {**prompt, "index": index, "mode": mode}
             (image,), (per_step,) = generate(backbone, cell, [item], height, width)
             record = _record(cell, backbone, item, height, width, per_step, versions, job)
@@ -94,9 +96,9 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt: dict
             records.append({"path": str(paths[value, mode]), **record})
             shown = "" if value is None else f"{SWEPT[parameter]} = {value:g}, "
             reporter.message(f"wrote {paths[value, mode]} ({shown}{mode})")
-    rows = [[images[value if parameter == "cfg" else None, "baseline"] for value in values],
-            [images[value, "refined"] for value in values]]
-    grid = compose(rows, [f"{parameter} {value:g}" for value in values], ["baseline", "refined"])  # ASCII: Pillow's built-in font has no Greek
+    rows = [[images[value if parameter == "cfg" else None, modes[0]] for value in values],
+            [images[value, modes[1]] for value in values]]
+    grid = compose(rows, [f"{parameter} {value:g}" for value in values], list(modes))  # ASCII: Pillow's built-in font has no Greek
     grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
                    "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in paths.items()]}
     write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)
@@ -109,15 +111,16 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
 
     if opts.prompt is None or opts.num_images != 1:
         raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
-    if opts.refiner is None:
-        raise UsageError(f"--sweep-{parameter} shows baseline and refined rows; drop --baseline")
+    modes = compared_modes(opts.refiner, f"--sweep-{parameter}")
+    if parameter != "cfg" and modes[1] != "refined":
+        raise UsageError(f"--sweep-{parameter} sweeps a DiffIER setting; with --refiner {opts.refiner.name} sweep ω (--sweep-cfg)")
     refuse_batch_options(opts, f"--sweep-{parameter}")
     reporter = Reporter(opts.quiet)
     seed = choose_seed(opts.seed)
     grid_path = Path(opts.output or f"sweep-{parameter}-{seed}-{slugify(opts.prompt)}.png")
     if grid_path.suffix.lower() != ".png" or "{" in str(grid_path):
         raise UsageError(f"-o {grid_path}: a sweep writes one grid; pass a .png file name")
-    preflight([grid_path, *cell_paths(grid_path, parameter, values).values()], opts.overwrite)
+    preflight([grid_path, *cell_paths(grid_path, parameter, values, modes).values()], opts.overwrite)
     reporter.message(f"seed {seed}")
     backbone = load_backbone(opts, None, reporter)
     prompt = {"seed": seed, "prompt": opts.prompt, "negative_prompt": opts.negative_prompt, "line": 1}

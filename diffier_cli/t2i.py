@@ -27,6 +27,7 @@ from diffier_cli.runtime import (
     quiet_libraries,
     resolve_device,
     resolve_dtype,
+    run_mode,
 )
 
 DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
@@ -242,7 +243,7 @@ def run(opts: T2IOptions) -> None:
     reporter = Reporter(opts.quiet)
     prompts = read_prompts(opts)
     seed = choose_seed(opts.seed)
-    mode = "baseline" if opts.refiner is None else "refined"
+    mode = run_mode(opts.refiner)
     items = work_items(prompts, opts, seed, mode)
     shard = resolve_shard(opts.shard)
     plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME, shard=shard,

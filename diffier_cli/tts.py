@@ -29,6 +29,7 @@ from diffier_cli.runtime import (
     item_generators,
     resolve_device,
     resolve_dtype,
+    run_mode,
 )
 
 N_MELS = 80
@@ -346,7 +347,7 @@ def run(opts: TTSOptions) -> None:
     reporter = Reporter(opts.quiet)
     text, stem = read_text(opts)
     seed = choose_seed(opts.seed)
-    mode = "baseline" if opts.refiner is None else "refined"
+    mode = run_mode(opts.refiner)
     items = work_items(text, stem, opts.per_line, seed, mode)
     if not items:
         raise UsageError("the text is empty; nothing to say")

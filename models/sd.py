@@ -238,6 +238,8 @@ class StableDiffusion:
         return self.scheduler.timesteps
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
+        """The guided UNet output at (x, t). IEC calls it again at a candidate x_{t−1} with the same
+        t, prompt embeddings and ω: the UNet denoises x⁽ᵏ⁾ as if it carried t's noise level."""
         model_input = x.repeat_interleave(2, dim=0) if state.guided else x
         model_input = self.scheduler.scale_model_input(model_input, t)
         out = self.pipe.unet(model_input, t, encoder_hidden_states=state.prompt_embeds, return_dict=False)[0]
@@ -265,10 +267,21 @@ class StableDiffusion:
         a = self._alpha_bar(t)
         return ((eps.float() - (1 - a).sqrt() * x.float()) / a.sqrt()).to(x.dtype)
 
-    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
-        # DDIM (Song et al. 2021, Eq. 12), diffusers' implementation.
+    def step_noise(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor | None:
+        """DDIM's η > 0 noise, drawn exactly as `DDIMScheduler.step` draws it (one per item's generator)."""
+        if state.ddim_eta <= 0:
+            return None
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(x.shape, generator=state.noise_generators, device=x.device, dtype=x.dtype)
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor, state: SDState,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        # DDIM (Song et al. 2021, Eq. 12), diffusers' implementation. DDIMScheduler.step keeps no
+        # step index (it derives t's predecessor from t), so calling it again has no side effect.
         return self.scheduler.step(
-            prediction, t, x, eta=state.ddim_eta, generator=state.noise_generators, return_dict=False
+            prediction, t, x, eta=state.ddim_eta, generator=None if noise is not None else state.noise_generators,
+            variance_noise=noise, return_dict=False,
         )[0]
 
     def decode(self, latents: torch.Tensor, state: SDState) -> list:

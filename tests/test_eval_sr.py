@@ -96,6 +96,15 @@ def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{mode}.png")), np.asarray(Image.open(out / f"b-{mode}.png")))
 
 
+def test_iec_runs_beside_the_same_baseline(tiny, hr_dir, tmp_path):  # noqa: F811
+    iec = eval_sr(tiny, hr_dir, tmp_path / "iec", "--metrics", "psnr", "--refiner", "iec", "--iec-steps", "first:1")
+    diffier = eval_sr(tiny, hr_dir, tmp_path / "diffier", "--metrics", "psnr")
+    assert iec.returncode == 0 and diffier.returncode == 0, iec.stderr + diffier.stderr
+    assert [r["mode"] for r in iec.records[:-1]] == ["baseline", "iec"] * 2
+    assert [r["psnr"] for r in iec.records[:-1:2]] == [r["psnr"] for r in diffier.records[:-1:2]]
+    assert (tmp_path / "iec" / "a-iec.png").is_file() and set(iec.records[-1]["summary"]["mean"]) == {"baseline", "iec"}
+
+
 def fake_pyiqa(create_metric) -> types.ModuleType:
     """A stand-in for pyiqa's entry point (pyiqa itself needs torchvision, which this CPU torch lacks)."""
     module = types.ModuleType("pyiqa")

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_cli
+from tests.test_t2i_cli import assert_one_line_error
 from tests.tiny_sd import build_tokenizer
 
 
@@ -101,3 +102,18 @@ def test_bad_prompt_lines_and_baseline_are_usage_errors(tiny_sd, tiny_clip, tmp_
     assert bad.returncode == 2 and "line 2 is not JSON" in bad.stderr and "Traceback" not in bad.stderr
     repeat = run_cli(*common, "--prompts-file", str(prompts), "--sweep-cfg", "3,3")
     assert repeat.returncode == 2 and "repeats a value" in repeat.stderr
+
+
+def test_iec_is_scored_against_the_same_baseline(tiny_sd, tiny_clip, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    common = ["eval", "t2i", "--prompts-file", str(prompts), "--model", str(tiny_sd["epsilon"]), "--clip-model", str(tiny_clip),
+              "--sweep-cfg", "4", "--steps", "3", "--json"]
+    iec = run_cli(*common, "--refiner", "iec", "--iec-steps", "first:1", "-o", str(tmp_path / "iec"))
+    diffier = run_cli(*common, "-o", str(tmp_path / "diffier"))
+    assert iec.returncode == 0 and diffier.returncode == 0, iec.stderr + diffier.stderr
+    assert [r["mode"] for r in iec.records[:-1]] == ["baseline", "iec"]
+    assert iec.records[0]["clip_score"] == diffier.records[0]["clip_score"]  # one seed, one baseline
+    assert iec.records[-1]["summary"]["refiner"]["name"] == "iec" and "iec − baseline" in iec.stderr
+    none = run_cli(*common, "--refiner", "none", "-o", str(tmp_path / "none"))
+    assert_one_line_error(none, 2, "eval t2i compares the baseline with a refiner")

@@ -417,3 +417,44 @@ def test_compare_refusals_exit_2(tiny, images, tmp_path, extra, needle):
                      "-o", f"{tmp_path}/", *extra)
     assert_one_line_error(result, 2, needle)
     assert not list(tmp_path.iterdir())
+
+
+# --- sr --refiner iec ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_iec_runs_on_both_samplers_and_records_its_evaluations(tiny, images, tmp_path, sampler):
+    result = sr(tiny, images / "rgb.png", tmp_path / "iec.png", "--seed", "2", "--sampler", sampler,
+                "--refiner", "iec", "--iec-variant", "ddpm", "--iec-tol", "0")
+    assert result.returncode == 0, result.stderr
+    (record,) = result.records
+    assert record["mode"] == "iec" and record["refiner"]["name"] == "iec" and record["refiner"]["variant"] == "ddpm"
+    assert record["refinement"]["per_step"]["evaluations"] == [2, 2, 2]  # K = 2 at every one of the 3 steps
+    assert record["refinement"]["summary"]["model_evaluations"] == 3 + 1 * 3
+    assert "Refiner: IEC" in Image.open(tmp_path / "iec.png").text["postprocessing"]
+
+
+def test_iec_keeps_the_ancestral_noise_of_a_step_fixed(tiny, images, tmp_path, monkeypatch):
+    """With an ε that does not depend on x the fixed point is the plain step: IEC must reproduce the
+    baseline's respaced-DDPM steps, noise included, from the same seed."""
+    from models.stablesr.adapter import StableSR
+
+    monkeypatch.setattr(StableSR, "predict", lambda self, x, t, state: torch.full_like(x, 0.3))
+    base = sr(tiny, images / "rgb.png", tmp_path / "base.png", "--seed", "2", "--baseline")
+    iec = sr(tiny, images / "rgb.png", tmp_path / "iec.png", "--seed", "2", "--refiner", "iec", "--iec-tol", "0")
+    assert base.returncode == 0 and iec.returncode == 0, base.stderr + iec.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "base.png")), np.asarray(Image.open(tmp_path / "iec.png")))
+
+
+def test_compare_takes_iec_and_names_its_panel_and_file_iec(tiny, images, tmp_path):
+    out = tmp_path / "cmp"
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+                     "--seed", "3", "--compare", "--refiner", "iec", "-o", f"{out}/", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["rgb-x4-baseline.png", "rgb-x4-compare.png", "rgb-x4-iec.png"]
+    single = sr(tiny, images / "rgb.png", tmp_path / "iec.png", "--seed", "3", "--refiner", "iec")
+    assert single.returncode == 0, single.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "iec.png")), np.asarray(Image.open(out / "rgb-x4-iec.png")))
+    assert json.loads(Image.open(out / "rgb-x4-compare.png").text["diffier"])["compare"]["iec"] == str(out / "rgb-x4-iec.png")
+
+

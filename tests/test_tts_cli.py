@@ -299,6 +299,11 @@ def test_eval_tts_scores_baseline_and_refined_against_the_references(checkpoints
     assert summary["summary"]["utterances"] == 2
     assert scores.read_text().splitlines()[0] == "id,line,seed,pesq_baseline,pesq_refined"
 
+    iec = run_cli("eval", "tts", "--text-file", str(metadata), "--reference-dir", str(references), "--checkpoint",
+                  checkpoints[1], "--steps", "3", "--seed", "5", "--refiner", "iec", "--json")
+    assert iec.returncode == 0, iec.stderr
+    assert [(r["pesq_baseline"], "pesq_iec" in r) for r in iec.records[:2]] == [(r["pesq_baseline"], True) for r in result.records[:2]]
+
 
 @pytest.mark.parametrize(("content", "needle"), [("no separator here\n", "is not 'id|text'"), ("LJ9|Missing file.\n", "no reference recording")])
 def test_eval_tts_input_errors_exit_2(tmp_path, content, needle):
@@ -314,3 +319,40 @@ def test_pesq_of_silence_is_a_one_line_usage_error():
 
     with pytest.raises(UsageError, match="PESQ cannot score"):
         wideband_pesq(np.zeros(PESQ_RATE), np.zeros(PESQ_RATE))
+
+
+def test_iec_corrects_the_reverse_steps_and_counts_its_evaluations(checkpoints, tmp_path):
+    result = tts(checkpoints[1], "--text", "Hello there.", "-o", str(tmp_path / "iec.wav"), "--seed", "4",
+                 "--refiner", "iec", "--iec-tol", "0", "--iec-steps", "last:2")
+    assert result.returncode == 0, result.stderr
+    (record,) = result.records
+    assert record["mode"] == "iec" and record["refiner"]["steps"] == "last:2"
+    (utterance,) = record["refinement"]["per_utterance"]
+    assert utterance["evaluations"] == [1, 3, 3] and utterance["residual"][0] is None
+    assert record["refinement"]["summary"][0]["model_evaluations"] == 3 + 2 * 2
+
+
+def test_iec_with_an_x_independent_score_equals_the_stochastic_baseline(checkpoints, tmp_path, monkeypatch):
+    """The --stoc step's ξ is drawn once per step and kept through the corrections."""
+    from models.gradtts.adapter import GradTTSBackbone
+
+    monkeypatch.setattr(GradTTSBackbone, "predict", lambda self, x, t, state: torch.full_like(x, -0.2))
+    common = ("--text", "Hello there.", "--seed", "4", "--stoc", "--subtype", "FLOAT")
+    base = tts(checkpoints[1], *common, "-o", str(tmp_path / "base.wav"), "--baseline")
+    iec = tts(checkpoints[1], *common, "-o", str(tmp_path / "iec.wav"), "--refiner", "iec")
+    assert base.returncode == 0 and iec.returncode == 0, base.stderr + iec.stderr
+    assert np.array_equal(soundfile.read(tmp_path / "base.wav")[0], soundfile.read(tmp_path / "iec.wav")[0])
+    assert iec.records[0]["refinement"]["per_utterance"][0]["corrections"] == [0, 0, 0]  # converged at the first check
+
+
+
+
+def test_compare_takes_iec_and_its_refined_half_is_the_plain_iec_run(checkpoints, tmp_path):
+    common = ("--text", "Hello there.", "--seed", "4", "--refiner", "iec", "--iec-steps", "first:2")
+    compared = tts(checkpoints[1], *common, "--compare", "-o", f"{tmp_path}/out/")
+    assert compared.returncode == 0, compared.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "hello-there-4-baseline.json", "hello-there-4-baseline.wav", "hello-there-4-compare.png", "hello-there-4-iec.json", "hello-there-4-iec.wav"]
+    plain = tts(checkpoints[1], *common, "-o", str(tmp_path / "plain.wav"), "-q")
+    assert plain.returncode == 0, plain.stderr
+    assert np.array_equal(soundfile.read(tmp_path / "out" / "hello-there-4-iec.wav")[0], soundfile.read(tmp_path / "plain.wav")[0])

@@ -57,6 +57,9 @@ class GradTTSBackbone:
         return [1.0 - (i + 0.5) * h for i in range(state.steps)]
 
     def predict(self, x: torch.Tensor, t: float, state: UtteranceState) -> torch.Tensor:
+        """The score s(x, μ, t). An IEC re-evaluation passes the candidate x at t − 1/n with the
+        current t: the score the estimator would give if that state still sat at time t; the loop
+        turns it into ε with the same σ_t as the step's own score."""
         time = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         return self.model.decoder.estimator(x, state.y_mask, state.mu_y, time, state.speaker)
 
@@ -66,14 +69,20 @@ class GradTTSBackbone:
     def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: float, state: UtteranceState) -> torch.Tensor:
         return (-eps.float() / self.model.decoder.sigma(t)).to(x.dtype)  # s = −ε / σ_t
 
-    def step(self, x: torch.Tensor, score: torch.Tensor, t: float, state: UtteranceState) -> torch.Tensor:
+    def step_noise(self, x: torch.Tensor, t: float, state: UtteranceState) -> torch.Tensor | None:
+        """ξ of a stochastic step (--stoc), drawn as `step` draws it; None for the deterministic ODE step."""
+        return self._randn(x, state) if state.stochastic else None
+
+    def step(self, x: torch.Tensor, score: torch.Tensor, t: float, state: UtteranceState,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
         # diffusion.py reverse_diffusion, with h = 1/n and β_t = β0 + (β1 − β0) t:
         #   deterministic: x ← x − ½ (μ − x − s) β_t h
         #   stochastic:    x ← x − [(½ (μ − x) − s) β_t h + √(β_t h) ξ]
         beta_h = self.model.decoder.beta(t) / state.steps
         if state.stochastic:
             drift = (0.5 * (state.mu_y - x) - score) * beta_h
-            dx = drift + self._randn(x, state) * beta_h**0.5
+            xi = self._randn(x, state) if noise is None else noise
+            dx = drift + xi * beta_h**0.5
         else:
             dx = 0.5 * (state.mu_y - x - score) * beta_h
         return (x - dx) * state.y_mask

@@ -132,6 +132,8 @@ class StableSR:
         return [int(t) for t in state.sampler.timesteps]
 
     def predict(self, x: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
+        """The stitched UNet output at (x, t). The struct encoder sees the LR latent at t too, so an
+        IEC re-evaluation at a candidate x_{t−1} with the current t changes only the UNet's input x."""
         slices = tile_slices(x.shape, state.tile, state.overlap)
         time = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         batch = x.shape[0]
@@ -166,8 +168,13 @@ class StableSR:
         a = state.sampler.alpha_bar(t)  # v = (ε − √(1 − ᾱ) x) / √ᾱ
         return ((eps.float() - (1 - a) ** 0.5 * x.float()) / a**0.5).to(x.dtype)
 
-    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
-        return state.sampler.step(prediction, t, x, self._randn(x, state))
+    def step_noise(self, x: torch.Tensor, t: int, state: SRState) -> torch.Tensor:
+        """Both samplers draw a noise tensor at every step, used or not (σ = 0), as `step` does."""
+        return self._randn(x, state)
+
+    def step(self, x: torch.Tensor, prediction: torch.Tensor, t: int, state: SRState,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        return state.sampler.step(prediction, t, x, self._randn(x, state) if noise is None else noise)
 
     def decode(self, latents: torch.Tensor, state: SRState, *, dec_w: float, color_fix: str) -> torch.Tensor:
         """Latent → image in [-1, 1] (CFW decoder), colour-corrected against the upscaled LR."""
