@@ -98,3 +98,11 @@ def _no_diffier_environment(monkeypatch):
 def tiny_sd(tmp_path_factory) -> dict[str, Path]:
     """Folders of a tiny SD pipeline, ε- and v-prediction, saved with save_pretrained."""
     return save_tiny_sd(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny StableSR checkpoint and CFW VAE in the official formats (tests/tiny_stablesr.py)."""
+    from tests.tiny_stablesr import save_tiny_stablesr
+
+    return save_tiny_stablesr(tmp_path_factory.mktemp("stablesr"))

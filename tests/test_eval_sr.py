@@ -16,7 +16,7 @@ from PIL import Image
 from diffier_cli.eval_sr import Degradation, as_tensor
 from diffier_cli.iqa import psnr
 from tests.conftest import run_cli
-from tests.test_sr_cli import SMALL, tiny  # noqa: F401 - the module-scoped tiny StableSR fixture
+from tests.test_sr_cli import SMALL
 from tests.test_t2i_cli import assert_one_line_error
 
 
@@ -67,7 +67,7 @@ def eval_sr(tiny, hr_dir, out, *extra):
                    "--seed", "3", "-o", str(out), "--json", *extra)
 
 
-def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny, hr_dir, tmp_path):  # noqa: F811
+def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny, hr_dir, tmp_path):
     out = tmp_path / "eval"
     result = eval_sr(tiny, hr_dir, out, "--metrics", "psnr", "--csv", str(tmp_path / "sr.csv"))
     assert result.returncode == 0, result.stderr
@@ -96,7 +96,7 @@ def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{mode}.png")), np.asarray(Image.open(out / f"b-{mode}.png")))
 
 
-def test_iec_runs_beside_the_same_baseline(tiny, hr_dir, tmp_path):  # noqa: F811
+def test_iec_runs_beside_the_same_baseline(tiny, hr_dir, tmp_path):
     iec = eval_sr(tiny, hr_dir, tmp_path / "iec", "--metrics", "psnr", "--refiner", "iec", "--iec-steps", "first:1")
     diffier = eval_sr(tiny, hr_dir, tmp_path / "diffier", "--metrics", "psnr")
     assert iec.returncode == 0 and diffier.returncode == 0, iec.stderr + diffier.stderr
@@ -112,7 +112,7 @@ def fake_pyiqa(create_metric) -> types.ModuleType:
     return module
 
 
-def test_pyiqa_metrics_get_rgb_in_0_1_output_first_and_their_scores_land_in_the_table(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_pyiqa_metrics_get_rgb_in_0_1_output_first_and_their_scores_land_in_the_table(tiny, hr_dir, tmp_path, monkeypatch):
     built = []
 
     def create_metric(name, device, as_loss):
@@ -138,7 +138,7 @@ def test_pyiqa_metrics_get_rgb_in_0_1_output_first_and_their_scores_land_in_the_
     assert "LPIPS ↓" in result.stderr and "MUSIQ ↑" in result.stderr
 
 
-def test_metric_weights_unavailable_is_exit_3_before_any_work(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_metric_weights_unavailable_is_exit_3_before_any_work(tiny, hr_dir, tmp_path, monkeypatch):
     def create_metric(name, device, as_loss):
         raise OSError(f"cannot download {name}: network unreachable")
 
@@ -148,7 +148,7 @@ def test_metric_weights_unavailable_is_exit_3_before_any_work(tiny, hr_dir, tmp_
     assert not (tmp_path / "eval").exists()
 
 
-def test_offline_refuses_the_connections_pyiqa_would_download_through(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_offline_refuses_the_connections_pyiqa_would_download_through(tiny, hr_dir, tmp_path, monkeypatch):
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
@@ -166,7 +166,7 @@ def test_offline_refuses_the_connections_pyiqa_would_download_through(tiny, hr_d
         assert online.returncode == 0, online.stderr  # and the refusal ended with the offline run
 
 
-def test_a_module_pyiqa_cannot_import_is_exit_2_naming_it(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_a_module_pyiqa_cannot_import_is_exit_2_naming_it(tiny, hr_dir, tmp_path, monkeypatch):
     def create_metric(name, device, as_loss):
         import pkg_resources_gone_from_setuptools  # noqa: F401 - what openai-clip does on setuptools >= 82
 
@@ -175,14 +175,14 @@ def test_a_module_pyiqa_cannot_import_is_exit_2_naming_it(tiny, hr_dir, tmp_path
     assert_one_line_error(result, 2, "pyiqa's clipiqa cannot import pkg_resources_gone_from_setuptools", "setuptools<82")
 
 
-def test_learned_metrics_without_pyiqa_name_the_extra(tiny, hr_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_learned_metrics_without_pyiqa_name_the_extra(tiny, hr_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # import pyiqa raises ImportError
     result = eval_sr(tiny, hr_dir, tmp_path / "eval")
     assert_one_line_error(result, 2, "LPIPS, MUSIQ, CLIP-IQA need pyiqa", "pip install 'diffier[iqa]'", "--metrics psnr")
     assert not (tmp_path / "eval").exists()
 
 
-def test_hr_folder_problems_are_named_before_any_model_loads(tiny, tmp_path):  # noqa: F811
+def test_hr_folder_problems_are_named_before_any_model_loads(tiny, tmp_path):
     def attempt(build, *extra):
         folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
         (folder / "hr").mkdir(parents=True)
@@ -206,7 +206,7 @@ def test_hr_folder_problems_are_named_before_any_model_loads(tiny, tmp_path):  #
     assert_one_line_error(inside, 2, "would be written among the inputs")
 
 
-def test_recursive_keeps_the_sub_folders_in_the_output_names(tiny, tmp_path):  # noqa: F811
+def test_recursive_keeps_the_sub_folders_in_the_output_names(tiny, tmp_path):
     hr = tmp_path / "hr"
     (hr / "x").mkdir(parents=True)
     Image.new("RGB", (8, 8), (200, 10, 10)).save(hr / "a.png")
@@ -221,6 +221,6 @@ def test_recursive_keeps_the_sub_folders_in_the_output_names(tiny, tmp_path):  #
 @pytest.mark.parametrize(("extra", "needle"), [(("--metrics", "psnr,ssim"), "choose from psnr,lpips,musiq,clipiqa"),
                                                (("--blur-kernel", "6"), "must be odd"),
                                                (("--scale", "64"), "smaller than --scale 64")])
-def test_bad_eval_options_exit_2(tiny, hr_dir, tmp_path, extra, needle):  # noqa: F811
+def test_bad_eval_options_exit_2(tiny, hr_dir, tmp_path, extra, needle):
     result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "psnr", *extra)
     assert_one_line_error(result, 2, needle)

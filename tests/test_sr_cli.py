@@ -11,14 +11,9 @@ from PIL import Image, PngImagePlugin
 
 from tests.conftest import run_cli
 from tests.test_t2i_cli import assert_one_line_error
-from tests.tiny_stablesr import save_tiny_stablesr, text_tower_state
+from tests.tiny_stablesr import text_tower_state
 
 SMALL = ("--tile-size", "64", "--tile-overlap", "4", "--steps", "3")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_stablesr(tmp_path_factory.mktemp("stablesr"))
 
 
 @pytest.fixture(scope="module")
