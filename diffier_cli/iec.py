@@ -15,6 +15,9 @@ Where this differs from the official code, on purpose:
 - A stochastic step's noise is drawn once per step and reused by every Φ (`Step.frozen`);
   the official code draws fresh noise per correction when η > 0 (L l.346, D l.257), which moves
   the fixed point between iterations. Every official script runs η = 0, where the two agree.
+- The step's ε, reported to the loop (and measured by `diffier gap`), is the relaxed ε̄ with
+  x_{t−1} = Φ_t(x_t, ε̄) (Φ is affine in ε); the official code builds pred_x0 from the last
+  re-evaluation e_k instead (L l.352), which is not the ε the returned x_{t−1} was made from.
 - Which steps are corrected is a user choice (--iec-steps, default all); the official step sets
   are CacheQuant's cache-refresh steps (iec.md §2), which have no counterpart without a cache.
 """

@@ -101,3 +101,23 @@ def test_the_command_prints_a_table_json_and_a_plot(tmp_path):
 def test_bad_gap_options_exit_2(args, needle):
     result = run_cli("gap", *args)
     assert result.returncode == 2 and needle in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("variant", ["ldm", "ddpm"])
+def test_the_eps_the_gap_measures_under_iec_is_the_one_its_step_took(variant):
+    """x_{t−1} = Φ_t(x_t, ε̄) for the ε̄ handed to `observe`: the relaxed ε, not the last re-evaluation."""
+    from diffier_cli.iec import IEC
+    from diffier_cli.sampling import denoise
+
+    backbone = MixtureBackbone(problem("over-sharp"), steps=6)
+    labels = torch.arange(8) % 3
+    state = backbone.prepare(labels, 3.0)
+    seen = []
+    trajectory = denoise(backbone, state, torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)),
+                         refiner=IEC.from_variant(variant, iters=None, gamma=0.5, tol=0.0, steps="all"),
+                         generators=[torch.Generator() for _ in range(8)], observe=lambda x, t, eps: seen.append((x, t, eps)))
+    after = [x for x, _, _ in seen[1:]] + [trajectory.sample]
+    for (x, t, eps), following in zip(seen, after):
+        stepped = backbone.step(x, backbone.from_eps(eps, x, t, state), t, state)
+        assert torch.allclose(stepped, following, rtol=0, atol=1e-12)
+        assert not torch.allclose(eps, backbone.to_eps(backbone.predict(x, t, state), x, t, state))  # IEC moved it
