@@ -104,6 +104,7 @@ NAME = typer.Option(None, "--name", help="File-name template inside the -o folde
 SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Leave items whose output exists (its final name) and make the rest: rerun a stopped job with this to resume.", rich_help_panel=BATCH)
 KEEP_GOING = typer.Option(False, "--keep-going", help="A bad item is reported (stderr, and a --json record with \"error\") and the rest go on; the run then exits 5.", rich_help_panel=BATCH)
 SHARD = typer.Option(None, "--shard", metavar="K/N", help="Make only shard K of N (contiguous by item index). Default: from RANK/WORLD_SIZE (torchrun, accelerate launch), SLURM_PROCID/SLURM_NTASKS (srun) or a Slurm job array.", rich_help_panel=BATCH)
+EVAL_REFINER_CHOICE = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER)  # the eval commands run the baseline themselves
 IEC_ITERS = typer.Option(None, "--iec-iters", min=1, help="K: the plain step and K − 1 corrections, one model evaluation each (default: the variant's, ldm 3, ddpm 2).", show_default=False, rich_help_panel=IEC_PANEL)
 IEC_GAMMA = typer.Option(0.5, "--iec-gamma", max=1.0, callback=_positive, help="γ: correction k moves x toward Φ(x_t, ε̂(x, t)) by γ^k (ldm) or γ^(k+1) (ddpm).", rich_help_panel=IEC_PANEL)
 IEC_TOL = typer.Option(None, "--iec-tol", min=0.0, help="An item stops correcting once ‖Φ(x_t, ε̂(x, t)) − x‖ / (‖x‖ + 1e-6) < this, per item (default: ldm 1e-6, ddpm 1e-3).", show_default=False, rich_help_panel=IEC_PANEL)
@@ -555,7 +556,7 @@ def eval_tts(
     speaker: Optional[int] = TTS_SPEAKER,
     pause: float = TTS_PAUSE,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Line i is synthesised with seed + i, baseline and refined alike.", rich_help_panel=SAMPLING),
-    refiner_choice: Optional[RefinerName] = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER),
+    refiner_choice: Optional[RefinerName] = EVAL_REFINER_CHOICE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
@@ -615,7 +616,7 @@ def eval_t2i(
     height: Optional[int] = T2I_HEIGHT,
     width: Optional[int] = T2I_WIDTH,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Prompt p is drawn with seed + p (or its .jsonl seed), in every cell of its grid.", rich_help_panel=SAMPLING),
-    refiner_choice: Optional[RefinerName] = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER),
+    refiner_choice: Optional[RefinerName] = EVAL_REFINER_CHOICE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
@@ -677,7 +678,7 @@ def eval_sr(
     negative_prompt: Optional[str] = SR_NEGATIVE_PROMPT,
     cfg: Optional[float] = SR_CFG,
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Image i is upscaled with seed + i, baseline and refined alike.", rich_help_panel=SAMPLING),
-    refiner_choice: Optional[RefinerName] = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER),
+    refiner_choice: Optional[RefinerName] = EVAL_REFINER_CHOICE,
     eta: float = ETA,
     threshold: float = THRESHOLD,
     max_iters: int = MAX_ITERS,
