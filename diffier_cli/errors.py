@@ -49,6 +49,13 @@ class ModelUnavailable(DiffierError):
         super().__init__(message, ExitCode.MODEL_UNAVAILABLE)
 
 
+def numerical_overflow(what: str, dtype: str, knobs: str) -> DiffierError:
+    """A NaN or infinite output as a runtime error whose fix fits the run: half precision is the
+    usual cause, so it is named unless the run was float32 already."""
+    fix = "rerun with --dtype float32" if dtype != "float32" else f"lower {knobs}"
+    return DiffierError(f"the {what} is NaN or infinite (numerical overflow in {dtype}); {fix}")
+
+
 OOM_HINT = (
     "out of memory: make the work smaller (t2i: --batch-size 1, --vae-slicing, --vae-tiling, "
     "--attention-slicing or --cpu-offload, smaller --height/--width; sr: a smaller --tile-size, --pixel-tile "

@@ -78,16 +78,14 @@ def as_tensor(image, device):
 def check_headers(images: list[tuple[Path, str]], degradation: Degradation, opts) -> None:
     """Every HR image readable, RGB and of a workable size, from its header: a bad one fails
     before any model loads, not halfway through the table."""
-    from PIL import Image
-
-    from diffier_cli.sr import _readable, geometry
+    from diffier_cli.sr import open_input, geometry, shown_size
 
     for source, _ in images:
         try:
-            with _readable(), Image.open(source) as opened:
+            with open_input(source) as opened:
                 if opened.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in opened.info:
                     raise UsageError("has an alpha channel; the metrics score RGB, so flatten it first")
-                width, height = degradation.hr_size(opened.size)
+                width, height = degradation.hr_size(shown_size(opened))
                 geometry(width // degradation.scale, height // degradation.scale, opts)
         except UsageError as exc:
             raise UsageError(f"{source}: {exc}") from None
@@ -102,11 +100,11 @@ def metric_versions(metrics) -> dict:
 def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: str | None) -> None:
     import torch
 
-    from diffier_cli.sr import _png, _record, check_guidance, list_images, load_model, read_image, refuse_outputs_among_inputs, upscale
+    from diffier_cli.sr import _png, _record, check_settings, list_images, load_model, read_image, refuse_outputs_among_inputs, upscale
 
     modes = compared_modes(opts.refiner, "eval sr")
     refuse_batch_options(opts, "eval sr")
-    check_guidance(opts)
+    check_settings(opts)
     degradation.check()
     if degradation.blurs:
         require("kornia", purpose="eval sr's blur", extra="eval")
@@ -130,7 +128,7 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
     job = {"id": job_id("eval-sr", [str(path) for path, _ in images], settings), "count": 2 * len(images)}
     rows = []
     for index, ((source, _), stem, out) in enumerate(zip(images, stems, paths)):
-        hr, lr = degradation.apply(read_image(source)[0])
+        hr, lr = degradation.apply(read_image(source).rgb)
         lr_record = {"tool": "diffier", "version": __version__, "command": "eval sr", "hr": str(source), "degradation": degradation.record()}
         write_atomically({out["lr"]: png_bytes(lr, {"diffier": json.dumps(lr_record, ensure_ascii=False)})}, opts.overwrite)
         reference = as_tensor(hr, device)

@@ -52,9 +52,19 @@ def parse_shard(text: str, source: str = "--shard") -> Shard:
     return Shard(index, count, source)
 
 
+def _number(environ: Mapping[str, str], name: str) -> int | None:
+    """A launcher variable as a whole number, None when unset; anything else is refused, since a
+    process that misread its share would silently make the whole job."""
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdecimal() or len(value) > 9:
+        raise UsageError(f"the environment sets {name}={value[:20]!r}, not a whole number; fix or unset it, or pass --shard K/N")
+    return int(value)
+
+
 def _count(environ: Mapping[str, str], name: str) -> int:
-    value = environ.get(name, "")
-    return int(value) if value.isdigit() else 0
+    return _number(environ, name) or 0
 
 
 def resolve_shard(explicit: str | None, environ: Mapping[str, str] = os.environ) -> Shard:
@@ -65,13 +75,18 @@ def resolve_shard(explicit: str | None, environ: Mapping[str, str] = os.environ)
     and SLURM_ARRAY_TASK_COUNT. srun tasks inside an array split each array task's share further.
     The GPU slot on the node comes from LOCAL_RANK or SLURM_LOCALID.
     """
-    local = environ.get("LOCAL_RANK", environ.get("SLURM_LOCALID", ""))
-    local_rank = int(local) if local.isdigit() else None
+    local_rank = _number(environ, "LOCAL_RANK" if environ.get("LOCAL_RANK", "").strip() else "SLURM_LOCALID")
     if explicit is not None:
         return replace(parse_shard(explicit), local_rank=local_rank)
-    if _count(environ, "WORLD_SIZE") > 1:
-        shard = parse_shard(f"{environ.get('RANK', '')}/{environ['WORLD_SIZE']}", "RANK/WORLD_SIZE")
-        return replace(shard, local_rank=local_rank)
+    rank, world = _number(environ, "RANK"), _number(environ, "WORLD_SIZE")
+    if (rank is None) != (world is None) and world != 1:  # WORLD_SIZE=1 alone is a one-process launch
+        given, missing = ("RANK", "WORLD_SIZE") if world is None else ("WORLD_SIZE", "RANK")
+        raise UsageError(f"the environment sets {given} but not {missing}; launchers set both: set {missing}, "
+                         f"unset {given}, or pass --shard K/N")
+    if world is not None:
+        shard = parse_shard(f"{rank or 0}/{world}", "RANK/WORLD_SIZE from the environment")
+        if world > 1:
+            return replace(shard, local_rank=local_rank)
     index, count, sources = 0, 1, []
     if _count(environ, "SLURM_ARRAY_TASK_COUNT") > 1:
         task, first = _count(environ, "SLURM_ARRAY_TASK_ID"), _count(environ, "SLURM_ARRAY_TASK_MIN")

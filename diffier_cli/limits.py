@@ -26,3 +26,24 @@ MAX_RECORD_BYTES = 16 * 2**20
 
 # Bytes of a prompts file or of the text given to tts: MAX_ITEMS lines of 2 kB each with room to spare.
 MAX_TEXT_BYTES = 256 * 2**20
+
+# Numeric options: every one has a finite range, checked before anything is loaded.
+TRAINING_TIMESTEPS = 1000  # SD, StableSR and the gap benchmark are trained on T = 1000; Grad-TTS's paper goes up to 1000 steps
+MAX_CFG = 100.0  # guidance scale ω; published settings stay under 30
+MAX_ETA = 1.0  # DiffIER's η: past 0.5 descent already overshoots the fresh draw (ε̂ ← (1 − 2η) ε̂ + 2η n)
+MAX_REFINE_ITERS = 1000  # DiffIER iterations a step; descent converges in 20–60 (README, Method)
+MAX_IEC_ITERS = 100  # IEC's K; the official variants use 2 and 3
+MAX_BATCH = 1024  # images per forward pass
+MAX_SIDE = 8192  # pixels of a t2i side, an sr tile or pixel tile: far past what fits in one GPU's memory
+MAX_SR_SCALE = 32.0  # sr's output/input ratio; StableSR is trained for 4×
+MAX_SPEAKER = 65535  # a multi-speaker checkpoint's speaker index (LibriTTS has 247); checked against the file too
+
+# Bytes of a whole output path: Linux's PATH_MAX (4096, with its terminating NUL).
+MAX_PATH_BYTES = 4096
+
+# Values one sweep takes (--sweep-*, gap --omegas): a grid's columns, each a full sampling run per row.
+MAX_SWEEP_VALUES = 32
+
+# gap: samples × classes × components × dimensions, the size of its largest intermediate tensor
+# ([N, K·M, d] float64 distances to every component), 8 bytes each: 5e7 is 400 MB.
+MAX_GAP_ELEMENTS = 50_000_000

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from diffier_cli.errors import DiffierError, UsageError
+from diffier_cli.limits import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 NAME_FIELDS = ("index", "seed", "slug", "mode", "stem")
 SLUG_MAX = 60
@@ -30,11 +31,52 @@ def slugify(text: str, limit: int = SLUG_MAX) -> str:
     return slug[:limit].rstrip("-") or "untitled"
 
 
+# Names Windows reserves for devices, with any extension: an output shared to such a machine
+# could not be opened or copied there.
+WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be an output's file name on common file systems, or None.
+
+    Checked for every item before any model loads, so a bad name never costs a sampling run.
+    """
+    if name in ("", ".", ".."):
+        return f"{name!r} is not a file name"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return f"{name!r} holds a control character (NUL, newline, ...)"
+    if "/" in name or "\\" in name:
+        return f"{name!r} holds a folder separator"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return f"the file name {name[:40]!r}... is {size} bytes; at most {MAX_NAME_BYTES} fit (255 minus the temporary file's 15)"
+    if name.split(".")[0].strip().lower() in WINDOWS_DEVICES:
+        return f"{name!r} is a device name Windows reserves"
+    return None
+
+
 def _template_fields(template: str) -> set[str]:
+    """The fields a name template uses; a format spec may not nest fields or ask for more
+    characters than a file name holds (`{index:>100000}` would build 100 000 of them per item)."""
     try:
-        return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        parsed = [(field, spec or "") for _, field, spec, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
+    for field, spec in parsed:
+        if "{" in spec or "}" in spec:
+            raise UsageError(f"bad name template {template!r}: {{{field}:{spec}}} nests a field in a format spec; use {{{field}:05d}}-style specs")
+        if any(int(width) > MAX_NAME_BYTES for width in re.findall(r"\d+", spec)):
+            raise UsageError(f"bad name template {template!r}: {{{field}:{spec}}} asks for more than the {MAX_NAME_BYTES} bytes a file name holds")
+    return {field for field, _ in parsed}
+
+
+def check_path(path: Path) -> None:
+    """One-line usage error for an output path no file system would take (see name_problem)."""
+    problem = name_problem(path.name)
+    if problem is not None:
+        raise UsageError(f"cannot name an output {path}: {problem}; choose another -o or --name")
+    if len(os.fsencode(path.absolute())) >= MAX_PATH_BYTES:
+        raise UsageError(f"the output path {str(path)[:60]}... is longer than the {MAX_PATH_BYTES} bytes Linux takes; choose a shorter -o")
 
 
 def plan_outputs(
@@ -92,6 +134,7 @@ def plan_outputs(
     for path in paths:
         if path.suffix.lower() != suffix:
             raise UsageError(f"output {path} must end in {suffix} (the format this command writes)")
+        check_path(path)
     seen: dict[Path, int] = {}
     for item, path in zip(items, paths):
         if path in seen:
@@ -107,6 +150,7 @@ def preflight(paths: list[Path], overwrite: bool, resumable: bool = False) -> No
     """Refuse clobbering and unwritable places before any work starts; create nothing yet.
     `resumable`: the command has --skip-existing, so the refusal offers it."""
     for path in paths:
+        check_path(path)
         if path.is_dir():
             raise UsageError(f"{path} is a folder; pass a file name or a folder ending in '/'")
         if path.exists() and not overwrite:
@@ -139,6 +183,15 @@ def _umask() -> int:
     return mask
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders `folder.mkdir(parents=True)` would create."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def write_atomically(files: Mapping[Path, bytes], overwrite: bool) -> None:
     """Write each file to a temporary file in its folder, then rename them in the order given: a
     killed or failed run never leaves a truncated file. Put last the file whose presence says the
@@ -147,8 +200,10 @@ def write_atomically(files: Mapping[Path, bytes], overwrite: bool) -> None:
         if path.exists() and not overwrite:
             raise UsageError(f"{path} appeared during the run; pass --overwrite to replace it")
     staged: dict[Path, str] = {}
+    created: list[Path] = []  # folders this call made, so that a failure leaves no empty one behind
     try:
         for path, data in files.items():
+            created += _missing_folders(path.parent)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, staged[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
             with os.fdopen(fd, "wb") as handle:
@@ -161,6 +216,11 @@ def write_atomically(files: Mapping[Path, bytes], overwrite: bool) -> None:
     except BaseException as exc:
         for tmp in staged.values():
             Path(tmp).unlink(missing_ok=True)
+        for folder in sorted(created, key=lambda folder: len(folder.parts), reverse=True):
+            try:
+                folder.rmdir()  # only when empty: another shard may have written into it meanwhile
+            except OSError:
+                pass
         if isinstance(exc, OSError):  # disk full, folder removed or made read-only mid-run
             raise DiffierError(f"cannot write {', '.join(map(str, files))}: {exc.strerror or exc}") from exc
         raise

@@ -30,15 +30,18 @@ class RefineStats:
 
     @staticmethod
     def summarize(per_step: dict) -> dict:
-        """One item's trajectory in a few numbers (per_step: one list per field, one entry per step)."""
-        n = len(per_step["iterations"])
+        """One item's trajectory in a few numbers (per_step: one list per field, one entry per step).
+        A NaN statistic arrives as None (JSON has no NaN); means and maxima are over the finite ones,
+        None when there are none."""
+        loss = [value for value in per_step["loss"] if value is not None]
+        change = [value for value in per_step["rel_change"] if value is not None]
         return {
-            "steps": n,
+            "steps": len(per_step["iterations"]),
             "iterations_total": sum(per_step["iterations"]),
             "iterations_max": max(per_step["iterations"]),
-            "loss_mean": sum(per_step["loss"]) / n,
-            "rel_change_mean": sum(per_step["rel_change"]) / n,
-            "rel_change_max": max(per_step["rel_change"]),
+            "loss_mean": sum(loss) / len(loss) if loss else None,
+            "rel_change_mean": sum(change) / len(change) if change else None,
+            "rel_change_max": max(change) if change else None,
         }
 
 

@@ -133,6 +133,12 @@ def item_generators(seeds: list[int], device) -> tuple[list, list]:
     return noise, refine
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """A piece of the user's text for a one-line message: quoted, at most `limit` characters, so
+    a 20 000-character prompt does not fill the terminal."""
+    return repr(text if len(text) <= limit else f"{text[: limit - 3]}...")
+
+
 class Reporter:
     """Messages on stderr; a rich progress bar only when stderr is a terminal."""
 

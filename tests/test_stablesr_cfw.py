@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from diffier_cli.errors import ModelUnavailable
 from models.stablesr.cfw import CFWAutoencoder, FuseSftBlockRRDB, load_cfw
-from models.stablesr.checkpoints import convert_to_safetensors, read_official_state_dict, split_by_prefix
+from models.stablesr.checkpoints import convert_to_safetensors, read_official_checkpoint, split_by_prefix
 
 TINY_WIDTHS = [32, 32, 64, 64]
 TINY_LATENT = 4
@@ -251,7 +251,7 @@ def test_official_cfw_checkpoint_loads_strictly_through_inert_stand_ins(tmp_path
     with pytest.raises(pickle.UnpicklingError):  # the stand-in path is really exercised
         torch.load(path, weights_only=True)
 
-    state_dict = read_official_state_dict(path)
+    state_dict = read_official_checkpoint(path).tensors
     assert set(state_dict) == set(official)
     model = load_cfw(state_dict, TINY_CONFIG)
 
@@ -297,9 +297,13 @@ def test_executable_pickle_payload_never_runs(tmp_path, via_os):
     _lightning_save(_official_cfw_state_dict(), path, payload=_RunsShellCommand(marker, via_os))
     if via_os:
         with pytest.raises(ModelUnavailable, match="blocked"):
-            read_official_state_dict(path)
+            read_official_checkpoint(path).tensors
     else:
-        assert "decoder.fusion_layer_1.encode_enc_1.conv1.weight" in read_official_state_dict(path)
+        loaded = read_official_checkpoint(path)
+        assert "decoder.fusion_layer_1.encode_enc_1.conv1.weight" in loaded.tensors
+        # Named as the pickle names them (torch.save's protocol 2 writes subprocess.call under its
+        # Python 2 name), so the user is told what was replaced.
+        assert loaded.neutralised == ("commands.call", f"{__name__}.HarmlessCallback")
     assert not marker.exists()
 
 
@@ -310,7 +314,7 @@ def test_safetensors_conversion_round_trips_exactly(tmp_path):
     target = tmp_path / "vqgan_cfw_00011.safetensors"
     convert_to_safetensors(source, target)
 
-    converted = read_official_state_dict(target)
+    converted = read_official_checkpoint(target).tensors
     assert set(converted) == set(official)
     for key, value in official.items():
         assert converted[key].dtype == value.dtype and torch.equal(converted[key], value), key
@@ -324,15 +328,15 @@ def test_non_stablesr_files_name_what_was_found(tmp_path):
     other = tmp_path / "other.ckpt"
     torch.save({"model": {"w": torch.zeros(1)}, "epoch": 1}, other)
     with pytest.raises(ModelUnavailable, match=r"found a dict with 2 key\(s\): 'model', 'epoch'"):
-        read_official_state_dict(other)
+        read_official_checkpoint(other).tensors
 
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
     with pytest.raises(ModelUnavailable, match="not a tensors-only torch checkpoint"):
-        read_official_state_dict(text)
+        read_official_checkpoint(text).tensors
 
     with pytest.raises(ModelUnavailable, match="no checkpoint at"):
-        read_official_state_dict(tmp_path / "missing.ckpt")
+        read_official_checkpoint(tmp_path / "missing.ckpt").tensors
 
     unet_only = {"conv_in.weight": torch.zeros(1), "conv_in.bias": torch.zeros(1)}
     with pytest.raises(ModelUnavailable, match=r"CFW checkpoint .*found a dict with 2 key\(s\): 'conv_in.weight'"):

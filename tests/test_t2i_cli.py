@@ -221,7 +221,7 @@ def test_failed_write_leaves_nothing_and_exits_1(tmp_path, monkeypatch):
     with pytest.raises(DiffierError, match="No space left on device") as raised:
         write_atomically({target: b"data", target.with_suffix(".json"): b"{}"}, overwrite=False)
     assert raised.value.code == 1
-    assert list((tmp_path / "new").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # neither file, nor the folder the write made
 
 
 @pytest.mark.parametrize("kind", ["missing-folder", "hub-offline", "not-a-pipeline"])
@@ -318,7 +318,11 @@ def test_help_documents_exit_codes_and_the_entry_points_agree():
 def test_long_prompt_warns_about_the_dropped_words(tiny_sd, tmp_path):
     result = t2i(tiny_sd["epsilon"], tmp_path / "long.png", "--seed", "1", "--steps", "1", prompt="a puppy eating a cheeseburger")
     assert result.returncode == 0, result.stderr
-    assert "warning: the prompt is too long for the text encoder; ignored: 'heeseburger'" in result.stderr
+    assert "warning: the prompt is too long for the text encoder; 11 characters ignored: 'heeseburger'" in result.stderr
+    huge = t2i(tiny_sd["epsilon"], tmp_path / "huge.png", "--seed", "1", "--steps", "1", prompt="cat " * 5000)
+    assert huge.returncode == 0, huge.stderr
+    (warning,) = [line for line in huge.stderr.splitlines() if "too long" in line]
+    assert "19986 characters ignored: 'cat cat" in warning and len(warning) < 200  # not the 20 000 characters themselves
 
 
 def test_unavailable_device_exits_2(tmp_path, tiny_sd):

@@ -17,7 +17,7 @@ import torch
 from diffier_cli.errors import ModelUnavailable, UsageError, first_line
 from models.checkpoints import sha256_of
 from models.stablesr.cfw import CFWAutoencoder, load_cfw
-from models.stablesr.checkpoints import PREFIXES, read_official_state_dict, split_by_prefix
+from models.stablesr.checkpoints import PREFIXES, read_official_checkpoint, split_by_prefix
 from models.stablesr.colorfix import adain_color_fix, wavelet_color_fix
 from models.stablesr.schedule import QuirkyDDIM, RespacedDDPM
 from models.stablesr.struct_encoder import TimeAwareEncoder
@@ -66,7 +66,8 @@ class StableSR:
     def load(cls, checkpoint: Path, vae_checkpoint: Path, *, prediction_type: str,
              device: torch.device, dtype: torch.dtype) -> "StableSR":
         config = read_model_config(checkpoint)
-        parts = split_by_prefix(read_official_state_dict(checkpoint))
+        diffusion = read_official_checkpoint(checkpoint)
+        parts = split_by_prefix(diffusion.tensors)
         base = SD21_768_UNET_CONFIG if prediction_type == "v_prediction" else SD21_UNET_CONFIG
         unet_config = {**base, **config.get("unet", {})}
         unet, struct = build_stablesr_unet(unet_config, config.get("struct_channels", STRUCT_CHANNELS))
@@ -82,10 +83,13 @@ class StableSR:
         text_model = load_text_model(parts["text_encoder"])
         context = empty_prompt_embedding(text_model)
         vae_config = read_model_config(vae_checkpoint).get("vae")
-        cfw = load_cfw(read_official_state_dict(vae_checkpoint), vae_config)
+        autoencoder = read_official_checkpoint(vae_checkpoint)
+        cfw = load_cfw(autoencoder.tensors, vae_config)
         info = {
-            "checkpoint": {"path": str(checkpoint), "sha256": sha256_of(checkpoint)},
-            "vae_checkpoint": {"path": str(vae_checkpoint), "sha256": sha256_of(vae_checkpoint)},
+            "checkpoint": {"path": str(checkpoint), "sha256": sha256_of(checkpoint),
+                           "neutralised_globals": list(diffusion.neutralised)},
+            "vae_checkpoint": {"path": str(vae_checkpoint), "sha256": sha256_of(vae_checkpoint),
+                               "neutralised_globals": list(autoencoder.neutralised)},
             "prediction_type": prediction_type,
         }
         for module in (unet, encoder, cfw):

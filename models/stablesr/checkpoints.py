@@ -17,13 +17,14 @@ import pickle
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from diffier_cli.errors import ModelUnavailable
-from models.checkpoints import describe, load_failure_reason
+from models.checkpoints import describe, load_failure_reason, torch_load_weights
 
 # Key prefixes of LatentDiffusionSRTextWT's state_dict (design §3.1). The groups keep them: the
 # diffusers converters key on them (convert_ldm_unet_checkpoint reads only `model.diffusion_model.*`;
@@ -60,13 +61,14 @@ class InertStandIn:
 
 def _torch_load(path: Path) -> object:
     """Weights-only load on the CPU, memory-mapped when the file is a zip archive (multi-GB files)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    return torch_load_weights(path, mmap=zipfile.is_zipfile(path))
 
 
-def _load_with_stand_ins(path: Path) -> object:
-    """Weights-only load; if foreign globals make it refuse, retry with each mapped to `InertStandIn`."""
+def _load_with_stand_ins(path: Path) -> tuple[object, list[str]]:
+    """Weights-only load; if foreign globals make it refuse, retry with each mapped to `InertStandIn`.
+    Returns what was loaded and the globals that were neutralised."""
     try:
-        return _torch_load(path)
+        return _torch_load(path), []
     except pickle.UnpicklingError as refusal:
         try:
             foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -75,7 +77,7 @@ def _load_with_stand_ins(path: Path) -> object:
         if not foreign:
             raise refusal
         with torch.serialization.safe_globals([(InertStandIn, name) for name in foreign]):
-            return _torch_load(path)
+            return _torch_load(path), sorted(foreign)
 
 
 def _state_dict_of(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -92,24 +94,40 @@ def _state_dict_of(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     return dict(found)
 
 
-def read_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """The tensors of a checkpoint file, and the pickled globals that were replaced by
+    `InertStandIn` to read it (for the user to see, and for the record)."""
+
+    tensors: dict[str, torch.Tensor]
+    neutralised: tuple[str, ...] = ()
+
+
+def read_official_checkpoint(path: Path) -> OfficialCheckpoint:
     """The tensors of an official `.ckpt` (its `state_dict`) or of a `.safetensors` conversion."""
     path = Path(path)
     if not path.is_file():
         raise ModelUnavailable(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
         try:
-            return load_file(path)
+            return OfficialCheckpoint(load_file(path))
         except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
             raise ModelUnavailable(f"{path} is not a readable safetensors file ({exc})") from exc
     try:
-        loaded = _load_with_stand_ins(path)
+        loaded, neutralised = _load_with_stand_ins(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file means: not a usable checkpoint
         raise ModelUnavailable(
             f"{path} is not a tensors-only torch checkpoint (torch.load with weights_only=True: "
             f"{load_failure_reason(exc)})"
         ) from exc
-    return _state_dict_of(loaded, path)
+    return OfficialCheckpoint(_state_dict_of(loaded, path), tuple(neutralised))
+
+
+def neutralised_message(path: Path, neutralised: tuple[str, ...]) -> str:
+    """What a user is told when a checkpoint pickles classes or functions besides tensors."""
+    shown = ", ".join(neutralised[:4]) + (f" and {len(neutralised) - 4} more" if len(neutralised) > 4 else "")
+    return (f"warning: {Path(path).name} pickles {shown}; each was replaced by an inert stand-in (no code ran) "
+            "and only its state_dict tensors are used. `diffier convert` writes a .safetensors copy that needs none")
 
 
 def split_by_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -137,11 +155,13 @@ def split_by_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[st
     return groups
 
 
-def convert_to_safetensors(src: Path, dst: Path) -> None:
+def convert_to_safetensors(src: Path, dst: Path) -> tuple[str, ...]:
     """Write the tensors of `src` to `dst` as safetensors, atomically (a temp file, then a rename),
-    so later loads need no unpickling at all and an interrupted run leaves no partial `dst`."""
+    so later loads need no unpickling at all and an interrupted run leaves no partial `dst`.
+    Returns the pickled globals that were neutralised to read `src`."""
     dst = Path(dst)
-    tensors = {key: value.contiguous() for key, value in read_official_state_dict(Path(src)).items()}
+    checkpoint = read_official_checkpoint(Path(src))
+    tensors = {key: value.contiguous() for key, value in checkpoint.tensors.items()}
     handle, temp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -150,3 +170,4 @@ def convert_to_safetensors(src: Path, dst: Path) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    return checkpoint.neutralised
