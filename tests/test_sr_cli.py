@@ -456,3 +456,85 @@ def test_compare_takes_iec_and_names_its_panel_and_file_iec(tiny, images, tmp_pa
     assert json.loads(Image.open(out / "rgb-x4-compare.png").text["diffier"])["compare"]["iec"] == str(out / "rgb-x4-iec.png")
 
 
+
+
+# --- inputs as viewers show them, and inputs that are not still images ------------------------------
+
+
+def test_exif_orientation_is_applied_and_recorded(tiny, tmp_path):
+    """A JPEG stored 12×8 with Orientation 6 (every viewer shows it 8×12, turned 90°) is upscaled
+    as shown: the output equals the upscale of the same pixels stored upright, and says so."""
+    from PIL import ImageOps
+
+    stored = Image.fromarray(np.random.default_rng(5).integers(0, 256, (8, 12, 3), dtype=np.uint8), "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    ImageOps.exif_transpose(Image.open(tmp_path / "turned.jpg")).save(tmp_path / "upright.png")
+    runs = {name: sr(tiny, tmp_path / source, tmp_path / f"{name}-x4.png", "--seed", "4")
+            for name, source in (("turned", "turned.jpg"), ("upright", "upright.png"))}
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+    turned, upright = (np.asarray(Image.open(tmp_path / f"{name}-x4.png")) for name in ("turned", "upright"))
+    assert turned.shape == (48, 32, 3)  # shown 8 wide, 12 high, × 4
+    assert np.array_equal(turned, upright)
+    assert runs["turned"].records[0]["input_exif_orientation"] == 6 and runs["turned"].records[0]["input_size"] == [8, 12]
+    assert runs["upright"].records[0]["input_exif_orientation"] == 1
+
+
+def test_animated_images_and_decompression_bombs_are_refused_before_the_model(tmp_path, monkeypatch):
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
+    for name in ("anim.gif", "anim.webp"):
+        result = run_cli("sr", str(tmp_path / name), "-o", f"{tmp_path / 'out'}/", "-q")
+        assert_one_line_error(result, 2, "animated", "extract a frame")
+    # Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that: both are one-line errors
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for side, name in ((12, "warned.png"), (16, "refused.png")):  # 144 and 256 pixels
+        Image.new("RGB", (side, side)).save(tmp_path / name)
+        result = run_cli("sr", str(tmp_path / name), "-o", f"{tmp_path / 'out'}/", "-q")
+        assert_one_line_error(result, 2, "decompression-bomb limit")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_callbacks_are_neutralised_named_and_recorded(tiny, images, tmp_path):
+    """A Lightning save that pickles a callback class and `subprocess.call`: no code runs, stderr
+    names what was replaced, and the record keeps it; `diffier convert` says the same. Saved at
+    pickle protocol 4 instead, the weights-only reader refuses it: one line, exit 3, and torch's
+    warning about the protocol is not passed on raw."""
+    from tests.test_stablesr_cfw import HarmlessCallback
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            import subprocess
+
+            return subprocess.call, (["touch", str(marker)],)
+
+    vae = torch.load(tiny["vae"], weights_only=True)
+    lightning = tmp_path / "vqgan_cfw_lightning.ckpt"
+    contents = {**vae, "callbacks": {HarmlessCallback: {"monitor": "val/rec_loss"}}, "hook": Payload()}
+    torch.save(contents, lightning)
+    config = tiny["vae"].with_name(tiny["vae"].name + ".config.json").read_text()  # the tiny VAE's shapes
+    for name in (lightning.name, "protocol4.ckpt"):
+        (tmp_path / f"{name}.config.json").write_text(config)
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(lightning), *SMALL,
+                     "--seed", "1", "-o", str(tmp_path / "out.png"), "--json")
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "pickles" in line]
+    assert warning.startswith("warning: vqgan_cfw_lightning.ckpt pickles ") and "inert stand-in (no code ran)" in warning
+    assert "HarmlessCallback" in warning and "call" in warning
+    assert "diffier: warning" not in result.stderr
+    names = result.records[0]["model"]["vae_checkpoint"]["neutralised_globals"]
+    assert any(name.endswith("HarmlessCallback") for name in names) and result.records[0]["model"]["checkpoint"]["neutralised_globals"] == []
+    converted = run_cli("convert", str(lightning), str(tmp_path / "vae.safetensors"))
+    assert converted.returncode == 0, converted.stderr
+    assert [line.split(" pickles ")[0] for line in converted.stderr.splitlines()] == ["warning: vqgan_cfw_lightning.ckpt", f"wrote {tmp_path / 'vae.safetensors'}"]
+    assert not marker.exists()
+    torch.save(contents, tmp_path / "protocol4.ckpt", pickle_protocol=4)
+    refused = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tmp_path / "protocol4.ckpt"),
+                      *SMALL, "--seed", "1", "-o", str(tmp_path / "refused.png"), "-q")
+    assert_one_line_error(refused, 3, "protocol4.ckpt is not a tensors-only torch checkpoint")
+    assert not marker.exists() and not (tmp_path / "refused.png").exists()

@@ -356,3 +356,15 @@ def test_compare_takes_iec_and_its_refined_half_is_the_plain_iec_run(checkpoints
     plain = tts(checkpoints[1], *common, "-o", str(tmp_path / "plain.wav"), "-q")
     assert plain.returncode == 0, plain.stderr
     assert np.array_equal(soundfile.read(tmp_path / "out" / "hello-there-4-iec.wav")[0], soundfile.read(tmp_path / "plain.wav")[0])
+
+
+def test_a_non_finite_mel_is_one_line_naming_the_knobs(checkpoints, tmp_path, monkeypatch):
+    """Whatever makes the decoder overflow, the run ends as one line (exit 1), writes nothing, and
+    at float32 names the sampling knobs instead of --dtype."""
+    from models.gradtts.adapter import GradTTSBackbone
+
+    decode = GradTTSBackbone.decode
+    monkeypatch.setattr(GradTTSBackbone, "decode", lambda self, x, state: decode(self, x, state) * float("inf"))
+    result = tts(checkpoints[1], "--text", "Hello.", "-o", str(tmp_path / "out" / "x.wav"), "-q")
+    assert_one_line_error(result, 1, "mel spectrogram is NaN or infinite (numerical overflow in float32)", "lower --temperature")
+    assert list(tmp_path.iterdir()) == []
