@@ -16,7 +16,7 @@ from diffier_cli.errors import UsageError
 from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
-from diffier_cli.runtime import Reporter, choose_seed
+from diffier_cli.runtime import Reporter, choose_seed, excerpt
 from diffier_cli.scores import compared_modes
 
 ZOOM_WIDTH = 256
@@ -26,9 +26,9 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(part) for part in text.split(","))
     except ValueError:
-        raise UsageError(f"--crop {text} is not X,Y,W,H in output pixels (e.g. --crop 100,80,64,64)") from None
+        raise UsageError(f"--crop {excerpt(text)} is not X,Y,W,H in output pixels (e.g. --crop 100,80,64,64)") from None
     if x < 0 or y < 0 or w < 1 or h < 1:
-        raise UsageError(f"--crop {text}: need X, Y >= 0 and W, H >= 1")
+        raise UsageError(f"--crop {excerpt(text)}: need X, Y >= 0 and W, H >= 1")
     return x, y, w, h
 
 

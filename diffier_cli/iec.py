@@ -55,7 +55,7 @@ VARIANTS = {
 }
 GAMMA = 0.5  # L l.260, D l.266: the same in both variants
 STEP_SETS = ("all", "first:A", "last:A", "first-last:A", "every:k")
-_STEP_SET = re.compile(r"(first|last|first-last|every):([0-9]+)")
+_STEP_SET = re.compile(r"(first|last|first-last|every):([0-9]{1,4})")  # A, k <= 9999: more than any step count
 NORM_FLOOR = 1e-6  # ‖y − x̂‖ / (‖x̂‖ + 1e−6), L l.355
 
 
@@ -65,7 +65,8 @@ def parse_steps(spec: str) -> tuple[str, int]:
         return "all", 0
     match = _STEP_SET.fullmatch(spec)
     if match is None or int(match[2]) < 1:
-        raise UsageError(f"--iec-steps {spec!r}: use one of {', '.join(STEP_SETS)} with A, k >= 1")
+        shown = spec if len(spec) <= 40 else f"{spec[:37]}..."
+        raise UsageError(f"--iec-steps {shown!r}: use one of {', '.join(STEP_SETS)} with A, k in 1..9999")
     return match[1], int(match[2])
 
 
