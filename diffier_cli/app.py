@@ -725,20 +725,32 @@ def info(
     files: list[str] = typer.Argument(..., help="PNGs written by t2i or sr, or WAVs written by tts (their .json sidecar is read)."),
     json_lines: bool = typer.Option(False, "--json", help="One JSON object per file on stdout: {path, record}."),
 ) -> None:
-    """Print the record diffier stored with an output: what made it, every parameter, the seed."""
+    """Print the record diffier stored with an output: what made it, every parameter, the seed.
+
+    Each file that cannot be read is one error line and the rest are still shown, so one bad file
+    in `diffier info *.png` hides nothing; the exit code is the worst of them (2 for a bad file).
+    """
     import json
     from pathlib import Path
 
     from diffier_cli.metadata import read_record
 
+    worst = ExitCode.OK
     for name in files:
         path = Path(name)
-        record = read_record(path)
+        try:
+            record = read_record(path)
+        except DiffierError as exc:  # its message is "PATH: why"
+            _error(str(exc))
+            worst = max(worst, exc.code)
+            continue
         if json_lines:
             typer.echo(json.dumps({"path": str(path), "record": record}, ensure_ascii=False))
         else:
             typer.echo(f"{path}:")
             typer.echo(json.dumps(record, ensure_ascii=False, indent=2) if isinstance(record, dict) else record)
+    if worst:
+        raise typer.Exit(int(worst))
 
 
 class Misfit(str, Enum):  # models.mixture.MISFITS, repeated here so that --help never imports torch
@@ -903,8 +915,12 @@ def convert(
     typer.echo(f"wrote {dst}", err=True)
 
 
-def _fail(message: str, code: int) -> None:
+def _error(message: str) -> None:
     print(f"diffier: error: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, code: int) -> None:
+    _error(message)
     sys.exit(code)
 
 
