@@ -749,20 +749,32 @@ def info(
     files: list[str] = typer.Argument(..., help="PNGs written by t2i or sr, or WAVs written by tts (their .json sidecar is read)."),
     json_lines: bool = typer.Option(False, "--json", help="One JSON object per file on stdout: {path, record}."),
 ) -> None:
-    """Print the record diffier stored with an output: what made it, every parameter, the seed."""
+    """Print the record diffier stored with an output: what made it, every parameter, the seed.
+
+    Each file that cannot be read is one error line and the rest are still shown, so one bad file
+    in `diffier info *.png` hides nothing; the exit code is the worst of them (2 for a bad file).
+    """
     import json
     from pathlib import Path
 
     from diffier_cli.metadata import read_record
 
+    worst = ExitCode.OK
     for name in files:
         path = Path(name)
-        record = read_record(path)
+        try:
+            record = read_record(path)
+        except DiffierError as exc:  # its message is "PATH: why"
+            _error(str(exc))
+            worst = max(worst, exc.code)
+            continue
         if json_lines:
             typer.echo(json.dumps({"path": str(path), "record": record}, ensure_ascii=False))
         else:
             typer.echo(f"{path}:")
             typer.echo(json.dumps(record, ensure_ascii=False, indent=2) if isinstance(record, dict) else record)
+    if worst:
+        raise typer.Exit(int(worst))
 
 
 class Misfit(str, Enum):  # models.mixture.MISFITS, repeated here so that --help never imports torch
@@ -859,8 +871,9 @@ def manifest(
 ) -> None:
     """List every output with its record and check that each job is complete.
 
-    NDJSON, one line per file, sorted by job and item index; exit 5 when some item index of a job
-    has no output.
+    NDJSON, one line per file, sorted by job and item index. A file whose record cannot be read or
+    trusted is left out and named on stderr ("PATH: why", even with -q: they are errors); exit 5
+    when some item index of a job has no output or some file was left out so.
     """
     from pathlib import Path
 
@@ -871,24 +884,31 @@ def manifest(
 
     if output is not None:
         preflight([Path(output)], overwrite)
-    lines, jobs, foreign = audit.collect(paths)
-    if not lines:
+    found = audit.collect(paths)
+    for problem in found.problems:
+        typer.echo(problem, err=True)
+    if not found.lines and not found.problems:
         raise UsageError(f"no diffier outputs (.png with a diffier record, .wav with its sidecar) under {' '.join(paths)}")
-    text = audit.to_ndjson(lines)
+    text = audit.to_ndjson(found.lines)
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
         write_atomically({Path(output): text.encode()}, overwrite)
-    messages = audit.summary(jobs)
-    if foreign and not quiet:
-        typer.echo(f"{len(foreign)} file(s) without a diffier record left out", err=True)
     if not quiet:
-        for message in messages:
+        if found.foreign:
+            typer.echo(f"{len(found.foreign)} file(s) without a diffier record left out", err=True)
+        for message in audit.summary(found.audits):
             typer.echo(message, err=True)
-    incomplete = [job_id for job_id, job in jobs.items() if job.missing]
+    failures = []
+    incomplete = sorted(job_id for job_id, job in found.audits.items() if job.missing_count)
     if incomplete:
-        raise PartialFailure(f"{len(incomplete)} of {len(jobs)} job(s) incomplete: {', '.join(sorted(incomplete))} (see the lines above)")
+        failures.append(f"{len(incomplete)} of {len(found.audits)} job(s) incomplete: {', '.join(incomplete)} "
+                        "(rerun their commands with --skip-existing)")
+    if found.problems:
+        failures.append(f"{len(found.problems)} file(s) left out, their record unreadable or untrusted (remove or replace them)")
+    if failures:
+        raise PartialFailure(f"{'; '.join(failures)}; see the lines above")
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -924,8 +944,12 @@ def convert(
     typer.echo(f"wrote {dst}", err=True)
 
 
-def _fail(message: str, code: int) -> None:
+def _error(message: str) -> None:
     print(f"diffier: error: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, code: int) -> None:
+    _error(message)
     sys.exit(code)
 
 

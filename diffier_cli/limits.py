@@ -19,6 +19,16 @@ MAX_NAME_BYTES = 240
 # at most 6 deep; Python's parser would recurse until RecursionError on a deeply nested file.
 MAX_JSON_DEPTH = 32
 
+# Digits of an integer in that JSON: Python's default bound (sys.int_info.default_max_str_digits),
+# checked by diffier itself because PYTHONINTMAXSTRDIGITS=0 lifts Python's, and converting one
+# 16 MB integer then costs minutes (the cost grows with the square of the digits). diffier's own
+# integers (seeds, counts, sizes) have at most 20 digits.
+MAX_INT_DIGITS = 4300
+
+# Characters of a record's `command` and `job.id`, which `diffier manifest` prints in its one-line
+# summaries: job ids are 12 hex digits (jobs.job_id), commands are names like `t2i` or `eval sr`.
+MAX_LABEL_CHARS = 64
+
 # Bytes of a record read from a file: a PNG text chunk (Pillow refuses compressed chunks over
 # 1 MB, ImageFile.SAFEBLOCK) or a WAV's JSON sidecar. diffier's largest records (a long text's
 # per-utterance, per-step statistics) are well under 1 MB.

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffier_cli import __version__
+from diffier_cli import __version__, untrusted
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
+from diffier_cli.limits import MAX_ITEMS, MAX_TEXT_BYTES
 from diffier_cli.metadata import library_versions, png_text
-from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.outputs import name_problem, png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
@@ -68,14 +68,19 @@ class PromptLine:
 
 
 def _read_source(source: str) -> tuple[str, str]:
-    """(text, label) of a prompts file or stdin."""
-    if source == "-":
-        raw, label = sys.stdin.buffer.read(), "stdin"
-    else:
-        try:
-            raw, label = Path(source).read_bytes(), source
-        except OSError as exc:
-            raise UsageError(f"cannot read --prompts-file {source}: {exc.strerror or exc}") from exc
+    """(text, label) of a prompts file or stdin, read whole only under MAX_TEXT_BYTES: a larger
+    file is refused before it is read, a larger pipe after MAX_TEXT_BYTES + 1 bytes."""
+    label = "stdin" if source == "-" else source
+    try:
+        if source == "-":
+            raw = untrusted.read_bytes(sys.stdin.buffer, MAX_TEXT_BYTES, "MAX_TEXT_BYTES")
+        else:
+            with Path(source).open("rb") as stream:
+                raw = untrusted.read_bytes(stream, MAX_TEXT_BYTES, "MAX_TEXT_BYTES")
+    except OSError as exc:
+        raise UsageError(f"cannot read --prompts-file {source}: {exc.strerror or exc}") from exc
+    except untrusted.Refused as exc:
+        raise UsageError(f"--prompts-file {label} {exc}; split it into several files and run each") from None
     try:
         return raw.decode("utf-8-sig"), label
     except UnicodeDecodeError:
@@ -83,10 +88,12 @@ def _read_source(source: str) -> tuple[str, str]:
 
 
 def _jsonl_line(text: str, where: str) -> PromptLine:
+    """One .jsonl line through the bounded reader: JSON that is malformed, too large or too deep
+    makes the line a failed item like any other bad line, never a traceback."""
     try:
-        entry = json.loads(text)
-    except ValueError as exc:
-        return PromptLine(error=f"{where} is not JSON ({exc})")
+        entry = untrusted.loads(text)
+    except untrusted.Refused as exc:
+        return PromptLine(error=f"{where} {exc}")
     if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
         return PromptLine(error=f'{where} has no "prompt" string')
     unknown = set(entry) - {"prompt", "negative_prompt", "seed", "name"}
