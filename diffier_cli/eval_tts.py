@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from diffier_cli import untrusted
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
-from diffier_cli.outputs import preflight
+from diffier_cli.limits import MAX_ITEMS
+from diffier_cli.outputs import name_problem, preflight
 from diffier_cli.runtime import Reporter, require
 from diffier_cli.scores import compared_modes, mean, print_json, write_csv
 
@@ -29,10 +31,13 @@ class Utterance:
 
 
 def read_metadata(path: Path) -> list[Utterance]:
+    """The `id|text` lines; an id names its reference `<id>.wav`, so it must be a plain file name."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
+        text = untrusted.read_text(str(path))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except untrusted.Refused as exc:
+        raise UsageError(f"{path} {exc}") from None
     entries = []
     for number, line in enumerate(split_lines(text), 1):
         if not line.strip():
@@ -40,7 +45,12 @@ def read_metadata(path: Path) -> list[Utterance]:
         fields = line.split("|")
         if len(fields) < 2 or not fields[0].strip() or not fields[-1].strip():
             raise UsageError(f"{path} line {number} is not 'id|text' (LJSpeech's metadata.csv layout)")
+        problem = name_problem(fields[0].strip() + ".wav")
+        if problem:
+            raise UsageError(f"{path} line {number}: the id names no reference file: {problem}")
         entries.append(Utterance(fields[0].strip(), fields[-1].strip(), number))
+        if len(entries) > MAX_ITEMS:
+            raise UsageError(f"{path} holds over {MAX_ITEMS} utterances, the most one run plans; split it")
     if not entries:
         raise UsageError(f"{path} holds no 'id|text' lines")
     return entries

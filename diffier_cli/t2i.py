@@ -16,7 +16,7 @@ from pathlib import Path
 from diffier_cli import __version__, untrusted
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
-from diffier_cli.limits import MAX_ITEMS, MAX_TEXT_BYTES
+from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import name_problem, png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
@@ -68,23 +68,14 @@ class PromptLine:
 
 
 def _read_source(source: str) -> tuple[str, str]:
-    """(text, label) of a prompts file or stdin, read whole only under MAX_TEXT_BYTES: a larger
-    file is refused before it is read, a larger pipe after MAX_TEXT_BYTES + 1 bytes."""
+    """(text, label) of a prompts file or stdin."""
     label = "stdin" if source == "-" else source
     try:
-        if source == "-":
-            raw = untrusted.read_bytes(sys.stdin.buffer, MAX_TEXT_BYTES, "MAX_TEXT_BYTES")
-        else:
-            with Path(source).open("rb") as stream:
-                raw = untrusted.read_bytes(stream, MAX_TEXT_BYTES, "MAX_TEXT_BYTES")
+        return untrusted.read_text(source), label
     except OSError as exc:
         raise UsageError(f"cannot read --prompts-file {source}: {exc.strerror or exc}") from exc
     except untrusted.Refused as exc:
-        raise UsageError(f"--prompts-file {label} {exc}; split it into several files and run each") from None
-    try:
-        return raw.decode("utf-8-sig"), label
-    except UnicodeDecodeError:
-        raise UsageError(f"--prompts-file {source} is not UTF-8 text") from None
+        raise UsageError(f"--prompts-file {label} {exc}") from None
 
 
 def _jsonl_line(text: str, where: str) -> PromptLine:

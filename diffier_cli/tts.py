@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffier_cli import __version__
+from diffier_cli import __version__, untrusted
 from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
 from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.limits import MAX_ITEMS
@@ -63,20 +63,13 @@ def read_text(opts: TTSOptions) -> tuple[str, str]:
         return opts.text, slugify(opts.text, limit=40)
     if opts.text_file is None:
         raise UsageError("nothing to say: pass a TEXT_FILE, '-' for stdin, or --text \"...\"")
-    if opts.text_file == "-":
-        raw = sys.stdin.buffer.read()
-        stem = "stdin"
-    else:
-        path = Path(opts.text_file)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        stem = path.stem
+    stem = "stdin" if opts.text_file == "-" else Path(opts.text_file).stem
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{opts.text_file} is not UTF-8 text; pass a plain-text file") from exc
+        text = untrusted.read_text(opts.text_file)
+    except OSError as exc:
+        raise UsageError(f"cannot read {opts.text_file}: {exc.strerror or exc}") from exc
+    except untrusted.Refused as exc:
+        raise UsageError(f"{opts.text_file} {exc}") from None
     if "\x00" in text:
         raise UsageError(f"{opts.text_file} is a binary file, not text; pass a plain-text file")
     return text, stem

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import BinaryIO
 
 from diffier_cli.errors import first_line
-from diffier_cli.limits import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_RECORD_BYTES
+from diffier_cli.limits import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
 
 
 class Refused(ValueError):
@@ -40,8 +41,23 @@ def read_bytes(stream: BinaryIO, max_bytes: int, bound: str) -> bytes:
         data = stream.read(max_bytes + 1)
         size = len(data)
     if size > max_bytes:
-        raise Refused(f"is over {mib(max_bytes)} ({bound})")
+        raise Refused(f"is over {mib(max_bytes)} ({bound}); split it into several files and run each")
     return data
+
+
+def read_text(source: str) -> str:
+    """The UTF-8 text of a file, or of stdin for '-', read whole only under MAX_TEXT_BYTES: a larger
+    file is refused before it is read, a larger pipe after MAX_TEXT_BYTES + 1 bytes. OSError (no
+    such file, no permission) is the caller's to word."""
+    if source == "-":
+        raw = read_bytes(sys.stdin.buffer, MAX_TEXT_BYTES, "MAX_TEXT_BYTES")
+    else:
+        with open(source, "rb") as stream:
+            raw = read_bytes(stream, MAX_TEXT_BYTES, "MAX_TEXT_BYTES")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Refused("is not UTF-8 text; pass a plain-text file saved as UTF-8") from None
 
 
 def _utf8_size(text: str | bytes) -> int:

@@ -248,7 +248,7 @@ def test_sigterm_before_the_model_loads_exits_130_with_the_resume_hint(tmp_path,
     from diffier_cli.app import main
 
     class KilledWhileReading:
-        def read(self):
+        def read(self, size=-1):
             os.kill(os.getpid(), signal.SIGTERM)
             return b"a cat\n"
 
@@ -295,3 +295,19 @@ def test_a_number_too_long_to_read_out_says_why(tmp_path):
     result = refused_before_work(tmp_path, "tts", "--text", "I owe you " + "9" * 40 + " dollars.", "--checkpoint",
                                  "/nonexistent.pt", "-o", "out.wav", "-q", needle="a number too large to read out")
     assert len(result.stderr) < 300
+
+
+def test_tts_text_and_eval_metadata_are_read_within_bounds(tmp_path):
+    from diffier_cli.limits import MAX_TEXT_BYTES
+
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as sparse:  # no disk used: the size alone is refused, before any byte is read
+        sparse.truncate(MAX_TEXT_BYTES + 1)
+    result = run_cli("tts", str(huge), "--checkpoint", "/nonexistent.pt", "-o", str(tmp_path / "out.wav"), "-q")
+    assert_one_line_error(result, 2, f"{huge} is over 256 MiB (MAX_TEXT_BYTES); split it")
+    metadata = tmp_path / "metadata.csv"
+    metadata.write_text("LJ001|Fine.\n../../elsewhere/LJ002|Reads outside the reference folder.\n")
+    result = run_cli("eval", "tts", "--text-file", str(metadata), "--reference-dir", str(tmp_path), "--checkpoint",
+                     "/nonexistent.pt", "-q")
+    assert_one_line_error(result, 2, "line 2: the id names no reference file", "folder separator")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.txt", "metadata.csv"]
