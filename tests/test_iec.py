@@ -299,7 +299,7 @@ def test_t2i_iec_with_an_x_independent_model_equals_the_stochastic_baseline(tiny
     (("--refiner", "iec", "--max-iters", "2"), "--max-iters sets DiffIER"),
     (("--refiner", "iec", "--iec-steps", "middle:3"), "--iec-steps 'middle:3'"),
     (("--refiner", "iec", "--iec-steps", "every:0"), "--iec-steps 'every:0'"),
-    (("--refiner", "iec", "--iec-gamma", "0"), "must be > 0"),
+    (("--refiner", "iec", "--iec-gamma", "0"), "0 is outside (0, 1]"),
     (("--refiner", "iec", "--sweep-eta", "0.1,0.2"), "--sweep-eta sweeps a DiffIER setting; with --refiner iec sweep ω"),
     (("--refiner", "maybe",), "maybe"),
 ])

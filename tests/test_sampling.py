@@ -117,7 +117,10 @@ def test_nan_decode_is_an_error_with_a_hint(sd_v, monkeypatch):
 
     state = SDState(torch.zeros(1), 1.0, False, 1, 32, 32, 0.0, [torch.Generator()])
     monkeypatch.setattr(sd_v.pipe.vae, "decode", lambda *a, **k: (torch.full((1, 3, 32, 32), float("nan")),))
-    with pytest.raises(DiffierError, match="--dtype float32"):
+    with pytest.raises(DiffierError, match=r"NaN or infinite \(numerical overflow in float32\); lower --cfg"):
+        sd_v.decode(torch.zeros(1, 4, 16, 16), state)
+    monkeypatch.setattr(sd_v, "dtype", torch.float16)  # the usual cause: half precision, so that is the fix named
+    with pytest.raises(DiffierError, match=r"in float16\); rerun with --dtype float32"):
         sd_v.decode(torch.zeros(1, 4, 16, 16), state)
 
 
