@@ -49,7 +49,7 @@ def name_problem(name: str) -> str | None:
         return f"{name!r} holds a folder separator"
     size = len(name.encode("utf-8", "surrogateescape"))
     if size > MAX_NAME_BYTES:
-        return f"the file name {name[:40]!r}... is {size} bytes; at most {MAX_NAME_BYTES} fit (255 minus the temporary file's 15)"
+        return f"{name[:40]!r}... is {size} bytes long; at most {MAX_NAME_BYTES} fit (255 minus the temporary file's 15)"
     if name.split(".")[0].strip().lower() in WINDOWS_DEVICES:
         return f"{name!r} is a device name Windows reserves"
     return None

@@ -228,7 +228,7 @@ def generate(backbone, opts: T2IOptions, items: list[dict], height: int, width: 
 def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
     """Stable Diffusion on the process's device, with the memory knobs applied."""
     quiet_libraries(show_downloads=reporter.interactive)
-    from models.sd import MemoryOptions, StableDiffusion
+    from models.sd import MemoryOptions, StableDiffusion, most_steps
 
     device = resolve_device(opts.device, local_rank)
     dtype = resolve_dtype(opts.dtype, device)
@@ -242,9 +242,10 @@ def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
         cache_dir=opts.cache_dir,
         memory=MemoryOptions(opts.cpu_offload, opts.vae_slicing, opts.vae_tiling, opts.attention_slicing),
     )
-    trained = backbone.scheduler.config.num_train_timesteps
-    if opts.steps > trained:
-        raise UsageError(f"--steps {opts.steps} is more than the {trained} timesteps {opts.model} was trained on; use at most {trained}")
+    usable = most_steps(backbone.scheduler, opts.steps)
+    if usable < opts.steps:
+        trained = backbone.scheduler.config.num_train_timesteps
+        raise UsageError(f"--steps {opts.steps} leaves the {trained} timesteps {opts.model} was trained on; use at most {usable}")
     return backbone
 
 

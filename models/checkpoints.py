@@ -40,7 +40,10 @@ def load_failure_reason(exc: Exception) -> str:
     detail = text.partition("WeightsUnpickler error:")[2] or text
     lines = [line.strip() for line in detail.splitlines() if line.strip()]
     reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(exc).__name__)
-    return reason.split(". ")[0].rstrip(".")
+    reason = reason.split(". ")[0].rstrip(".")
+    if reason.startswith("Unsupported operand"):  # e.g. 149, FRAME: written at pickle protocol 4 or 5
+        reason += ", a pickle instruction it does not read (the file was saved at pickle protocol 4 or 5; re-save it with torch.save's default)"
+    return reason
 
 
 def torch_load_weights(path: Path, mmap: bool = False) -> object:

@@ -120,6 +120,20 @@ def _check_pipeline_folder(folder: Path) -> None:
         )
 
 
+def most_steps(scheduler, steps: int) -> int:
+    """The largest step count up to `steps` whose grid stays inside the trained timesteps.
+
+    Not simply num_train_timesteps: DDIM's "leading" spacing adds `steps_offset` to every timestep,
+    so with SD's offset of 1 a 1000-step grid would ask for timestep 1000 of a 0..999 schedule.
+    """
+    trained = scheduler.config.num_train_timesteps
+    for count in range(min(steps, trained), 0, -1):
+        scheduler.set_timesteps(count)
+        if int(scheduler.timesteps.max()) < trained:
+            return count
+    return 0
+
+
 class StableDiffusion:
     """SD 1.x/2.x with a DDIM scheduler built from the model's own scheduler config."""
 

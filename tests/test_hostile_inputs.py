@@ -78,6 +78,7 @@ def refused_before_work(tmp_path, *args: str, needle: str, code: int = 2, stdin:
         (("gap", "--misfit-size", "inf"), "--misfit-size"),
         (("gap", "--sigma", "nan"), "--sigma"),
         (("gap", "--dim", "100000"), "--dim"),
+        (("gap", "--steps", "1000"), "use at most 999"),
         (("eval", "sr", "--hr-dir", ".", "--blur-sigma", "nan"), "--blur-sigma"),
         (("eval", "tts", "--text-file", "x", "--reference-dir", ".", "--pause", "inf"), "--pause"),
         (("t2i", "p", "--refiner", "iec", "--iec-steps", "first:" + "9" * 5000), "A, k in 1..9999"),

@@ -357,5 +357,9 @@ def test_steps_beyond_the_models_training_timesteps_exit_2_before_sampling(tiny_
     config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
     (model / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "num_train_timesteps": 20}))
     result = run_cli("t2i", "p", "--model", str(model), "--steps", "21", "-o", str(tmp_path / "out" / "x.png"), "-q")
-    assert_one_line_error(result, 2, "--steps 21 is more than the 20 timesteps")
+    assert_one_line_error(result, 2, "--steps 21 leaves the 20 timesteps", "use at most 19")
+    # as many steps as training timesteps: DDIM's leading grid plus SD's steps_offset 1 would ask for t = 20
+    result = run_cli("t2i", "p", "--model", str(model), "--steps", "20", "-o", str(tmp_path / "out" / "x.png"), "-q")
+    assert_one_line_error(result, 2, "--steps 20 leaves the 20 timesteps", "use at most 19")
     assert not (tmp_path / "out").exists()
+    assert run_cli("t2i", "p", "--model", str(model), "--steps", "19", "-o", str(tmp_path / "x.png"), "-q").returncode == 0
