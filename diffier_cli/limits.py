@@ -11,6 +11,9 @@ from __future__ import annotations
 # about 6 s and 100 MB; larger jobs are split into several files or runs.
 MAX_ITEMS = 100_000
 
+# Items a job's record may claim (`job.count`): `eval sr` writes two results per input.
+MAX_JOB_COUNT = 2 * MAX_ITEMS
+
 # A file name's bytes: 255 is the limit of ext4, XFS, btrfs, APFS and NTFS, and the temporary file
 # an output is first written to (`.NAME.XXXXXXXX.part`) adds 15.
 MAX_NAME_BYTES = 240

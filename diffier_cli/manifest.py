@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from diffier_cli.errors import DiffierError, UsageError
-from diffier_cli.limits import MAX_ITEMS, MAX_LABEL_CHARS
+from diffier_cli.limits import MAX_JOB_COUNT, MAX_LABEL_CHARS
 from diffier_cli.metadata import NoRecord, read_record
 
 OUTPUT_SUFFIXES = (".png", ".wav")
@@ -109,8 +109,8 @@ def _job_problem(job: object) -> str | None:
     job_id, count, index = job.get("id"), job.get("count"), job.get("index")
     if not _is_label(job_id):
         return f"job.id {_shown(job_id)} is not an id of 1..{MAX_LABEL_CHARS} printable characters"
-    if not (_is_int(count) and 1 <= count <= MAX_ITEMS):
-        return f"job.count {_shown(count)} is not an integer in 1..{MAX_ITEMS} (MAX_ITEMS)"
+    if not (_is_int(count) and 1 <= count <= MAX_JOB_COUNT):
+        return f"job.count {_shown(count)} is not an integer in 1..{MAX_JOB_COUNT} (MAX_JOB_COUNT)"
     if not (_is_int(index) and 0 <= index < count):
         return f"job.index {_shown(index)} is not an integer in 0..{count - 1} (the job's count is {count})"
     return None

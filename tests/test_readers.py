@@ -59,9 +59,9 @@ def assert_clean_stderr(result) -> list[str]:
 
 
 HOSTILE_RECORDS = {
-    "huge count": (with_job(count=10**12, index=0), "job.count 1000000000000 is not an integer in 1..100000"),
+    "huge count": (with_job(count=10**12, index=0), "job.count 1000000000000 is not an integer in 1..200000"),
     "list index": (with_job(count=2, index=[1, 2]), "job.index [1, 2] is not an integer in 0..1"),
-    "string count": (with_job(count="2", index=0), 'job.count "2" is not an integer in 1..100000'),
+    "string count": (with_job(count="2", index=0), 'job.count "2" is not an integer in 1..200000'),
     "bool count": (with_job(count=True, index=0), "job.count true is not an integer"),
     "bool index": (with_job(count=2, index=False), "job.index false is not an integer in 0..1"),
     "negative index": (with_job(count=2, index=-1), "job.index -1 is not an integer in 0..1"),
@@ -98,17 +98,17 @@ def test_manifest_leaves_out_a_hostile_record_and_lists_the_good_file(case, tmp_
 
 
 def test_a_huge_claimed_count_costs_nothing(tmp_path):
-    """10**12 items claimed within the bound is refused; MAX_ITEMS claimed and one present is
-    audited by counting, not by walking the range."""
+    """10**12 items claimed is refused; MAX_JOB_COUNT claimed and one present is audited by
+    counting, not by walking the range."""
     png(tmp_path / "huge.png", with_job(count=10**12, index=0))
-    many = {"command": "t2i", "job": {"id": "many", "count": 100_000, "index": 99_999}}
+    many = {"command": "t2i", "job": {"id": "many", "count": 200_000, "index": 199_999}}
     png(tmp_path / "many.png", json.dumps(many))
     result, seconds = timed("manifest", str(tmp_path))
     assert seconds < HANG_GUARD_S
     assert result.returncode == 5
     lines = assert_clean_stderr(result)
-    assert lines[0] == f"{tmp_path / 'huge.png'}: job.count 1000000000000 is not an integer in 1..100000 (MAX_ITEMS)"
-    assert lines[1] == "job many (t2i): 1 of 100000 item(s); missing " + ", ".join(map(str, range(20))) + " ..."
+    assert lines[0] == f"{tmp_path / 'huge.png'}: job.count 1000000000000 is not an integer in 1..200000 (MAX_JOB_COUNT)"
+    assert lines[1] == "job many (t2i): 1 of 200000 item(s); missing " + ", ".join(map(str, range(20))) + " ..."
     assert "1 of 1 job(s) incomplete: many" in lines[2] and "1 file(s) left out" in lines[2]
 
 
