@@ -12,6 +12,7 @@ from PIL import Image, PngImagePlugin
 from tests.conftest import run_cli
 from tests.test_t2i_cli import assert_one_line_error
 from tests.tiny_stablesr import text_tower_state
+from tests.tolerance import assert_within
 
 SMALL = ("--tile-size", "64", "--tile-overlap", "4", "--steps", "3")
 
@@ -74,6 +75,7 @@ def test_alpha_and_grayscale_are_kept(tiny, images, tmp_path):
     assert Image.open(tmp_path / "g.png").mode == "L" and Image.open(tmp_path / "g.png").size == (14, 18)
 
 
+@pytest.mark.numerics
 def test_baseline_equals_the_sampler_written_out(tiny, images, tmp_path):
     """One tile, dec_w 0, no colour fix: the CLI must equal the official DDPM path spelled out here
     with the modules themselves (x_T = q_sample(z_LR, 999); struct features and UNet at t_orig)."""
@@ -107,9 +109,15 @@ def test_baseline_equals_the_sampler_written_out(tiny, images, tmp_path):
         image = F.interpolate(image.clamp(-1, 1), size=(32, 32), mode="bicubic", align_corners=False)
     expected = ((image[0].clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0).to(torch.uint8).numpy()
     ours = np.asarray(Image.open(tmp_path / "one.png"))
-    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+    # Not bit-exact on every kernel set (2 threads under avx2 differ in the last float32 bits), and a
+    # difference of ~1e-6 flips a uint8 level only for a value within ~1e-4 of a level boundary: so at
+    # most one level, on at most 1% of the pixels (one pixel of 3072 seen). Any change to the sampling
+    # itself moves most pixels by many levels.
+    assert_within(ours, expected, atol=1, what="pixels")
+    assert_within(np.mean(ours != expected), 0.0, atol=0.01, what="fraction of pixels off")
 
 
+@pytest.mark.numerics
 def test_empty_prompt_embedding_equals_the_open_clip_forward():
     """transformers' CLIPTextModel via diffusers' converter vs the OpenCLIP text tower written out
     (nn.MultiheadAttention with the packed in_proj, causal mask, GELU MLP), penultimate + ln_final."""
@@ -135,7 +143,10 @@ def test_empty_prompt_embedding_equals_the_open_clip_forward():
             h = torch.nn.functional.gelu(h @ state[p + "mlp.c_fc.weight"].T + state[p + "mlp.c_fc.bias"])
             x = x + h @ state[p + "mlp.c_proj.weight"].T + state[p + "mlp.c_proj.bias"]
         expected = F_layer_norm(x, state, PREFIX + "ln_final")
-    assert (ours - expected).abs().max() <= 1e-5
+    # transformers' CLIP text model against nn.MultiheadAttention: float32 sums in other orders, 9.5e-7
+    # apart at worst on layer-normed values ≤ 3.1 (3e-7 relative). 1e-5 of max|value| is 30× that;
+    # the penultimate layer's output skipping ln_final, or the last layer's, is off by O(1).
+    assert_within(ours, expected, atol=1e-5 * expected.abs().max(), what="embedding")
 
 
 def F_layer_norm(x, state, name):
@@ -200,6 +211,7 @@ def test_odd_sizes_come_out_exactly_scaled(tiny, tmp_path):
     assert Image.open(tmp_path / "odd-x4.png").size == (492, 308)
 
 
+@pytest.mark.numerics
 def test_tiling_is_invisible_to_a_position_independent_model():
     """Stitching per-tile outputs of an elementwise model gives that model applied to the whole canvas."""
     from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles, tile_slices
@@ -209,7 +221,9 @@ def test_tiling_is_invisible_to_a_position_independent_model():
     outputs = [torch.tanh(canvas[..., rows, cols]) for rows, cols in slices]
     stitched = stitch_tiles(outputs, slices, canvas.shape, gaussian_tile_weights(8))
     assert len(slices) > 10
-    assert (stitched - torch.tanh(canvas)).abs().max() <= 1e-6
+    # Σ w·tanh / Σ w over ≤ 6 overlapping tiles, float64 weights accumulated in float32: a few ulp of
+    # |tanh| ≤ 1 (2.4e-7 seen). 4e-6 is 17× that; a tile's weights or offset wrong moves values by O(0.1).
+    assert_within(stitched, torch.tanh(canvas), atol=4e-6, what="stitched")
 
 
 class _Payload:
@@ -233,6 +247,7 @@ def test_a_checkpoint_with_a_pickled_callable_is_refused_with_exit_3(images, tmp
     assert not marker.exists() and not (tmp_path / "a.png").exists()
 
 
+@pytest.mark.numerics
 def test_negative_prompt_guidance_on_the_ddim_path(tiny, images, tmp_path):
     ddim = ("--sampler", "ddim", "--seed", "3", "--tokenizer", str(tiny["tokenizer"]), "--baseline")
     plain = sr(tiny, images / "rgb.png", tmp_path / "plain.png", *ddim[:4], "--baseline")
@@ -241,7 +256,10 @@ def test_negative_prompt_guidance_on_the_ddim_path(tiny, images, tmp_path):
     for result in (plain, unit, strong):
         assert result.returncode == 0, result.stderr
     pixels = {name: np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int) for name in ("plain", "unit", "strong")}
-    assert np.abs(pixels["unit"] - pixels["plain"]).max() <= 1  # ω = 1 is the conditional branch alone
+    # ω = 1 is the conditional branch alone: ε_∅ + 1·(ε_c − ε_∅) equals ε_c up to float32 rounding, so
+    # at most one level on at most 1% of the pixels (as in test_baseline_equals_the_sampler_written_out).
+    assert_within(pixels["unit"], pixels["plain"], atol=1, what="pixels")
+    assert_within(np.mean(pixels["unit"] != pixels["plain"]), 0.0, atol=0.01, what="fraction of pixels off")
     assert np.abs(pixels["strong"] - pixels["plain"]).max() > 1
     (record,) = strong.records
     assert record["params"]["negative_prompt"] == "blurry, jpeg" and record["params"]["cfg"] == 7.0

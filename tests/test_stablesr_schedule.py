@@ -23,6 +23,9 @@ from models.stablesr.schedule import (
     space_timesteps,
 )
 from models.stablesr.tiling import gaussian_tile_weights, stitch_tiles, tile_offsets, tile_slices
+from tests.tolerance import assert_within
+
+pytestmark = pytest.mark.numerics
 
 OFFICIAL_TIMESTEPS = {
     4: [0, 333, 666, 999],
@@ -74,9 +77,12 @@ def test_space_timesteps_sections_and_strings():
 def test_linear_schedule_is_float64_sd_linear():
     abar = linear_alphas_cumprod()
     assert abar.dtype == torch.float64 and abar.shape == (1000,)
-    assert abs((1 - abar[0]).item() - 0.00085) < 1e-15
-    assert abs((1 - abar[999] / abar[998]).item() - 0.012) < 1e-12
-    assert abs(math.sqrt(abar[999].item()) - 0.06826) < 5e-6
+    # float64: 1 − (1 − β) loses up to an ulp of 1 (2.2e-16), the ratio a few ulp; a float32 table
+    # would be 2e-8 (β_0) and 4e-8 (β_999) off.
+    assert_within(1 - abar[0], 0.00085, atol=1e-15, what="beta_0")
+    assert_within(1 - abar[999] / abar[998], 0.012, atol=1e-12, what="beta_999")
+    # 0.06826 is printed to 5 decimals, so ±5e-6 is its own precision (the float64 value is 0.0682649).
+    assert_within(math.sqrt(abar[999].item()), 0.06826, atol=5e-6, what="sqrt abar_999")
 
 
 def official_respaced_tables(n: int) -> dict[str, torch.Tensor]:
@@ -111,7 +117,6 @@ def test_respaced_ddpm_step_matches_the_official_posterior(n, prediction_type):
     tables = official_respaced_tables(n)
     assert sampler.timesteps.tolist() == sorted(space_timesteps(1000, [n]), reverse=True)
     g = torch.Generator().manual_seed(n)
-    worst = 0.0
     for i in range(n - 1, -1, -1):
         t = sampler.timesteps[n - 1 - i]
         x, out, noise = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
@@ -121,8 +126,9 @@ def test_respaced_ddpm_step_matches_the_official_posterior(n, prediction_type):
             x0 = tables["sqrt"][i] * x - tables["sqrt1m"][i] * out
         mean = tables["coef1"][i] * x0 + tables["coef2"][i] * x
         expected = mean + (i > 0) * (0.5 * tables["log_var"][i]).exp() * noise
-        worst = max(worst, (sampler.step(out, t, x, noise) - expected).abs().max().item())
-    assert worst < 1e-9
+        # float64 on both sides, tables by numpy and by torch: 1.1e-14 apart at worst on |x| ≲ 20;
+        # 1e-9 is far above that and far below any wrong coefficient (O(1e-3) and up).
+        assert_within(sampler.step(out, t, x, noise), expected, atol=1e-9, what="step")
 
 
 def test_respaced_ddpm_last_step_adds_no_noise_and_rejects_foreign_timesteps():
@@ -152,15 +158,17 @@ def test_diffusers_ddpm_scheduler_agrees_with_the_respaced_step(prediction_type)
         theirs = scheduler.step(out, t, x, generator=torch.Generator().manual_seed(k)).prev_sample
         noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(k))
         ours = sampler.step(out, t, x, noise)
-        assert (theirs - ours).abs().max() <= 1e-5 * ours.abs().max()
+        # diffusers steps in float32 from float32 tables, ours from float64 ones: 5.4e-7 of max|x_prev|
+        # apart at worst. 1e-5 of it is 18× that; diffusers' fixed_large variance is 0.16 away.
+        assert_within(theirs, ours, atol=1e-5 * ours.abs().max(), what="step")
 
 
 def test_q_sample_noises_on_the_original_table():
     sampler = RespacedDDPM(4)
     z, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     a = linear_alphas_cumprod()[999].item()
-    torch.testing.assert_close(sampler.q_sample(z, noise), math.sqrt(a) * z + math.sqrt(1 - a) * noise)
-    assert abs(math.sqrt(a) - 0.06826) < 5e-6
+    assert torch.equal(sampler.q_sample(z, noise), math.sqrt(a) * z + math.sqrt(1 - a) * noise)  # the same operations
+    assert_within(math.sqrt(a), 0.06826, atol=5e-6, what="sqrt a")  # 5 printed decimals, as above
     assert torch.equal(QuirkyDDIM(20).q_sample(z, noise), sampler.q_sample(z, noise))
 
 
@@ -183,12 +191,15 @@ def test_ddim_feeds_999_but_updates_with_the_uniform_grid(eta, prediction_type):
     g = torch.Generator().manual_seed(1)
     x, out, noise = (torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
     expected = ddim_reference(out, x, noise, abar[950].item(), abar[900].item(), eta, prediction_type)
-    torch.testing.assert_close(sampler.step(out, 999, x, noise), expected, rtol=1e-12, atol=1e-12)
+    # The step and ddim_reference are the same float64 operations in the same order (σ's table too): equal.
+    assert torch.equal(sampler.step(out, 999, x, noise), expected)
     # t = 53 is index 1: grid ᾱ_50, and ᾱ_prev is ᾱ_0.
     expected = ddim_reference(out, x, noise, abar[50].item(), abar[0].item(), eta, prediction_type)
-    torch.testing.assert_close(sampler.step(out, 53, x, noise), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(sampler.step(out, 53, x, noise), expected)
     # Last step: a_t = a_prev = ᾱ_0 and σ = 0, so x comes back unchanged.
-    torch.testing.assert_close(sampler.step(out, 0, x, None), x, rtol=1e-12, atol=1e-12)
+    # x → x̂0 → x is an identity only up to float64 rounding (2.2e-16 seen on |x| ≲ 4); with ᾱ_prev = 1
+    # instead of ᾱ_0 the step would move x by √(1 − ᾱ_0)·ε ≈ 0.03·|ε|.
+    assert_within(sampler.step(out, 0, x, None), x, atol=1e-12, what="step 0")
 
 
 def test_ddim_uses_only_the_first_n_grid_points():
@@ -205,8 +216,14 @@ def test_adain_matches_source_statistics():
     source = torch.rand(2, 3, 32, 40, generator=g) * 0.6 - 0.1
     fixed = adain_color_fix(target, source)
     flat, ref = fixed.flatten(2), source.flatten(2)
-    torch.testing.assert_close(flat.mean(2), ref.mean(2), rtol=0, atol=1e-5)
-    torch.testing.assert_close(flat.std(2), ref.std(2), rtol=2e-4, atol=0)
+    # float32 means of 1280 values in [−0.1, 0.5]: 3e-8 apart at worst; the target's mean kept would be O(0.1) off.
+    assert_within(flat.mean(2), ref.mean(2), atol=1e-5, what="mean")
+    # calc_mean_std divides by √(var + 1e-5), so the result's std is std_t·√(var_s + ε)/√(var_t + ε): 1.6e-4
+    # (relative) from the source's own std here. With ε in the expectation (float64) only float32 rounding
+    # is left, 5.2e-8 relative at worst; 1e-6 still catches ε left out (1.6e-4) or added to the std (1.2e-4).
+    t64, s64, eps = target.double().flatten(2), source.double().flatten(2), 1e-5
+    expected_std = t64.std(2) * ((s64.var(2) + eps) / (t64.var(2) + eps)).sqrt()
+    assert_within(flat.std(2), expected_std, rtol=1e-6, what="std")
 
 
 def test_wavelet_keeps_target_detail_on_source_colour():
@@ -218,24 +235,29 @@ def test_wavelet_keeps_target_detail_on_source_colour():
     fixed = wavelet_color_fix(target, colour.expand(1, 3, size, size))
     # Away from the replicate-padded border (dilations 1+2+4+8+16 = 31 px), result = detail + colour.
     core = slice(31, size - 31)
-    torch.testing.assert_close(fixed[..., core, core], (target + colour)[..., core, core], rtol=0, atol=1e-6)
+    # float32 blurs (9 products each) and band sums over 5 levels of values ≤ 1: ≤ 2.4e-7 apart at worst
+    # (the mean below included); 5e-6 is 20× that, a band from the wrong image is O(0.1) off.
+    assert_within(fixed[..., core, core], (target + colour)[..., core, core], atol=5e-6, what="detail + colour")
     low = fixed[..., core, core].mean(dim=(-2, -1), keepdim=True)
-    torch.testing.assert_close(low, colour, rtol=0, atol=1e-6)
+    assert_within(low, colour, atol=5e-6, what="low")
     # A picture against itself keeps all of its bands.
     image = torch.rand(1, 3, 40, 50, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(wavelet_color_fix(image, image), image, rtol=0, atol=1e-6)
+    assert_within(wavelet_color_fix(image, image), image, atol=5e-6, what="itself")
 
 
 def test_gaussian_tile_weights_keep_the_midpoint_asymmetry():
     size = 64
     w = gaussian_tile_weights(size)
     assert w.shape == (size, size) and w.dtype == torch.float64
-    torch.testing.assert_close(w, w.flip(1))  # x: symmetric about (T−1)/2
+    # Mirrored entries are exp of the same argument ((±d)² is exact for integer or half-integer d), all 64
+    # in the vectorised loop (no scalar tail at any vector width), times the same factors: exactly equal.
+    assert torch.equal(w, w.flip(1))  # x: symmetric about (T−1)/2
     assert not torch.allclose(w, w.flip(0))  # y: centred on T/2 instead
-    torch.testing.assert_close(w[1:], w[1:].flip(0))  # rows 1..T−1 are symmetric about T/2
+    assert torch.equal(w[1:], w[1:].flip(0))  # rows 1..T−1 are symmetric about T/2
     assert int(w[:, 0].argmax()) == size // 2
     peak = 1 / (2 * math.pi * 0.01)
-    assert abs(w[size // 2, size // 2].item() - peak * math.exp(-0.25 / size**2 / 0.02)) < 1e-12
+    # float64 exp and products around 15.9 (ulp 3.6e-15): 1.8e-15 seen.
+    assert_within(w[size // 2, size // 2], peak * math.exp(-0.25 / size**2 / 0.02), atol=1e-12, what="peak")
 
 
 def test_tile_grid_is_flush_and_covers_the_latent():
@@ -265,7 +287,9 @@ def test_stitching_is_a_weighted_average():
     slices = tile_slices(shape, 64, 32)
     weights = gaussian_tile_weights(64)
     constant = stitch_tiles([torch.full((2, 4, 64, 64), 0.37)] * len(slices), slices, shape, weights)
-    torch.testing.assert_close(constant, torch.full(shape, 0.37), rtol=0, atol=1e-6)
+    # Products with float64 weights summed in float32 over ≤ 6 tiles, then divided: a few ulp, 9e-8 at 0.37
+    # and 5e-8 at 3.1 below. 2e-6 is > 20× that; weights not normalised or misplaced are O(0.1) off.
+    assert_within(constant, torch.full(shape, 0.37), atol=2e-6, what="constant")
     # Tile k outputs the value k: an overlapped pixel is Σ k·w_k / Σ w_k.
     outputs = [torch.full((2, 4, 64, 64), float(k)) for k in range(len(slices))]
     stitched = stitch_tiles(outputs, slices, shape, weights)
@@ -276,4 +300,4 @@ def test_stitching_is_a_weighted_average():
             w = weights[y - rows.start, x - cols.start].item()
             num, den = num + k * w, den + w
     assert stitched.dtype == torch.float32
-    assert abs(stitched[1, 3, y, x].item() - num / den) < 1e-6
+    assert_within(stitched[1, 3, y, x], num / den, atol=2e-6, what="weighted")
