@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from diffier_cli import __version__
-from diffier_cli.errors import EXIT_CODES_HELP, DiffierError, ExitCode, as_diffier_error
+from diffier_cli.errors import EXIT_CODES_HELP, DiffierError, ExitCode, as_diffier_error, one_line
 from diffier_cli.limits import (
     MAX_BATCH,
     MAX_CFG,
@@ -81,8 +81,10 @@ def _root(
 
 
 def _multiple_of_8(value: Optional[int]) -> Optional[int]:
-    if value is not None and (value <= 0 or value % 8 or value > MAX_SIDE):
-        raise typer.BadParameter(f"{value} is not a multiple of 8 (the VAE downsamples by 8) in 8..{MAX_SIDE}")
+    if value is not None and not 8 <= value <= MAX_SIDE:
+        raise typer.BadParameter(f"{value} is outside 8..{MAX_SIDE} pixels")
+    if value is not None and value % 8:
+        raise typer.BadParameter(f"{value} is not a multiple of 8 (the VAE downsamples by 8)")
     return value
 
 
@@ -301,7 +303,7 @@ def t2i(
 
 # Grad-TTS options shared by `tts` and `eval tts`.
 TTS_STEPS = typer.Option(10, "--steps", "--timesteps", min=1, max=TRAINING_TIMESTEPS, help="Reverse-SDE steps (the official default 10; at most 1000, the paper's largest).", rich_help_panel=SAMPLING)
-TTS_TEMPERATURE = typer.Option(1.5, "--temperature", callback=_between(0, 100, above=True), help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5).", rich_help_panel=SAMPLING)
+TTS_TEMPERATURE = typer.Option(1.5, "--temperature", callback=_between(0.1, 100), help="The prior noise is divided by this: z = mu + N(0, I)/temperature (official 1.5; in [0.1, 100]).", rich_help_panel=SAMPLING)
 TTS_LENGTH_SCALE = typer.Option(0.91, "--length-scale", callback=_between(0, 10, above=True), help="Speaking pace: > 1 slower, < 1 faster (official 0.91; at most 10).", rich_help_panel=SAMPLING)
 TTS_STOCHASTIC = typer.Option(False, "--stoc/--no-stoc", help="Stochastic reverse SDE steps instead of the deterministic ones (official default: off).", rich_help_panel=SAMPLING)
 TTS_SPEAKER = typer.Option(None, "--speaker", min=0, max=MAX_SPEAKER, help="Speaker index for the multi-speaker LibriTTS checkpoint (0..246).", rich_help_panel=SAMPLING)
@@ -797,7 +799,7 @@ def gap(
     sigma: float = typer.Option(0.3, "--sigma", callback=_between(0, 100, above=True), help="Standard deviation σ of every component."),
     spread: float = typer.Option(1.0, "--spread", callback=_between(0, 100, above=True), help="Standard deviation of the component means."),
     n_samples: int = typer.Option(1000, "--n-samples", min=2, max=20000, help="Samples per run (class i mod K); the energy distance holds n²/K² distances per class in memory."),
-    steps: int = typer.Option(50, "--steps", min=1, max=TRAINING_TIMESTEPS, help="DDIM steps on SD 2.1's schedule (T = 1000)."),
+    steps: int = typer.Option(50, "--steps", min=1, max=TRAINING_TIMESTEPS - 1, help="DDIM steps on SD 2.1's schedule (T = 1000; its steps_offset of 1 leaves room for 999)."),
     refiner_choices: list[RefinerName] = typer.Option([RefinerName.diffier], "--refiner", help="Rows besides the baseline: diffier (descent and ascent) or iec; repeat the option for both (none: the baseline alone).", rich_help_panel=REFINER),
     eta: float = ETA,
     threshold: float = THRESHOLD,
@@ -886,7 +888,7 @@ def manifest(
         preflight([Path(output)], overwrite)
     found = audit.collect(paths)
     for problem in found.problems:
-        typer.echo(problem, err=True)
+        typer.echo(one_line(problem), err=True)
     if not found.lines and not found.problems:
         raise UsageError(f"no diffier outputs (.png with a diffier record, .wav with its sidecar) under {' '.join(paths)}")
     text = audit.to_ndjson(found.lines)
@@ -945,12 +947,20 @@ def convert(
 
 
 def _error(message: str) -> None:
-    print(f"diffier: error: {message}", file=sys.stderr, flush=True)
+    print(f"diffier: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str, code: int) -> None:
     _error(message)
     sys.exit(code)
+
+
+def _resumable(command, argv: Optional[list[str]]) -> bool:
+    """Whether the invoked command takes --skip-existing, so that an interrupted run can resume."""
+    args = sys.argv[1:] if argv is None else argv
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    invoked = getattr(command, "commands", {}).get(name)
+    return invoked is not None and any(param.name == "skip_existing" for param in invoked.params)
 
 
 def _terminate(signum, frame) -> None:
@@ -962,7 +972,7 @@ def _terminate(signum, frame) -> None:
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A library's warning as one line on stderr, never a multi-line dump with source lines."""
     text = str(message).strip()
-    print(f"diffier: warning: {text.splitlines()[0] if text else category.__name__}", file=sys.stderr, flush=True)
+    print(f"diffier: warning: {one_line(text.splitlines()[0]) if text else category.__name__}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -978,7 +988,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         _main(command, argv)
     finally:
         warnings.showwarning = previous_show
-        if in_main_thread:
+        if previous_handler is not None:  # None: a handler installed outside Python, left alone
             signal.signal(signal.SIGTERM, previous_handler)
 
 
@@ -1005,5 +1015,6 @@ def _main(command, argv: Optional[list[str]]) -> None:
             raise
         _fail(str(mapped), mapped.code)
     if code == ExitCode.INTERRUPTED:  # typer also turns a KeyboardInterrupt into a bare exit code 130
-        _fail("interrupted; rerun the same command with --skip-existing (and the printed --seed) to resume", code)
+        hint = "; rerun the same command with --skip-existing (and the printed --seed) to resume" if _resumable(command, argv) else ""
+        _fail(f"interrupted{hint}", code)
     sys.exit(code if isinstance(code, int) else 0)

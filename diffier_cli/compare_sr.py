@@ -12,11 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from diffier_cli import __version__
-from diffier_cli.errors import UsageError
+from diffier_cli.errors import UsageError, excerpt
 from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
-from diffier_cli.runtime import Reporter, choose_seed, excerpt
+from diffier_cli.runtime import Reporter, choose_seed
 from diffier_cli.scores import compared_modes
 
 ZOOM_WIDTH = 256

@@ -90,7 +90,7 @@ def run_compare(opts: TTSOptions) -> None:
     png = folder / f"{stem}-{seed}-compare.png"
     preflight([path for wav in wavs.values() for path in (wav, wav.with_suffix(".json"))] + [png], opts.overwrite)
     reporter.message(f"seed {seed}")
-    spoken, skipped = speakable(text, reporter)
+    spoken, skipped = speakable(text, reporter, opts)
     voice = load_voice(opts, reporter, resolve_shard(None).local_rank)
 
     files, records, mels = {}, {}, {mode: [] for mode in modes}

@@ -6,6 +6,7 @@ scripts can branch on them; tracebacks are kept for genuine bugs.
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -31,6 +32,26 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """A piece of the user's input for a one-line message: quoted with control characters escaped
+    (repr), at most `limit` characters, so a 20 000-character prompt or a name holding a newline
+    neither fills the terminal nor breaks the line."""
+    return repr(text if len(text) <= limit else f"{text[: limit - 3]}...")
+
+
+MESSAGE_LIMIT = 2000  # characters of one stderr line; paths alone may take 4096 bytes
+
+
+def one_line(message: str) -> str:
+    """A message as one bounded line, whatever user input went into it: control characters
+    escaped, and past MESSAGE_LIMIT the middle cut, keeping the start (the problem) and the end
+    (the fix)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    if len(text) <= MESSAGE_LIMIT:
+        return text
+    return f"{text[: MESSAGE_LIMIT // 2]} [...] {text[-MESSAGE_LIMIT // 2:]}"
+
+
 class DiffierError(Exception):
     """A failure with a message that names the problem and the fix, and the exit code to end with."""
 
@@ -49,10 +70,11 @@ class ModelUnavailable(DiffierError):
         super().__init__(message, ExitCode.MODEL_UNAVAILABLE)
 
 
-def numerical_overflow(what: str, dtype: str, knobs: str) -> DiffierError:
+def numerical_overflow(what: str, dtype: str, advice: str) -> DiffierError:
     """A NaN or infinite output as a runtime error whose fix fits the run: half precision is the
-    usual cause, so it is named unless the run was float32 already."""
-    fix = "rerun with --dtype float32" if dtype != "float32" else f"lower {knobs}"
+    usual cause, so it is named unless the run was float32 already; then `advice` (the sampling
+    knobs that scale the numbers, each with the direction that shrinks them)."""
+    fix = "rerun with --dtype float32" if dtype != "float32" else advice
     return DiffierError(f"the {what} is NaN or infinite (numerical overflow in {dtype}); {fix}")
 
 
@@ -64,12 +86,17 @@ OOM_HINT = (
 
 
 def as_diffier_error(exc: BaseException) -> DiffierError | None:
-    """Map the out-of-memory errors of torch (GPU and CPU allocators) to exit code 4; None for others."""
+    """The failures any step can meet, as user-facing errors: running out of memory (torch's GPU
+    and CPU allocators, numpy, Python) is exit code 4; a path the operating system will not take
+    (a name over 255 bytes anywhere in it, a symbolic-link loop) is bad input, exit 2. None for others."""
     message = str(exc)
-    is_oom = type(exc).__name__ == "OutOfMemoryError" or (
+    is_oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
         isinstance(exc, RuntimeError)
         and ("out of memory" in message.lower() or "can't allocate memory" in message.lower())
     )
     if is_oom:
         return DiffierError(OOM_HINT, ExitCode.OUT_OF_MEMORY)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+        where = f" {excerpt(str(exc.filename), 120)}" if exc.filename else ""
+        return UsageError(f"the path{where} cannot be used: {exc.strerror}; shorten its names or fix its links")
     return None

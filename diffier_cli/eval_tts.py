@@ -15,7 +15,6 @@ from pathlib import Path
 from diffier_cli import untrusted
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
-from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.outputs import name_problem, preflight
 from diffier_cli.runtime import Reporter, require
 from diffier_cli.scores import compared_modes, mean, print_json, write_csv
@@ -39,7 +38,7 @@ def read_metadata(path: Path) -> list[Utterance]:
     except untrusted.Refused as exc:
         raise UsageError(f"{path} {exc}") from None
     entries = []
-    for number, line in enumerate(split_lines(text), 1):
+    for number, line in enumerate(split_lines(text, str(path)), 1):
         if not line.strip():
             continue
         fields = line.split("|")
@@ -49,8 +48,6 @@ def read_metadata(path: Path) -> list[Utterance]:
         if problem:
             raise UsageError(f"{path} line {number}: the id names no reference file: {problem}")
         entries.append(Utterance(fields[0].strip(), fields[-1].strip(), number))
-        if len(entries) > MAX_ITEMS:
-            raise UsageError(f"{path} holds over {MAX_ITEMS} utterances, the most one run plans; split it")
     if not entries:
         raise UsageError(f"{path} holds no 'id|text' lines")
     return entries
@@ -93,7 +90,7 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
     if csv_path is not None:
         preflight([Path(csv_path)], opts.overwrite)
     reporter = Reporter(opts.quiet)
-    prepared = [speakable(entry.text, reporter, f"{entry.id}: ") for entry in entries]
+    prepared = [speakable(entry.text, reporter, opts, f"{entry.id}: ") for entry in entries]
     voice = load_voice(opts, reporter, None)
     rows = []
     with torch.no_grad():

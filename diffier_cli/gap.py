@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffier_cli.errors import UsageError
 from diffier_cli.iec import IEC
 from diffier_cli.refine import DiffIER
 from diffier_cli.runtime import REFINE_SEED_MIX
 from diffier_cli.sampling import Refiner, denoise
 from models.mixture import Mixture, MisfitModel
-from models.sd import most_steps
 
 # SD 2.1's scheduler configuration (scaled-linear betas, T = 1000), as models/sd.py gets from the hub.
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -50,9 +48,6 @@ class MixtureBackbone:
 
         self.model = model
         self.scheduler = DDIMScheduler(**SD_SCHEDULE)
-        usable = most_steps(self.scheduler, steps)
-        if usable < steps:
-            raise UsageError(f"--steps {steps} leaves SD 2.1's 1000 trained timesteps (its DDIM grid is offset by 1); use at most {usable}")
         self.scheduler.set_timesteps(steps)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.double()
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from diffier_cli.errors import DiffierError, ExitCode, UsageError, as_diffier_error
+from diffier_cli.errors import DiffierError, ExitCode, UsageError, as_diffier_error, excerpt
+from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.outputs import plan_outputs, preflight, remove_stale_parts
 
 
@@ -58,9 +59,23 @@ def _number(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name, "").strip()
     if not value:
         return None
-    if not value.isdecimal() or len(value) > 9:
-        raise UsageError(f"the environment sets {name}={value[:20]!r}, not a whole number; fix or unset it, or pass --shard K/N")
+    if not (value.isascii() and value.isdigit()):
+        raise UsageError(f"the environment sets {name}={excerpt(value, 20)}, not a whole number; fix or unset it, or pass --shard K/N")
+    if len(value) > 9:
+        raise UsageError(f"the environment sets {name}={excerpt(value, 20)}, too large for a process count; fix or unset it, or pass --shard K/N")
     return int(value)
+
+
+def _pair(environ: Mapping[str, str], index: str, count: str) -> tuple[int, int] | None:
+    """(index, count) from a launcher's pair of variables when the count says several processes,
+    None when there is one; an index missing beside such a count is refused, not taken as 0."""
+    total = _count(environ, count)
+    if total <= 1:
+        return None
+    if _number(environ, index) is None:
+        raise UsageError(f"the environment sets {count}={total} but not {index}; launchers set both: set {index}, "
+                         f"unset {count}, or pass --shard K/N")
+    return _count(environ, index), total
 
 
 def _count(environ: Mapping[str, str], name: str) -> int:
@@ -88,14 +103,16 @@ def resolve_shard(explicit: str | None, environ: Mapping[str, str] = os.environ)
         if world > 1:
             return replace(shard, local_rank=local_rank)
     index, count, sources = 0, 1, []
-    if _count(environ, "SLURM_ARRAY_TASK_COUNT") > 1:
-        task, first = _count(environ, "SLURM_ARRAY_TASK_ID"), _count(environ, "SLURM_ARRAY_TASK_MIN")
+    array = _pair(environ, "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
+    if array is not None:
+        (task, tasks), first = array, _count(environ, "SLURM_ARRAY_TASK_MIN")
         step = _count(environ, "SLURM_ARRAY_TASK_STEP") or 1
-        index, count = (task - first) // step, _count(environ, "SLURM_ARRAY_TASK_COUNT")
+        index, count = (task - first) // step, tasks
         sources.append("SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
-    if _count(environ, "SLURM_NTASKS") > 1:
-        tasks = _count(environ, "SLURM_NTASKS")
-        index, count = index * tasks + _count(environ, "SLURM_PROCID"), count * tasks
+    procs = _pair(environ, "SLURM_PROCID", "SLURM_NTASKS")
+    if procs is not None:
+        proc, tasks = procs
+        index, count = index * tasks + proc, count * tasks
         sources.append("SLURM_PROCID/SLURM_NTASKS")
     if not sources:
         return Shard(0, 1, "default", local_rank)
@@ -111,9 +128,14 @@ def refuse_batch_options(opts, flag: str) -> None:
             raise UsageError(f"{flag} makes one comparison, not a batch; drop {option}")
 
 
-def split_lines(text: str) -> list[str]:
+def split_lines(text: str, what: str | None = None) -> list[str]:
     """Lines at "\n" (and "\r\n") only: str.splitlines also breaks at U+2028, form feeds and other
-    separators that JSON keeps raw inside strings, which would shift every later line's index."""
+    separators that JSON keeps raw inside strings, which would shift every later line's index.
+
+    With `what` (the input, for the message), more than MAX_ITEMS lines are refused before the
+    text is split: a 256 MiB file of empty lines would otherwise become 128 million strings."""
+    if what is not None and text.count("\n", 0, len(text) - 1) >= MAX_ITEMS:
+        raise UsageError(f"{what} holds over {MAX_ITEMS} lines, the most items one run plans; split it into several files")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

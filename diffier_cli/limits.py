@@ -60,3 +60,7 @@ MAX_SWEEP_VALUES = 32
 # gap: samples × classes × components × dimensions, the size of its largest intermediate tensor
 # ([N, K·M, d] float64 distances to every component), 8 bytes each: 5e7 is 400 MB.
 MAX_GAP_ELEMENTS = 50_000_000
+
+# Seconds of audio in one WAV, estimated from its text before synthesis: its samples are held in
+# memory whole (float32 and the encoded WAV), about 1.5 GB at this bound.
+MAX_AUDIO_SECONDS = 3600

@@ -17,7 +17,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Mapping
 
-from diffier_cli.errors import DiffierError, UsageError
+from diffier_cli.errors import DiffierError, UsageError, excerpt
 from diffier_cli.limits import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 NAME_FIELDS = ("index", "seed", "slug", "mode", "stem")
@@ -44,14 +44,14 @@ def name_problem(name: str) -> str | None:
     if name in ("", ".", ".."):
         return f"{name!r} is not a file name"
     if any(ord(c) < 32 or c == "\x7f" for c in name):
-        return f"{name!r} holds a control character (NUL, newline, ...)"
+        return f"{excerpt(name)} holds a control character (NUL, newline, ...)"
     if "/" in name or "\\" in name:
-        return f"{name!r} holds a folder separator"
+        return f"{excerpt(name)} holds a folder separator"
     size = len(name.encode("utf-8", "surrogateescape"))
     if size > MAX_NAME_BYTES:
-        return f"{name[:40]!r}... is {size} bytes long; at most {MAX_NAME_BYTES} fit (255 minus the temporary file's 15)"
+        return f"{excerpt(name, 40)} is {size} bytes long; at most {MAX_NAME_BYTES} fit (255 minus the temporary file's 15)"
     if name.split(".")[0].strip().lower() in WINDOWS_DEVICES:
-        return f"{name!r} is a device name Windows reserves"
+        return f"{excerpt(name)} is a device name Windows reserves, so the file could not be copied there; rename it"
     return None
 
 
@@ -61,12 +61,14 @@ def _template_fields(template: str) -> set[str]:
     try:
         parsed = [(field, spec or "") for _, field, spec, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:
-        raise UsageError(f"bad name template {template!r}: {exc}") from exc
+        raise UsageError(f"bad name template {excerpt(template)}: {exc}") from exc
     for field, spec in parsed:
         if "{" in spec or "}" in spec:
-            raise UsageError(f"bad name template {template!r}: {{{field}:{spec}}} nests a field in a format spec; use {{{field}:05d}}-style specs")
-        if any(int(width) > MAX_NAME_BYTES for width in re.findall(r"\d+", spec)):
-            raise UsageError(f"bad name template {template!r}: {{{field}:{spec}}} asks for more than the {MAX_NAME_BYTES} bytes a file name holds")
+            raise UsageError(f"bad name template {excerpt(template)}: {excerpt(field + ':' + spec, 40)} nests a field in a "
+                             "format spec; use {index:05d}-style specs")
+        if any(len(width.lstrip("0")) > 3 or int(width) > MAX_NAME_BYTES for width in re.findall(r"\d+", spec)):
+            raise UsageError(f"bad name template {excerpt(template)}: {excerpt(field + ':' + spec, 40)} asks for more than "
+                             f"the {MAX_NAME_BYTES} bytes a file name holds")
     return {field for field, _ in parsed}
 
 
@@ -74,9 +76,13 @@ def check_path(path: Path) -> None:
     """One-line usage error for an output path no file system would take (see name_problem)."""
     problem = name_problem(path.name)
     if problem is not None:
-        raise UsageError(f"cannot name an output {path}: {problem}; choose another -o or --name")
+        raise UsageError(f"cannot name an output {excerpt(str(path), 120)}: {problem}; choose another -o or --name")
+    if any(len(os.fsencode(part)) > 255 for part in path.parts):
+        raise UsageError(f"a folder name in the output path {excerpt(str(path), 120)} is over the 255 bytes file systems take; "
+                         "choose another -o")
     if len(os.fsencode(path.absolute())) >= MAX_PATH_BYTES:
-        raise UsageError(f"the output path {str(path)[:60]}... is longer than the {MAX_PATH_BYTES} bytes Linux takes; choose a shorter -o")
+        raise UsageError(f"the output path {excerpt(str(path), 60)} is longer than the {MAX_PATH_BYTES} bytes Linux takes; "
+                         "choose a shorter -o")
 
 
 def plan_outputs(

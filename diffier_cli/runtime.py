@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from diffier_cli.errors import UsageError
+from diffier_cli.errors import UsageError, one_line
 
 if TYPE_CHECKING:
     from diffier_cli.iec import IEC
@@ -133,12 +133,6 @@ def item_generators(seeds: list[int], device) -> tuple[list, list]:
     return noise, refine
 
 
-def excerpt(text: str, limit: int = 80) -> str:
-    """A piece of the user's text for a one-line message: quoted, at most `limit` characters, so
-    a 20 000-character prompt does not fill the terminal."""
-    return repr(text if len(text) <= limit else f"{text[: limit - 3]}...")
-
-
 class Reporter:
     """Messages on stderr; a rich progress bar only when stderr is a terminal."""
 
@@ -151,6 +145,7 @@ class Reporter:
     def message(self, text: str) -> None:
         if self.quiet:
             return
+        text = one_line(text)
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
         else:

@@ -361,7 +361,7 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRO
         weights = gaussian_tile_weights(rows.stop - rows.start, width=cols.stop - cols.start)
         result = stitch_tiles(outputs, patches, padded.shape, weights)
     if not torch.isfinite(result).all():
-        raise numerical_overflow("output", str(model.dtype).removeprefix("torch."), "--cfg, or the refinement's --eta and --max-iters")
+        raise numerical_overflow("output", str(model.dtype).removeprefix("torch."), "lower --cfg, or the refinement's --eta and --max-iters")
     # Clamp before resizing, as the official save path does; the padding is cropped first (the
     # official resizes the padded image and then crops, which shifts the crop when s > scale).
     result = result.clamp(-1, 1)[..., :work_h, :work_w]

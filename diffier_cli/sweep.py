@@ -13,13 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from diffier_cli import __version__
-from diffier_cli.errors import UsageError
+from diffier_cli.errors import UsageError, excerpt
 from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
 from diffier_cli.limits import MAX_CFG, MAX_ETA, MAX_REFINE_ITERS, MAX_SWEEP_VALUES
-from diffier_cli.runtime import Reporter, choose_seed, excerpt
+from diffier_cli.runtime import Reporter, choose_seed
 from diffier_cli.scores import compared_modes
 
 SWEPT = {"cfg": "ω", "eta": "η", "iters": "max-iters"}

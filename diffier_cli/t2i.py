@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffier_cli import __version__, untrusted
-from diffier_cli.errors import UsageError
+from diffier_cli.errors import UsageError, excerpt
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.metadata import library_versions, png_text
@@ -24,7 +24,6 @@ from diffier_cli.runtime import (
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
-    excerpt,
     item_generators,
     quiet_libraries,
     resolve_device,
@@ -93,9 +92,15 @@ def _jsonl_line(text: str, where: str) -> PromptLine:
     seed, name, negative = entry.get("seed"), entry.get("name"), entry.get("negative_prompt")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32):
         return PromptLine(error=f"{where}: seed {seed!r} is not an integer in 0..2**32-1")
-    if name is not None and (not isinstance(name, str) or name.startswith(".") or name_problem(name)):
-        why = name_problem(name) if isinstance(name, str) and not name.startswith(".") else f"{str(name)[:40]!r} must be a plain file name, not hidden"
-        return PromptLine(error=f"{where}: name {why}")
+    if name is not None:
+        if not isinstance(name, str):
+            why = f"{excerpt(json.dumps(name), 40)} is not a string"
+        elif name.startswith("."):
+            why = f"{excerpt(name)} would be a hidden file, which folder listings leave out; drop the leading '.'"
+        else:
+            why = name_problem(name)
+        if why:
+            return PromptLine(error=f"{where}: name {why}")
     if negative is not None and not isinstance(negative, str):
         return PromptLine(error=f"{where}: negative_prompt must be a string")
     return PromptLine(entry["prompt"], negative, seed, name)
@@ -112,7 +117,7 @@ def read_prompts(opts: T2IOptions) -> list[PromptLine]:
             raise UsageError("the prompt is empty; say what to draw")
         return [PromptLine(opts.prompt)]
     text, label = _read_source(opts.prompts_file)
-    lines = split_lines(text)
+    lines = split_lines(text, f"--prompts-file {label}")
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing blank line is the end of the file, not a prompt
     jsonl = opts.prompts_file.lower().endswith((".jsonl", ".ndjson")) or (label == "stdin" and lines and lines[0].lstrip().startswith("{"))

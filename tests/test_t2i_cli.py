@@ -170,7 +170,7 @@ def assert_one_line_error(result, code, *needles):
         (("--max-iters", "0"), "--max-iters"),
         (("--steps", "0"), "--steps"),
         (("--height", "100"), "multiple of 8"),
-        (("--width", "0"), "multiple of 8"),
+        (("--width", "0"), "outside 8..8192"),
         (("--direction", "sideways"), "--direction"),
         (("--num-images", "2"), "pass a folder"),
     ],

@@ -370,5 +370,5 @@ def test_a_non_finite_mel_is_one_line_naming_the_knobs(checkpoints, tmp_path, mo
     decode = GradTTSBackbone.decode
     monkeypatch.setattr(GradTTSBackbone, "decode", lambda self, x, state: decode(self, x, state) * float("inf"))
     result = tts(checkpoints[1], "--text", "Hello.", "-o", str(tmp_path / "out" / "x.wav"), "-q")
-    assert_one_line_error(result, 1, "mel spectrogram is NaN or infinite (numerical overflow in float32)", "lower --temperature")
+    assert_one_line_error(result, 1, "mel spectrogram is NaN or infinite (numerical overflow in float32)", "raise --temperature")
     assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,6 @@ ordinary Conv1d/ConvTranspose1d and no deprecated `torch.nn.utils.weight_norm` h
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffier_cli.errors import ModelUnavailable
+from diffier_cli import untrusted
+from diffier_cli.errors import ModelUnavailable, first_line
 from models.checkpoints import describe, load_tensors_only, sha256_of
 
 # models.py: LRELU_SLOPE = 0.1 everywhere except the last activation, a bare F.leaky_relu (0.01).
@@ -57,14 +57,21 @@ class HiFiGANConfig:
     def from_json(cls, path: str | Path) -> HiFiGANConfig:
         """Read the generator keys of a jik876 training config; the training-only keys are ignored."""
         try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"{path} is not a readable HiFi-GAN config.json: {exc}") from exc
+            raw = untrusted.read_json_file(path)
+        except (OSError, untrusted.Refused) as exc:
+            raise ModelUnavailable(f"{path} is not a readable HiFi-GAN config.json: {first_line(exc)}") from exc
         if not isinstance(raw, dict):
             raise ModelUnavailable(f"{path} is not a HiFi-GAN config: found {describe(raw)}")
         missing = [field.name for field in fields(cls) if field.name not in raw]
         if missing:
             raise ModelUnavailable(f"{path} is not a HiFi-GAN config: it lacks {missing}")
+        try:
+            return cls._from_fields(raw)
+        except (TypeError, ValueError) as exc:
+            raise ModelUnavailable(f"{path} is not a HiFi-GAN config: {first_line(exc)}") from exc
+
+    @classmethod
+    def _from_fields(cls, raw: dict) -> HiFiGANConfig:
         return cls(
             resblock=str(raw["resblock"]),
             upsample_rates=tuple(raw["upsample_rates"]),

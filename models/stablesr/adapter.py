@@ -8,12 +8,13 @@ whole stitched prediction, never a tile.
 
 from __future__ import annotations
 
-import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from diffier_cli import untrusted
 from diffier_cli.errors import ModelUnavailable, UsageError, first_line
 from models.checkpoints import sha256_of
 from models.stablesr.cfw import CFWAutoencoder, load_cfw
@@ -41,15 +42,33 @@ class SRState:
     cfg: float = 1.0
 
 
+CONFIG_SECTIONS = ("unet", "struct_encoder", "vae")  # each a dict of constructor arguments
+
+
 def read_model_config(checkpoint: Path) -> dict:
-    """Module configs from `<checkpoint>.config.json` when present (non-SD-2.1 shapes), else SD-2.1's."""
+    """Module configs from `<checkpoint>.config.json` when present (non-SD-2.1 shapes), else SD-2.1's.
+    Read as untrusted (bounded size and depth), and only as a dict of dicts."""
     sidecar = checkpoint.with_name(checkpoint.name + ".config.json")
     if not sidecar.is_file():
         return {}
     try:
-        return json.loads(sidecar.read_text())
-    except ValueError as exc:
-        raise ModelUnavailable(f"{sidecar} is not valid JSON: {exc}") from exc
+        config = untrusted.read_json_file(sidecar)
+    except (OSError, untrusted.Refused) as exc:
+        raise ModelUnavailable(f"cannot read {sidecar}: {first_line(exc)}") from None
+    if not isinstance(config, dict) or any(not isinstance(config.get(key, {}), dict) for key in CONFIG_SECTIONS):
+        raise ModelUnavailable(f"{sidecar} is not a StableSR config: expected an object whose "
+                               f"{', '.join(CONFIG_SECTIONS)} are objects of module arguments")
+    return config
+
+
+@contextmanager
+def _configured(sidecar_of: Path):
+    """A module built from a config sidecar's arguments: a wrong name or type there is the file's
+    fault, one line naming it, not a traceback from the module's constructor."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelUnavailable(f"{sidecar_of.name}.config.json does not describe a StableSR module: {first_line(exc)}") from exc
 
 
 class StableSR:
@@ -70,8 +89,9 @@ class StableSR:
         parts = split_by_prefix(diffusion.tensors)
         base = SD21_768_UNET_CONFIG if prediction_type == "v_prediction" else SD21_UNET_CONFIG
         unet_config = {**base, **config.get("unet", {})}
-        unet, struct = build_stablesr_unet(unet_config, config.get("struct_channels", STRUCT_CHANNELS))
-        encoder = TimeAwareEncoder(**config.get("struct_encoder", {}))
+        with _configured(checkpoint):
+            unet, struct = build_stablesr_unet(unet_config, config.get("struct_channels", STRUCT_CHANNELS))
+            encoder = TimeAwareEncoder(**config.get("struct_encoder", {}))
         prefix = PREFIXES["struct_encoder"]
         try:
             unet.load_state_dict(convert_official_unet(parts["unet"], unet_config), strict=True)
@@ -84,7 +104,8 @@ class StableSR:
         context = empty_prompt_embedding(text_model)
         vae_config = read_model_config(vae_checkpoint).get("vae")
         autoencoder = read_official_checkpoint(vae_checkpoint)
-        cfw = load_cfw(autoencoder.tensors, vae_config)
+        with _configured(vae_checkpoint):
+            cfw = load_cfw(autoencoder.tensors, vae_config)
         info = {
             "checkpoint": {"path": str(checkpoint), "sha256": sha256_of(checkpoint),
                            "neutralised_globals": list(diffusion.neutralised)},
