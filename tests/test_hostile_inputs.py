@@ -423,3 +423,14 @@ def test_a_forged_hifigan_config_is_model_unavailable(tmp_path, config, needle):
     assert HiFiGANConfig.from_json(tmp_path / "v1.json") == HiFiGANConfig()  # unaltered, it reads back
     with pytest.raises(ModelUnavailable, match=needle):
         HiFiGANConfig.from_json(tmp_path / "config.json")
+
+
+def test_only_commands_that_resume_offer_the_resume_hint(monkeypatch):
+    import diffier_cli.gap
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diffier_cli.gap, "run_benchmark", interrupted)
+    result = run_cli("gap", "-q")
+    assert (result.returncode, result.stderr) == (130, "diffier: error: interrupted\n")
