@@ -108,7 +108,7 @@ def test_the_command_prints_a_table_json_and_a_plot(tmp_path):
 
 @pytest.mark.parametrize(("args", "needle"), [(("--omegas", "1,x"), "comma-separated"), (("--omegas", "-1"), ">= 0"),
                                               (("--omegas", "1,nan"), "finite"), (("--misfit", "wrong"), "wrong"),
-                                              (("--steps", "1001"), "less than or equal to 1000"), (("--classes", "1"), "--classes"),
+                                              (("--steps", "1000"), "less than or equal to 999"), (("--classes", "1"), "--classes"),
                                               (("--plot", "gap.jpg"), ".png file name")])
 def test_bad_gap_options_exit_2(args, needle):
     result = run_cli("gap", *args)
