@@ -1,9 +1,9 @@
 """IEC, iterative error correction ("Test-Time Iterative Error Correction for Efficient Diffusion
-Models", ICLR 2026), reimplemented from the formulas in shared/design/iec.md.
+Models", ICLR 2026), reimplemented from the formulas in docs/iec.md.
 
 IEC solves the implicit step x_{t−1} = Φ_t(x_t, ε̂(x_{t−1}, t)) by damped fixed-point iteration,
 paying K − 1 extra model evaluations on every step it corrects. "L l.N" and "D l.N" below cite
-the official code (zysxmu/IEC @ 11308f0) as iec.md reads it: L = mainldm/ldm/models/diffusion/
+the official code (zysxmu/IEC @ 11308f0) as docs/iec.md reads it: L = mainldm/ldm/models/diffusion/
 ddim.py (the LDM variant), D = mainddpm/ddpm/functions/deepcache_denoising.py (the DDPM variant).
 
 Where this differs from the official code, on purpose:
@@ -19,7 +19,7 @@ Where this differs from the official code, on purpose:
   x_{t−1} = Φ_t(x_t, ε̄) (Φ is affine in ε); the official code builds pred_x0 from the last
   re-evaluation e_k instead (L l.352), which is not the ε the returned x_{t−1} was made from.
 - Which steps are corrected is a user choice (--iec-steps, default all); the official step sets
-  are CacheQuant's cache-refresh steps (iec.md §2), which have no counterpart without a cache.
+  are CacheQuant's cache-refresh steps (docs/iec.md §2), which have no counterpart without a cache.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Variant:
-    """One of the two in-repo configurations (iec.md §2)."""
+    """One of the two in-repo configurations (docs/iec.md §2)."""
 
     iters: int  # K: the plain step plus K − 1 corrections
     tol: float
@@ -136,7 +136,7 @@ class IEC:
         kind, a = parse_steps(self.steps)
         if kind == "all":
             return True
-        if kind == "every":  # cur_i ∈ interval_seq = 0, k, 2k, … (D l.215, iec.md §2)
+        if kind == "every":  # cur_i ∈ interval_seq = 0, k, 2k, … (D l.215, docs/iec.md §2)
             return index % a == 0
         first, last = index < a, index >= count - a
         return {"first": first, "last": last, "first-last": first or last}[kind]
@@ -156,7 +156,7 @@ class IEC:
 
         x_hat, phi = step.frozen()  # x⁽⁰⁾ = Φ_t(x_t, ε̂(x_t, t), z): the plain step (L l.296-304)
         work = torch.promote_types(step.x.dtype, torch.float32)  # at least float32; float64 stays (diffier gap)
-        eps_bar = step.eps.to(work)  # ε̄_0; x⁽ᵏ⁾ = Φ_t(x_t, ε̄_k) since Φ is affine in ε (iec.md §1)
+        eps_bar = step.eps.to(work)  # ε̄_0; x⁽ᵏ⁾ = Φ_t(x_t, ε̄_k) since Φ is affine in ε (docs/iec.md §1)
         active = torch.ones(batch, dtype=torch.bool, device=device)
         broadcast = (batch,) + (1,) * (step.x.ndim - 1)
         for k, weight in enumerate(self.weights):

@@ -1,9 +1,9 @@
-"""DiffIER's correction of a noise prediction, exactly as `shared/design/refine_eps.md` specifies it,
+"""DiffIER's correction of a noise prediction, exactly as `docs/refine_eps.md` specifies it,
 and `Refined`, the loop's account of one refined step, whichever refiner (DiffIER here, IEC in iec.py) made it.
 
 The paper (DiffIER, Algorithm 1 and Eq. 12) refines the guided prediction ε̂ at every sampling
 step by gradient steps on L = ‖ε̂ − n‖² with a fresh n ~ N(0, I) at each iteration. The rule
-numbers in the comments below are the spec's.
+numbers in the comments below are the rules of docs/refine_eps.md.
 """
 
 from __future__ import annotations

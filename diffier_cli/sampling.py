@@ -2,7 +2,7 @@
 
 A backbone adapter supplies its prediction in its own parameterisation (ε, v or a score), the
 conversions to and from ε, and its sampler step. The loop converts to ε only when a refiner is
-on (spec rule 6), so a `--baseline` run executes exactly the backbone's own arithmetic.
+on (docs/refine_eps.md rule 6), so a `--baseline` run executes exactly the backbone's own arithmetic.
 
 Two kinds of refiner: an ε refiner (DiffIER) corrects ε̂(x_t, t) and the loop takes one plain
 step from it, with no model call; a step refiner (IEC) gets the whole step as a `Step`: x_t, t,
@@ -60,7 +60,7 @@ class Step:
 
     @cached_property
     def eps(self) -> torch.Tensor:
-        """ε̂(x_t, t), converted from the model's parameterisation (spec rule 6)."""
+        """ε̂(x_t, t), converted from the model's parameterisation (docs/refine_eps.md rule 6)."""
         return self.backbone.to_eps(self.prediction, self.x, self.t, self.state)
 
     def take(self, eps: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ class Step:
         return self.backbone.step(self.x, self.prediction, self.t, self.state)
 
     def predict_eps(self, x: torch.Tensor) -> torch.Tensor:
-        """ε̂(x, t): one more model evaluation, at another x but the current t (iec.md §1, §3)."""
+        """ε̂(x, t): one more model evaluation, at another x but the current t (docs/iec.md §1, §3)."""
         return self.backbone.to_eps(self.backbone.predict(x, self.t, self.state), x, self.t, self.state)
 
     def frozen(self) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -81,7 +81,7 @@ class Step:
         The first is the step from the model's own prediction, exactly a baseline step; Φ maps any
         ε to x_{t−1} with that same noise and no side effect. Φ is affine in ε for every sampler
         here (DDIM, respaced DDPM, the Grad-TTS Euler step), so relaxing x⁽ᵏ⁾ equals relaxing the ε
-        it is made from (iec.md §1, last line)."""
+        it is made from (docs/iec.md §1, last line)."""
         noise = self.backbone.step_noise(self.x, self.t, self.state)
 
         def phi(eps: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ def denoise(
                 step = Step(backbone, state, x, t, prediction, index, len(timesteps))
                 if isinstance(refiner, StepRefiner):
                     refined = refiner.refine(step, generators)
-                else:  # spec rule 6: to ε, refine, back, one plain step
+                else:  # docs/refine_eps.md rule 6: to ε, refine, back, one plain step
                     eps, stats = refiner(step.eps, generators)
                     refined = Refined(step.take(eps), eps, stats)
                 if observe is not None:

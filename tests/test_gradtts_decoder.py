@@ -116,7 +116,7 @@ def test_refinement_changes_the_mel_reproducibly(models):
 def test_sigma_and_beta_match_the_design_note_values(models):
     _, port = models
     decoder = port.decoder
-    # gradtts.md §2, n = 10: t = .95, .45, .05. The note prints 6 decimals (±5e-7) and σ, β are
+    # docs/gradtts.md §2, n = 10: t = .95, .45, .05. The note prints 6 decimals (±5e-7) and σ, β are
     # float64 Python math (exact to 1e-15), so 1e-6 is the printed precision; the ½ missing from
     # ∫β would move σ(.05) by 0.06, β0 and β1 swapped by 0.6.
     assert_within(decoder.sigma(0.95), 0.999941, atol=1e-6, what="sigma(.95)")

@@ -104,7 +104,7 @@ def sd_state(backbone, batch=1, ddim_eta=0.0, seed=0):
 @pytest.mark.parametrize("variant", ["ldm", "ddpm"])
 def test_update_equals_the_hand_computed_iteration_on_the_tiny_sd(sd_models, prediction, variant):
     """LDM: x⁽¹⁾ = Φ(x_t, ε̂(x⁽⁰⁾, t)), x⁽²⁾ = ½x⁽¹⁾ + ½Φ(x_t, ε̂(x⁽¹⁾, t)); DDPM: x⁽¹⁾ = ½x⁽⁰⁾ + ½Φ(x_t, ε̂(x⁽⁰⁾, t))
-    (iec.md §1), with Φ the DDIM step by hand and ε̂ the guided UNet at the candidate and the current t."""
+    (docs/iec.md §1), with Φ the DDIM step by hand and ε̂ the guided UNet at the candidate and the current t."""
     backbone = sd_models[prediction]
     state = sd_state(backbone)
     x = backbone.init_noise(state)

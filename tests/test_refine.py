@@ -1,4 +1,4 @@
-"""One test per numbered rule of shared/design/refine_eps.md."""
+"""One test per numbered rule of docs/refine_eps.md."""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def official_unet_shapes(
     return shapes
 
 
-# The 22 SPADE layers of SD-2.1 (design §2.3): LDM block → diffusers resnet, channels.
+# The 22 SPADE layers of SD-2.1 (docs/stablesr.md §2.3): LDM block → diffusers resnet, channels.
 SD21_SPADE_TABLE = [
     *[
         (f"input_blocks.{b}.0", f"down_blocks.{b // 3}.resnets.{(b - 1) % 3}", (320, 640, 1280, 1280)[b // 3])
@@ -163,7 +163,7 @@ SD21_SPADE_TABLE = [
         for b in range(12)
     ],
 ]
-# Tiny encoder (TINY_ENCODER), per the layout of design §2.4 scaled down: ResBlock+Attn, Down, ResBlock+Attn, Down,
+# Tiny encoder (TINY_ENCODER), per the layout of docs/stablesr.md §2.4 scaled down: ResBlock+Attn, Down, ResBlock+Attn, Down,
 # ResBlock 64→128 (skip conv, no attention at the last level); middle ResBlock/Attn/ResBlock;
 # fea_tran 64, 64, 128 → 32 (all three with a skip conv).
 _RES = [
@@ -453,7 +453,7 @@ def test_tiny_encoder_outputs_one_feature_per_width(tiny_models):
 
 
 def test_official_encoder_layout():
-    """The official config (design §2.4): 12 input blocks, attention at ds 1/2/4, fea_tran 256/256/512/512 → 256."""
+    """The official config (docs/stablesr.md §2.4): 12 input blocks, attention at ds 1/2/4, fea_tran 256/256/512/512 → 256."""
     with torch.device("meta"):
         encoder = TimeAwareEncoder()
     shapes = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}

@@ -2,7 +2,7 @@
 
 The official sampler (Grad-TTS/model/diffusion.py `reverse_diffusion`) integrates the reverse
 SDE on t ∈ (1, 0] with n midpoint steps, t_i = 1 − (i + ½)/n. Its estimator predicts the score
-s ≈ ∇ log p_t, so the loop's ε is ε = −σ_t s (design note gradtts.md §2), and the baseline step
+s ≈ ∇ log p_t, so the loop's ε is ε = −σ_t s (docs/gradtts.md §2), and the baseline step
 runs on s exactly as the official code does.
 """
 

@@ -1,7 +1,7 @@
 """StableSR's CFW ("controllable feature wrapping") autoencoder on top of diffusers' `AutoencoderKL`.
 
 StableSR decodes with the SD VAE decoder plus two fusion layers that blend features of the LR
-image's encoder pass into the decoder, weighted by `dec_w` (design §2.5). The VAE itself is the
+image's encoder pass into the decoder, weighted by `dec_w` (docs/stablesr.md §2.5). The VAE itself is the
 stock kl-f8 one, so it stays a diffusers `AutoencoderKL`; only the fusion layers (with the key
 names of the official checkpoint) and the encode/decode loops that reach inside it are written
 here. Sources: IceClear/StableSR 398ee93, cited as model.py = ldm/modules/diffusionmodules/model.py,
@@ -201,7 +201,7 @@ class CFWAutoencoder(nn.Module):
 def load_cfw(state_dict: Mapping[str, torch.Tensor], vae_config: Mapping[str, Any] | None = None) -> CFWAutoencoder:
     """Build a `CFWAutoencoder` from the `state_dict` of vqgan_cfw_00011.ckpt, strictly.
 
-    The checkpoint is un-prefixed (design §3.2): `encoder.*`, `decoder.*`, `quant_conv.*`,
+    The checkpoint is un-prefixed (docs/stablesr.md §3.2): `encoder.*`, `decoder.*`, `quant_conv.*`,
     `post_quant_conv.*` go through diffusers' `convert_ldm_vae_checkpoint`, which would silently
     drop anything it does not know, so the key counts are checked; `decoder.fusion_layer_{1,2}.*`
     load by name; the training-only `loss.*` is dropped. Anything else is a `ModelUnavailable`.

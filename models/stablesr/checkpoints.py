@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from diffier_cli.errors import ModelUnavailable
 from models.checkpoints import describe, load_failure_reason, torch_load_weights
 
-# Key prefixes of LatentDiffusionSRTextWT's state_dict (design §3.1). The groups keep them: the
+# Key prefixes of LatentDiffusionSRTextWT's state_dict (docs/stablesr.md §3.1). The groups keep them: the
 # diffusers converters key on them (convert_ldm_unet_checkpoint reads only `model.diffusion_model.*`;
 # convert_open_clip_checkpoint's ignore list holds prefixed names).
 PREFIXES = {

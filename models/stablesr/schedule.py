@@ -9,7 +9,7 @@ written out here from the official formulas instead of through diffusers' schedu
   tests/test_stablesr_schedule.py), but it draws its noise from a generator inside `step` and
   keeps the timesteps as mutable state. The steps below take the noise explicitly and keep no
   state, so a caller can run them per sample with its own generators.
-- diffusers' `DDIMScheduler` cannot express the grid mismatch at all (design note §1.3).
+- diffusers' `DDIMScheduler` cannot express the grid mismatch at all (docs/stablesr.md §1.3).
 
 The schedule tables are float64 here. The official code builds the betas in float64 too
 (util.py l.21-24), but stores every table as float32 (ddpm.py l.251) and respaces from those

@@ -2,7 +2,7 @@
 
 The encoder is a half UNet over the scaled LR latent that, at every sampling step, turns the LR
 latent and the timestep into one 256-channel feature map per UNet width; the SPADE layers of the
-UNet read them (design §2.4). diffusers has no such module. It is written here with the names of
+UNet read them (docs/stablesr.md §2.4). diffusers has no such module. It is written here with the names of
 ldm/modules/diffusionmodules/openaimodel.py (IceClear/StableSR 398ee93, cited below as
 openaimodel.py), so the checkpoint's `structcond_stage_model.*` tensors load with strict=True
 once that prefix is stripped.
@@ -178,7 +178,7 @@ class TimeAwareEncoder(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Struct features keyed by width: one per level, taken just before its Downsample, plus the middle output.
 
-        `timesteps` is 1-D (one per batch item) and is the *original* 1000-step index (design §1.2
+        `timesteps` is 1-D (one per batch item) and is the *original* 1000-step index (docs/stablesr.md §1.2
         step 7). The reference records a level output when a block changes the width (l.1527-1532);
         only the Downsample blocks do.
         """

@@ -2,7 +2,7 @@
 
 Official model: `UNetModelDualcondV2` (ldm/modules/diffusionmodules/openaimodel.py l.958 in
 IceClear/StableSR 398ee93). It is the SD-2.1 UNet except that every ResBlock is a `ResBlockDual`
-that modulates its residual branch with the struct encoder's features (design §2.2-2.3). Here
+that modulates its residual branch with the struct encoder's features (docs/stablesr.md §2.2-2.3). Here
 each diffusers `ResnetBlock2D` is swapped for `SpadeResnetBlock2D`, which keeps the child names
 (so `convert_ldm_unet_checkpoint` output, `*.spade.*` included, loads with strict=True) and reads
 the features from a `StructFeatures` holder that is filled around each UNet call, because
@@ -23,7 +23,7 @@ from torch import nn
 from models.stablesr.struct_encoder import GroupNorm32
 
 # SD-2.1 (512-base) as diffusers' create_unet_diffusers_config_from_ldm derives it from the unet_config
-# of configs/stableSRNew/v2-finetune_text_T_512.yaml (design §3.3). `attention_head_dim` is diffusers'
+# of configs/stableSRNew/v2-finetune_text_T_512.yaml (docs/stablesr.md §3.3). `attention_head_dim` is diffusers'
 # misnomer for the number of heads (64 channels each). Neither StableSR config asks for upcast attention.
 SD21_UNET_CONFIG: dict = {
     "sample_size": 64,
@@ -181,7 +181,7 @@ def convert_official_unet(state_dict: Mapping[str, torch.Tensor], config: Mappin
     """`model.diffusion_model.*` of an official StableSR checkpoint → the state dict of `build_stablesr_unet(config)`.
 
     diffusers' own LDM converter does the renaming; it moves every key under a ResBlock's prefix,
-    so `input_blocks.1.0.spade.*` becomes `down_blocks.0.resnets.0.spade.*` (design §3.3). Other
+    so `input_blocks.1.0.spade.*` becomes `down_blocks.0.resnets.0.spade.*` (docs/stablesr.md §3.3). Other
     prefixes (struct encoder, VAE, text encoder, schedule buffers) are left out here. Only the
     config's `layers_per_block` (and the absence of class/addition embeddings) matter to it.
     """
