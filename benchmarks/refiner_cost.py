@@ -51,7 +51,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from diffier_cli.sampling import summarize
+    from diffier_cli.refiners import summarize
     from diffier_cli.t2i import T2IOptions, generate
     from models.sd import StableDiffusion
 
@@ -87,7 +87,7 @@ def main() -> None:
                 cpu[name].append(time.thread_time() - start_cpu)
                 wall[name].append(time.perf_counter() - start)
             counts[name] = len(forwards)
-            reported[name] = summarize(per_step).get("model_evaluations")
+            reported[name] = summarize(refiner, per_step).get("model_evaluations")
     rows = [{"refiner": name, "unet_forwards": counts[name], "record_model_evaluations": reported[name],
              "evaluations_ratio": counts[name] / counts["baseline"],
              "cpu_s": min(cpu[name]), "cpu_ratio": min(cpu[name]) / min(cpu["baseline"]),

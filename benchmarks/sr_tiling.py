@@ -74,7 +74,7 @@ def main() -> None:
             refine_s = []
             for _ in range(20):
                 start = time.perf_counter()
-                refiner(prediction, generators)
+                refiner.correct(prediction, generators)
                 refine_s.append(time.perf_counter() - start)
     step = statistics.median(predict_s)
     refine = statistics.median(refine_s)

@@ -119,7 +119,7 @@ def main() -> None:
         refiner, generators = DiffIER(), [torch.Generator().manual_seed(1)]
         score = backbone.predict(xt, t, state)
         step_s = median_time(lambda: backbone.step(xt, backbone.predict(xt, t, state), t, state), 20)
-        refine_s = median_time(lambda: backbone.from_eps(refiner(backbone.to_eps(score, xt, t, state), generators)[0], xt, t, state), 50)
+        refine_s = median_time(lambda: backbone.from_eps(refiner.correct(backbone.to_eps(score, xt, t, state), generators)[0], xt, t, state), 50)
 
     print(json.dumps({
         "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,

@@ -167,9 +167,13 @@ def _diffier(eta: float, threshold: float, max_iters: int, direction: Direction)
 
 
 def _iec(iters: Optional[int], gamma: float, tol: Optional[float], variant: IECVariant, steps: str):
+    from diffier_cli.errors import UsageError
     from diffier_cli.iec import IEC
 
-    return IEC.from_variant(variant.value, iters=iters, gamma=gamma, tol=tol, steps=steps)
+    try:
+        return IEC.from_variant(variant.value, iters=iters, gamma=gamma, tol=tol, steps=steps)
+    except ValueError as exc:
+        raise UsageError(f"--iec-steps {exc}") from None
 
 
 def _refiner(ctx: typer.Context, baseline: bool, choice: Optional[RefinerName], *, eta: float, threshold: float,

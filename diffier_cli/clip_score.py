@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffier_cli.errors import ModelUnavailable, first_line
+from models.errors import ModelUnavailable, first_line
 
 CLIP_FILES = ["*.json", "*.txt", "model.safetensors"]  # config, tokenizer, processor, safe weights only
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import refuse_batch_options, resolve_shard
-from diffier_cli.metadata import refiner_pairs
+from diffier_cli.refiners import a1111_pairs
 from diffier_cli.outputs import preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed, require
 from diffier_cli.scores import compared_modes
@@ -43,8 +43,8 @@ def _refuse(opts: TTSOptions) -> None:
 
 
 def _title(record: dict, mode: str) -> str:
-    pairs = refiner_pairs({"refiner": record["refiner"], "mode": mode})
-    return f"{mode}: " + ", ".join(f"{key} {value}" for key, value in pairs.items() if key not in ("DiffIER", "Refiner"))
+    _headline, *settings = a1111_pairs(record["refiner"], mode).items()
+    return f"{mode}: " + ", ".join(f"{key} {value}" for key, value in settings)
 
 
 def plot(mels: dict[str, list], modes: tuple[str, str], gap: int, frame_s: float, record: dict) -> bytes:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 from enum import IntEnum
 
+from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -24,12 +26,6 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 runtime error, 2 bad usage or input, "
     "3 model or weights unavailable, 4 out of memory, 5 some items failed (--keep-going), 130 interrupted."
 )
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def excerpt(text: str, limit: int = 80) -> str:
@@ -65,17 +61,12 @@ class UsageError(DiffierError):
         super().__init__(message, ExitCode.USAGE)
 
 
-class ModelUnavailable(DiffierError):
-    def __init__(self, message: str):
-        super().__init__(message, ExitCode.MODEL_UNAVAILABLE)
-
-
-def numerical_overflow(what: str, dtype: str, advice: str) -> DiffierError:
+def numerical_overflow(overflow: NumericalOverflow, advice: str) -> DiffierError:
     """A NaN or infinite output as a runtime error whose fix fits the run: half precision is the
     usual cause, so it is named unless the run was float32 already; then `advice` (the sampling
     knobs that scale the numbers, each with the direction that shrinks them)."""
-    fix = "rerun with --dtype float32" if dtype != "float32" else advice
-    return DiffierError(f"the {what} is NaN or infinite (numerical overflow in {dtype}); {fix}")
+    fix = "rerun with --dtype float32" if overflow.dtype != "float32" else advice
+    return DiffierError(f"{overflow}; {fix}")
 
 
 OOM_HINT = (
@@ -86,9 +77,15 @@ OOM_HINT = (
 
 
 def as_diffier_error(exc: BaseException) -> DiffierError | None:
-    """The failures any step can meet, as user-facing errors: running out of memory (torch's GPU
-    and CPU allocators, numpy, Python) is exit code 4; a path the operating system will not take
-    (a name over 255 bytes anywhere in it, a symbolic-link loop) is bad input, exit 2. None for others."""
+    """The failures any step can meet, as user-facing errors: weights that cannot be had or used
+    (models.errors.ModelUnavailable) are exit code 3, a setting the model cannot run with exit 2;
+    running out of memory (torch's GPU and CPU allocators, numpy, Python) is exit code 4; a path
+    the operating system will not take (a name over 255 bytes anywhere in it, a symbolic-link loop)
+    is bad input, exit 2. None for others."""
+    if isinstance(exc, ModelUnavailable):
+        return DiffierError(str(exc), ExitCode.MODEL_UNAVAILABLE)
+    if isinstance(exc, UnsupportedSetting):
+        return UsageError(str(exc))
     message = str(exc)
     is_oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
         isinstance(exc, RuntimeError)

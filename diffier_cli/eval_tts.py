@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from diffier_cli import untrusted
+from models import untrusted
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
 from diffier_cli.outputs import name_problem, preflight

@@ -27,15 +27,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
-import torch
-
-from diffier_cli.errors import UsageError
-from diffier_cli.refine import Refined
+from diffier_cli.sampling import Refined, Step
 
 if TYPE_CHECKING:
-    from diffier_cli.sampling import Step
+    import torch
 
 
 @dataclass(frozen=True)
@@ -60,13 +57,13 @@ NORM_FLOOR = 1e-6  # ‖y − x̂‖ / (‖x̂‖ + 1e−6), L l.355
 
 
 def parse_steps(spec: str) -> tuple[str, int]:
-    """(kind, A) of an --iec-steps value; a one-line usage error for anything else."""
+    """(kind, A) of a step-set value; a one-line ValueError, naming the forms, for anything else."""
     if spec == "all":
         return "all", 0
     match = _STEP_SET.fullmatch(spec)
     if match is None or int(match[2]) < 1:
         shown = spec if len(spec) <= 40 else f"{spec[:37]}..."
-        raise UsageError(f"--iec-steps {shown!r}: use one of {', '.join(STEP_SETS)} with A, k in 1..9999")
+        raise ValueError(f"{shown!r}: use one of {', '.join(STEP_SETS)} with A, k in 1..9999")
     return match[1], int(match[2])
 
 
@@ -103,8 +100,10 @@ class IEC:
     tol: float = VARIANTS["ldm"].tol
     steps: str = "all"
 
-    name = "iec"
-    mode = "iec"  # names outputs and records (runtime.run_mode)
+    name: ClassVar[str] = "iec"
+    mode: ClassVar[str] = "iec"  # names outputs and records
+    stats: ClassVar[type] = IECStats
+    sweepable: ClassVar[dict[str, str]] = {}  # its sweeps: ω only
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -147,6 +146,8 @@ class IEC:
         The re-evaluation ε̂(x⁽ᵏ⁾, t) keeps the current t although x⁽ᵏ⁾ is a candidate x_{t−1}
         (L l.327-334, D l.246-250); what that means per backbone is in its `predict` docstring.
         """
+        import torch
+
         batch, device = step.x.shape[0], step.x.device
         corrections = torch.zeros(batch, dtype=torch.int64, device=device)
         evaluations = torch.ones(batch, dtype=torch.int64, device=device)  # ε̂(x_t, t), the plain step's
@@ -179,3 +180,9 @@ class IEC:
     def settings(self) -> dict:
         return {"name": self.name, "variant": self.variant, "iters": self.iters, "gamma": self.gamma,
                 "tol": self.tol, "steps": self.steps, "weights": self.weights}
+
+    @staticmethod
+    def a1111_pairs(settings: dict, mode: str) -> dict[str, object]:
+        """The refinement as A1111 `Key: value` pairs, the headline first (`Refiner: IEC`)."""
+        return {"Refiner": "IEC", "IEC variant": settings["variant"], "IEC iters": settings["iters"],
+                "IEC gamma": settings["gamma"], "IEC tol": settings["tol"], "IEC steps": settings["steps"]}

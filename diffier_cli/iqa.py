@@ -13,7 +13,8 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from diffier_cli.errors import ModelUnavailable, UsageError, first_line
+from diffier_cli.errors import UsageError
+from models.errors import ModelUnavailable, first_line
 
 
 @dataclass(frozen=True)

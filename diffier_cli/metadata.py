@@ -12,10 +12,12 @@ import platform
 import warnings
 from pathlib import Path
 
-from diffier_cli import __version__, untrusted
+from diffier_cli import __version__
+from models import untrusted
 from diffier_cli.errors import UsageError, first_line
 from diffier_cli.limits import MAX_RECORD_BYTES
-from diffier_cli.untrusted import mib
+from diffier_cli.refiners import a1111_pairs
+from models.untrusted import mib
 
 
 def library_versions() -> dict[str, str]:
@@ -38,22 +40,6 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
-def refiner_pairs(record: dict) -> dict[str, object]:
-    """The refinement as A1111 `Key: value` pairs: `DiffIER: baseline|refined` and DiffIER's
-    settings, or `Refiner: IEC` and IEC's."""
-    refiner = record["refiner"]
-    if refiner is not None and refiner["name"] == "iec":
-        return {"Refiner": "IEC", "IEC variant": refiner["variant"], "IEC iters": refiner["iters"],
-                "IEC gamma": refiner["gamma"], "IEC tol": refiner["tol"], "IEC steps": refiner["steps"]}
-    pairs: dict[str, object] = {"DiffIER": record["mode"]}
-    if refiner is not None:
-        pairs["DiffIER eta"] = refiner["eta"]
-        pairs["DiffIER threshold"] = refiner["threshold"]
-        pairs["DiffIER max iters"] = refiner["max_iters"]
-        pairs["DiffIER direction"] = refiner["direction"]
-    return pairs
-
-
 def a1111_parameters(record: dict) -> str:
     params = record["params"]
     pairs: dict[str, object] = {
@@ -68,7 +54,7 @@ def a1111_parameters(record: dict) -> str:
         pairs["Model revision"] = record["model"]["revision"]
     pairs["RNG"] = "CPU"
     pairs["Eta"] = params["ddim_eta"]
-    pairs.update(refiner_pairs(record))
+    pairs.update(a1111_pairs(record["refiner"], record["mode"]))
     pairs["Version"] = f"diffier {__version__}"
     lines = [record["prompt"]]
     if record.get("negative_prompt"):

@@ -1,5 +1,5 @@
-"""DiffIER's correction of a noise prediction, exactly as `docs/refine_eps.md` specifies it,
-and `Refined`, the loop's account of one refined step, whichever refiner (DiffIER here, IEC in iec.py) made it.
+"""DiffIER's correction of a noise prediction, exactly as `docs/refine_eps.md` specifies it, and
+`DiffIER`, the refiner that applies it at every step: its name, settings, A1111 pairs and summary.
 
 The paper (DiffIER, Algorithm 1 and Eq. 12) refines the guided prediction ε̂ at every sampling
 step by gradient steps on L = ‖ε̂ − n‖² with a fresh n ~ N(0, I) at each iteration. The rule
@@ -9,12 +9,12 @@ numbers in the comments below are the rules of docs/refine_eps.md.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal, Sequence
 
-import torch
+from diffier_cli.sampling import EpsRefiner
 
 if TYPE_CHECKING:
-    from diffier_cli.iec import IECStats
+    import torch
 
 Direction = Literal["descent", "ascent"]
 DIRECTIONS: tuple[Direction, ...] = ("descent", "ascent")
@@ -45,16 +45,6 @@ class RefineStats:
         }
 
 
-@dataclass(frozen=True)
-class Refined:
-    """A refiner's answer for one step: x_{t−1}, the ε the step used, and what it did per item."""
-
-    sample: torch.Tensor
-    eps: torch.Tensor
-    stats: RefineStats | IECStats
-
-
-@torch.no_grad()  # rule 7: the gradient is closed form
 def refine_eps(
     eps: torch.Tensor,
     *,
@@ -70,6 +60,15 @@ def refine_eps(
     only on its own prediction and generator, never on the batch around it. Generators must live
     on `eps.device` (rule 5), which keeps host-device traffic out of the loop.
     """
+    import torch
+
+    with torch.no_grad():  # rule 7: the gradient is closed form
+        return _refine_eps(eps, generators, eta, threshold, max_iters, direction)
+
+
+def _refine_eps(eps, generators, eta, threshold, max_iters, direction):
+    import torch
+
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if not threshold > 0:
@@ -132,7 +131,7 @@ def refine_eps(
 
 
 @dataclass(frozen=True)
-class DiffIER:
+class DiffIER(EpsRefiner):
     """The refiner switch's `diffier` setting: `refine_eps` with the run's settings bound."""
 
     eta: float = 0.05
@@ -140,12 +139,13 @@ class DiffIER:
     max_iters: int = 1
     direction: Direction = "descent"
 
-    name = "diffier"
-    mode = "refined"  # names outputs and records (runtime.run_mode)
+    name: ClassVar[str] = "diffier"
+    mode: ClassVar[str] = "refined"  # names outputs and records
+    stats: ClassVar[type] = RefineStats
+    # What a sweep may vary (--sweep-eta, --sweep-iters): the sweep's name → this refiner's field.
+    sweepable: ClassVar[dict[str, str]] = {"eta": "eta", "iters": "max_iters"}
 
-    def __call__(
-        self, eps: torch.Tensor, generators: Sequence[torch.Generator]
-    ) -> tuple[torch.Tensor, RefineStats]:
+    def correct(self, eps: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, RefineStats]:
         return refine_eps(
             eps,
             generators=generators,
@@ -157,3 +157,9 @@ class DiffIER:
 
     def settings(self) -> dict:
         return {"name": self.name, **asdict(self)}
+
+    @staticmethod
+    def a1111_pairs(settings: dict, mode: str) -> dict[str, object]:
+        """The refinement as A1111 `Key: value` pairs, the headline first (`DiffIER: refined`)."""
+        return {"DiffIER": mode, "DiffIER eta": settings["eta"], "DiffIER threshold": settings["threshold"],
+                "DiffIER max iters": settings["max_iters"], "DiffIER direction": settings["direction"]}

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 from diffier_cli.errors import UsageError, one_line
 
 if TYPE_CHECKING:
-    from diffier_cli.iec import IEC
-    from diffier_cli.refine import DiffIER
+    from diffier_cli.sampling import Refiner
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,19 +25,13 @@ class RunOptions:
     cache_dir: str | None
     device: str
     dtype: str
-    refiner: DiffIER | IEC | None  # None = --baseline (--refiner none)
+    refiner: Refiner | None  # None = --baseline (--refiner none)
     json: bool
     quiet: bool
     name: str | None = None  # --name: the file-name template inside the -o folder
     skip_existing: bool = False
     keep_going: bool = False
     shard: str | None = None  # --shard K/N; None = from the launcher's environment, else the whole run
-
-def run_mode(refiner: DiffIER | IEC | None) -> str:
-    """The mode that names outputs and records: baseline, refined (DiffIER) or iec, so that
-    the three runs of one seed can share a folder."""
-    return "baseline" if refiner is None else refiner.mode
-
 
 # Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
 # same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.

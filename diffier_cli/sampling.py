@@ -4,23 +4,25 @@ A backbone adapter supplies its prediction in its own parameterisation (ε, v or
 conversions to and from ε, and its sampler step. The loop converts to ε only when a refiner is
 on (docs/refine_eps.md rule 6), so a `--baseline` run executes exactly the backbone's own arithmetic.
 
-Two kinds of refiner: an ε refiner (DiffIER) corrects ε̂(x_t, t) and the loop takes one plain
-step from it, with no model call; a step refiner (IEC) gets the whole step as a `Step`: x_t, t,
-the model's prediction there, the model's ε̂ at another x with the same t, and the step
-Φ_t(x_t, ε) with the step's noise drawn once (`Backbone.step_noise`), so that Φ can be applied
-again to another ε without drawing or advancing anything.
+Every refiner gets the whole step as a `Step`: x_t, t, the model's prediction there, the model's
+ε̂ at another x with the same t, and the step Φ_t(x_t, ε) with the step's noise drawn once
+(`Backbone.step_noise`), so that Φ can be applied again to another ε without drawing or advancing
+anything (IEC). A refiner that only corrects ε̂(x_t, t) (DiffIER) derives from `EpsRefiner`, which
+takes the one plain step from the corrected ε. The loop knows no refiner by name; the registry
+(refiners.py) does.
+
+torch is imported inside the functions that run, so the refiners' settings, which the command
+line reads for its defaults and choices, load without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
 
-import torch
-
-from diffier_cli.iec import IECStats
-from diffier_cli.refine import Refined, RefineStats
+if TYPE_CHECKING:
+    import torch
 
 
 class Backbone(Protocol):
@@ -91,24 +93,47 @@ class Step:
         return self.backbone.step(self.x, self.prediction, self.t, self.state, noise=noise), phi
 
 
-class EpsRefiner(Protocol):
-    """Corrects ε̂(x_t, t) before one plain step, drawing from `generators[b]` for item b (DiffIER)."""
+class StepStats(Protocol):
+    """What a refiner did on one step: a dataclass of per-item tensors of shape (B,), one field
+    per statistic, which `per_item_stats` turns into one list per field and item."""
 
-    def __call__(self, eps: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, RefineStats]: ...
+    @staticmethod
+    def summarize(per_step: dict) -> dict:
+        """One item's trajectory (one list per field, one entry per step) in a few numbers."""
 
-    def settings(self) -> dict: ...
+
+@dataclass(frozen=True)
+class Refined:
+    """A refiner's answer for one step: x_{t−1}, the ε the step used, and what it did per item."""
+
+    sample: torch.Tensor
+    eps: torch.Tensor
+    stats: StepStats
 
 
-@runtime_checkable
-class StepRefiner(Protocol):
-    """Makes x_{t−1} itself from the whole step, re-evaluating the model as it needs (IEC)."""
+class Refiner(Protocol):
+    """Makes x_{t−1} from the whole step, re-evaluating the model as it needs; `generators[b]`
+    feeds every draw of batch item b. `name` selects it (--refiner), `mode` names its outputs."""
+
+    name: ClassVar[str]
+    mode: ClassVar[str]
+    stats: ClassVar[type[StepStats]]
 
     def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined: ...
 
     def settings(self) -> dict: ...
 
 
-Refiner = EpsRefiner | StepRefiner
+class EpsRefiner:
+    """The base of refiners that correct ε̂(x_t, t) alone: to ε, correct, back, one plain step
+    (docs/refine_eps.md rule 6), with no extra model call."""
+
+    def correct(self, eps: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, StepStats]:
+        raise NotImplementedError
+
+    def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined:
+        eps, stats = self.correct(step.eps, generators)
+        return Refined(step.take(eps), eps, stats)
 
 
 @dataclass
@@ -116,7 +141,7 @@ class Trajectory:
     """The loop's result: the final sample and the refiner's stats per step (empty for a baseline)."""
 
     sample: torch.Tensor
-    steps: list[RefineStats | IECStats]
+    steps: list[StepStats]
 
 
 def denoise(
@@ -134,7 +159,9 @@ def denoise(
     `observe(x_t, t, ε)`, when given, sees once per step the ε the step finally used (refined,
     or for IEC the relaxed ε̄): the exact-gap benchmark measures it against the true ε*.
     """
-    steps: list[RefineStats | IECStats] = []
+    import torch
+
+    steps: list[StepStats] = []
     timesteps = backbone.timesteps(state)
     with torch.no_grad():
         for index, t in enumerate(timesteps):
@@ -144,12 +171,7 @@ def denoise(
                     observe(x, t, backbone.to_eps(prediction, x, t, state))
                 x = backbone.step(x, prediction, t, state)
             else:
-                step = Step(backbone, state, x, t, prediction, index, len(timesteps))
-                if isinstance(refiner, StepRefiner):
-                    refined = refiner.refine(step, generators)
-                else:  # docs/refine_eps.md rule 6: to ε, refine, back, one plain step
-                    eps, stats = refiner(step.eps, generators)
-                    refined = Refined(step.take(eps), eps, stats)
+                refined = refiner.refine(Step(backbone, state, x, t, prediction, index, len(timesteps)), generators)
                 if observe is not None:
                     observe(x, t, refined.eps)
                 x = refined.sample
@@ -159,12 +181,14 @@ def denoise(
     return Trajectory(sample=x, steps=steps)
 
 
-def per_item_stats(steps: Sequence[RefineStats | IECStats], batch: int) -> list[dict]:
+def per_item_stats(steps: Sequence[StepStats], batch: int) -> list[dict]:
     """Per-step statistics of each batch item as plain numbers: the loop's only host sync.
 
     One list per field of the stats (DiffIER: iterations, loss, rel_change; IEC: corrections,
     evaluations, residual); a NaN (IEC's residual on a step it did not correct) becomes None.
     """
+    import torch
+
     if not steps:
         return [{} for _ in range(batch)]
     names = [field.name for field in fields(steps[0])]
@@ -173,11 +197,3 @@ def per_item_stats(steps: Sequence[RefineStats | IECStats], batch: int) -> list[
         {name: [None if value != value else value for value in columns[name][b].tolist()] for name in names}
         for b in range(batch)
     ]
-
-
-def summarize(per_step: dict) -> dict:
-    """The few numbers a user reads first: what the refinement did over the whole trajectory."""
-    if not per_step:
-        return {}
-    kind = IECStats if "evaluations" in per_step else RefineStats
-    return kind.summarize(per_step)

@@ -14,7 +14,7 @@ def compared_modes(refiner, tool: str) -> tuple[str, str]:
     """The two runs a comparison shows on the same seeds: the baseline and the refiner's mode
     ("refined" for DiffIER, "iec" for IEC), which also names their files and rows."""
     from diffier_cli.errors import UsageError
-    from diffier_cli.runtime import run_mode
+    from diffier_cli.refiners import run_mode
 
     if refiner is None:
         raise UsageError(f"{tool} compares the baseline with a refiner; drop --baseline / --refiner none")

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Iterator
 
 from diffier_cli import __version__
-from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
+from diffier_cli.errors import UsageError, first_line, numerical_overflow
+from models.errors import ModelUnavailable, NumericalOverflow
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint
 from diffier_cli.limits import MAX_ITEMS
-from diffier_cli.metadata import refiner_pairs
+from diffier_cli.refiners import a1111_pairs, run_mode, summarize
+from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
     RunOptions,
@@ -35,7 +37,6 @@ from diffier_cli.runtime import (
     quiet_libraries,
     resolve_device,
     resolve_dtype,
-    run_mode,
 )
 
 HUB_REPO = "Iceclear/StableSR"
@@ -361,7 +362,8 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRO
         weights = gaussian_tile_weights(rows.stop - rows.start, width=cols.stop - cols.start)
         result = stitch_tiles(outputs, patches, padded.shape, weights)
     if not torch.isfinite(result).all():
-        raise numerical_overflow("output", str(model.dtype).removeprefix("torch."), "lower --cfg, or the refinement's --eta and --max-iters")
+        raise numerical_overflow(NumericalOverflow("output", str(model.dtype).removeprefix("torch.")),
+                                 "lower --cfg, or the refinement's --eta and --max-iters")
     # Clamp before resizing, as the official save path does; the padding is cropped first (the
     # official resizes the padded image and then crops, which shifts the crop when s > scale).
     result = result.clamp(-1, 1)[..., :work_h, :work_w]
@@ -380,8 +382,6 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRO
 def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int, int], output_size: tuple[int, int],
             details: dict, job: dict, orientation: int = 1) -> dict:
     import torch
-
-    from diffier_cli.sampling import summarize
 
     seed, per_patch = item["seed"], details["per_patch"]
     return {
@@ -406,8 +406,8 @@ def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int,
         "model": model.info,
         "rng": {"posterior_x_T_and_sampler_noise": f"cpu torch.Generator seeded {seed}",
                 "refinement": f"{model.device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}"},
-        "refiner": None if opts.refiner is None else opts.refiner.settings(),
-        "refinement": {"summary": summarize(per_patch[0]), "per_step": per_patch[0],
+        "refiner": refiner_settings(opts.refiner),
+        "refinement": {"summary": summarize(opts.refiner, per_patch[0]), "per_step": per_patch[0],
                        **({"per_pixel_tile": per_patch} if len(per_patch) > 1 else {})},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
@@ -416,7 +416,7 @@ def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int,
 def _png(output, text: dict, record: dict) -> bytes:
     """The output with the input's text chunks, an A1111 `postprocessing` line and the record."""
     params = record["params"]
-    refinement, mode = next(iter(refiner_pairs(record).items()))  # "DiffIER: refined" or "Refiner: IEC"
+    refinement, mode = next(iter(a1111_pairs(record["refiner"], record["mode"]).items()))  # the headline: "DiffIER: refined", "Refiner: IEC"
     postprocessing = (
         f"StableSR upscale: {record['scale']:g}, preset: {record['preset']}, sampler: {params['sampler']}, "
         f"steps: {params['steps']}, CFW dec_w: {params['dec_w']}, color fix: {params['color_fix']}, "
@@ -455,7 +455,7 @@ def run(opts: SROptions) -> None:
                     "pixel_stride": opts.pixel_stride, "negative_prompt": opts.negative_prompt,
                     "cfg": None if negative is None else negative[2],
                     "checkpoints": [model.info["checkpoint"]["sha256"], model.info["vae_checkpoint"]["sha256"]],
-                    "refiner": None if opts.refiner is None else opts.refiner.settings()}
+                    "refiner": refiner_settings(opts.refiner)}
         job_fields = {"id": job_id("sr", [item["input"] for item in items], settings), "count": len(items)}
 
     with job.running():

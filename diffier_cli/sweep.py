@@ -64,8 +64,8 @@ def _cell_options(opts, parameter: str, value: float, refined: bool):
         return replace(opts, cfg=value, refiner=refiner)
     if not refined:
         return replace(opts, refiner=None)
-    field = "eta" if parameter == "eta" else "max_iters"
-    return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if field == "max_iters" else value}))
+    field = opts.refiner.sweepable[parameter]
+    return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if parameter == "iters" else value}))
 
 
 def cell_paths(grid_path: Path, parameter: str, values: list[float], modes: tuple[str, str]) -> dict[tuple[float | None, str], Path]:
@@ -123,7 +123,7 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     if opts.prompt is None or opts.num_images != 1:
         raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
     modes = compared_modes(opts.refiner, f"--sweep-{parameter}")
-    if parameter != "cfg" and modes[1] != "refined":
+    if parameter != "cfg" and parameter not in opts.refiner.sweepable:
         raise UsageError(f"--sweep-{parameter} sweeps a DiffIER setting; with --refiner {opts.refiner.name} sweep ω (--sweep-cfg)")
     refuse_batch_options(opts, f"--sweep-{parameter}")
     reporter = Reporter(opts.quiet)

@@ -13,12 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffier_cli import __version__, untrusted
-from diffier_cli.errors import UsageError, excerpt
+from diffier_cli import __version__
+from models import untrusted
+from models.errors import NumericalOverflow
+from diffier_cli.errors import UsageError, excerpt, numerical_overflow
 from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import name_problem, png_bytes, slugify, write_atomically
+from diffier_cli.refiners import run_mode, summarize
+from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
@@ -28,7 +32,6 @@ from diffier_cli.runtime import (
     quiet_libraries,
     resolve_device,
     resolve_dtype,
-    run_mode,
 )
 
 DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
@@ -162,8 +165,6 @@ def work_items(prompts: list[PromptLine], opts: T2IOptions, seed: int, mode: str
 
 
 def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per_step: dict, versions: dict, job: dict) -> dict:
-    from diffier_cli.sampling import summarize
-
     return {
         "tool": "diffier",
         "version": __version__,
@@ -195,8 +196,8 @@ def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per
             "initial_noise": f"cpu torch.Generator seeded {item['seed']}",
             "refinement": f"{backbone.device.type} torch.Generator seeded {item['seed'] ^ REFINE_SEED_MIX}",
         },
-        "refiner": None if opts.refiner is None else opts.refiner.settings(),
-        "refinement": {"summary": summarize(per_step), "per_step": per_step},
+        "refiner": refiner_settings(opts.refiner),
+        "refinement": {"summary": summarize(opts.refiner, per_step), "per_step": per_step},
         "versions": versions,
     }
 
@@ -226,7 +227,10 @@ def generate(backbone, opts: T2IOptions, items: list[dict], height: int, width: 
             generators=refine_generators,
             on_step=on_step,
         )
-        images = backbone.decode(trajectory.sample, state)
+        try:
+            images = backbone.decode(trajectory.sample, state)
+        except NumericalOverflow as exc:
+            raise numerical_overflow(exc, "lower --cfg, or the refinement's --eta and --max-iters") from None
     return images, per_item_stats(trajectory.steps, len(items))
 
 
@@ -287,7 +291,7 @@ def run(opts: T2IOptions) -> None:
                 "cfg": opts.cfg, "steps": opts.steps, "ddim_eta": opts.ddim_eta, "num_images": opts.num_images,
                 "size": [width, height], "negative_prompt": opts.negative_prompt,
                 "batch_invariant": opts.batch_invariant, "memory": backbone.memory.enabled(),
-                "refiner": None if opts.refiner is None else opts.refiner.settings()}
+                "refiner": refiner_settings(opts.refiner)}
     job_fields = {"id": job_id("t2i", [(line.prompt, line.negative_prompt, line.seed, line.name) for line in prompts], settings),
                   "count": len(items)}
 

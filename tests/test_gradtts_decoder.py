@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffier_cli.refine import DiffIER, RefineStats
+from diffier_cli.sampling import EpsRefiner
 from diffier_cli.sampling import denoise
 from models.gradtts.adapter import GradTTSBackbone
 from models.gradtts.model import load_gradtts
@@ -29,10 +30,12 @@ SEED = 11
 REL = 2e-5
 
 
-class IdentityRefiner:
+class IdentityRefiner(EpsRefiner):
     """Converts to ε and back without changing it: the ε-form step must equal the score step."""
 
-    def __call__(self, eps, generators):
+    name, mode, stats = "identity", "identity", RefineStats
+
+    def correct(self, eps, generators):
         zeros = torch.zeros(eps.shape[0])
         return eps, RefineStats(zeros.long(), zeros, zeros)
 
@@ -148,7 +151,7 @@ def test_refined_run_equals_an_independent_eps_form_loop(models):
             t = torch.full((1,), 1.0 - (i + 0.5) * h)
             score = estimator(x, state.y_mask, state.mu_y, t, spk)
             sigma = torch.sqrt(1.0 - torch.exp(-get_noise(t, 0.05, 20.0, cumulative=True)))
-            eps, _ = refiner(-sigma * score, refine_generators)
+            eps, _ = refiner.correct(-sigma * score, refine_generators)
             score = -eps / sigma
             beta = get_noise(t, 0.05, 20.0, cumulative=False)
             x = (x - 0.5 * (state.mu_y - x - score) * beta * h) * state.y_mask

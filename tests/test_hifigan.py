@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from diffier_cli.errors import ExitCode, ModelUnavailable
+from diffier_cli.errors import ExitCode, as_diffier_error
+from models.errors import ModelUnavailable
 from models.gradtts.hifigan import HiFiGAN, HiFiGANConfig, fold_weight_norm, load_hifigan
 from tests.tolerance import assert_within
 
@@ -170,7 +171,7 @@ def test_official_checkpoint_path_uses_the_config_beside_it(tmp_path):
 def refusal(path: Path) -> str:
     with pytest.raises(ModelUnavailable) as caught:
         load_hifigan(path)
-    assert caught.value.code == ExitCode.MODEL_UNAVAILABLE
+    assert as_diffier_error(caught.value).code == ExitCode.MODEL_UNAVAILABLE  # what the command line exits with
     return str(caught.value)
 
 

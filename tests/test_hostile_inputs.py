@@ -339,9 +339,11 @@ def test_refinement_summaries_survive_nan_statistics():
 
 def test_an_overflow_names_the_fix_that_fits_the_run():
     from diffier_cli.errors import numerical_overflow
+    from models.errors import NumericalOverflow
 
-    assert str(numerical_overflow("output", "float16", "lower --cfg")).endswith("in float16); rerun with --dtype float32")
-    assert str(numerical_overflow("output", "float32", "lower --cfg")).endswith("in float32); lower --cfg")
+    assert str(numerical_overflow(NumericalOverflow("output", "float16"), "lower --cfg")) == (
+        "the output is NaN or infinite (numerical overflow in float16); rerun with --dtype float32")
+    assert str(numerical_overflow(NumericalOverflow("output", "float32"), "lower --cfg")).endswith("in float32); lower --cfg")
 
 
 def test_a_number_too_long_to_read_out_says_why(tmp_path):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffier_cli.iec import IEC, VARIANTS
-from diffier_cli.sampling import Step, denoise, per_item_stats, summarize
+from diffier_cli.iec import IEC, VARIANTS, IECStats
+from diffier_cli.sampling import Step, denoise, per_item_stats
 from tests.conftest import run_cli
 from tests.test_t2i_cli import assert_one_line_error, pixels
 from tests.tolerance import assert_within
@@ -183,7 +183,7 @@ def test_model_evaluations_are_n_plus_k_minus_1_times_the_corrected_steps(steps,
     expected = STEPS + (iec.iters - 1) * corrected
     assert backbone.predictions == expected  # batch calls, each one ε̂ for every item
     for item in per_item_stats(trajectory.steps, 2):
-        summary = summarize(item)
+        summary = IECStats.summarize(item)
         assert summary["model_evaluations"] == expected and summary["corrected_steps"] == corrected
         assert summary["corrections_total"] == (iec.iters - 1) * corrected
         assert [r is None for r in item["residual"]] == [n == 1 for n in item["evaluations"]]
@@ -192,7 +192,7 @@ def test_model_evaluations_are_n_plus_k_minus_1_times_the_corrected_steps(steps,
 def test_early_convergence_counts_evaluations_per_item():
     backbone = Linear()
     trajectory = denoise(backbone, linear_state([0.0, 1.0]), start(2), refiner=IEC(iters=3, tol=1e-6), generators=[])
-    constant, moving = (summarize(item) for item in per_item_stats(trajectory.steps, 2))
+    constant, moving = (IECStats.summarize(item) for item in per_item_stats(trajectory.steps, 2))
     assert constant["model_evaluations"] == STEPS + 1 * STEPS  # one check per step, then frozen
     assert moving["model_evaluations"] == STEPS + 2 * STEPS
     assert backbone.predictions == STEPS + 2 * STEPS  # the batch ran until its last item stopped

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from diffier_cli import untrusted
+from models import untrusted
 from diffier_cli.limits import MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
 from diffier_cli.manifest import JobAudit
 from diffier_cli.t2i import _jsonl_line

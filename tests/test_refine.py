@@ -179,7 +179,7 @@ def test_one_generator_per_item_is_required(eps):
 
 def test_refiner_object_binds_the_settings(eps):
     refiner = DiffIER(eta=0.1, threshold=1e-12, max_iters=2, direction="ascent")
-    out, _ = refiner(eps, gens(1, 2, 3))
+    out, _ = refiner.correct(eps, gens(1, 2, 3))
     direct, _ = refine_eps(eps, generators=gens(1, 2, 3), eta=0.1, threshold=1e-12, max_iters=2, direction="ascent")
     assert torch.equal(out, direct)
     assert refiner.settings() == {"name": "diffier", "eta": 0.1, "threshold": 1e-12, "max_iters": 2, "direction": "ascent"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffier_cli.refine import DiffIER
-from diffier_cli.sampling import denoise, per_item_stats, summarize
+from diffier_cli.refine import DiffIER, RefineStats
+from diffier_cli.sampling import denoise, per_item_stats
 from tests.tolerance import assert_within
 
 
@@ -66,13 +66,13 @@ def test_refined_loop_converts_refines_and_converts_back():
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
     expected = x.clone()
     for _ in range(3):
-        eps, _ = refiner(expected, gens)  # predict → to_eps gives ε = x
+        eps, _ = refiner.correct(expected, gens)  # predict → to_eps gives ε = x
         expected = expected - 0.1 * (2.0 * eps)
     assert torch.equal(trajectory.sample, expected)
 
     stats = per_item_stats(trajectory.steps, 2)
     assert stats[0]["iterations"] == [2, 2, 2]
-    summary = summarize(stats[0])
+    summary = RefineStats.summarize(stats[0])
     assert summary["steps"] == 3 and summary["iterations_total"] == 6 and summary["iterations_max"] == 2
     assert summary["loss_mean"] == sum(stats[0]["loss"]) / 3  # the same float64 sum and division
 
@@ -118,16 +118,16 @@ def test_v_step_from_converted_eps_equals_step_from_v(sd_v):
     assert_within(via_eps, direct, rtol=1e-5, atol=1e-5, what="step")
 
 
-def test_nan_decode_is_an_error_with_a_hint(sd_v, monkeypatch):
-    from diffier_cli.errors import DiffierError
+def test_nan_decode_is_an_error_naming_the_precision(sd_v, monkeypatch):
+    from models.errors import NumericalOverflow
     from models.sd import SDState
 
     state = SDState(torch.zeros(1), 1.0, False, 1, 32, 32, 0.0, [torch.Generator()])
     monkeypatch.setattr(sd_v.pipe.vae, "decode", lambda *a, **k: (torch.full((1, 3, 32, 32), float("nan")),))
-    with pytest.raises(DiffierError, match=r"NaN or infinite \(numerical overflow in float32\); lower --cfg"):
+    with pytest.raises(NumericalOverflow, match=r"^the decoded image is NaN or infinite \(numerical overflow in float32\)$"):
         sd_v.decode(torch.zeros(1, 4, 16, 16), state)
-    monkeypatch.setattr(sd_v, "dtype", torch.float16)  # the usual cause: half precision, so that is the fix named
-    with pytest.raises(DiffierError, match=r"in float16\); rerun with --dtype float32"):
+    monkeypatch.setattr(sd_v, "dtype", torch.float16)  # the usual cause: half precision, which the CLI then names
+    with pytest.raises(NumericalOverflow, match=r"in float16\)$"):
         sd_v.decode(torch.zeros(1, 4, 16, 16), state)
 
 

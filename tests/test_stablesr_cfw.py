@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffier_cli.errors import ModelUnavailable
+from models.errors import ModelUnavailable
 from models.stablesr.cfw import CFWAutoencoder, FuseSftBlockRRDB, load_cfw
 from models.stablesr.checkpoints import convert_to_safetensors, read_official_checkpoint, split_by_prefix
 

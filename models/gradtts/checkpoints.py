@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffier_cli.errors import ModelUnavailable
+from models.errors import ModelUnavailable
 from models.checkpoints import sha256_of
 
 # grad-tts.pt (LJSpeech, single speaker), as linked from the grad-tts package README.

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffier_cli import untrusted
-from diffier_cli.errors import ModelUnavailable, first_line
+from models import untrusted
+from models.errors import ModelUnavailable, first_line
 from models.checkpoints import describe, load_tensors_only, sha256_of
 
 # models.py: LRELU_SLOPE = 0.1 everywhere except the last activation, a bare F.leaky_relu (0.01).

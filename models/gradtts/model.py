@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffier_cli.errors import ModelUnavailable, first_line
+from models.errors import ModelUnavailable, first_line
 from models.checkpoints import describe, load_tensors_only, sha256_of
 from models.gradtts.encoder import TextEncoder
 from models.gradtts.estimator import Decoder

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from diffier_cli import untrusted
-from diffier_cli.errors import ModelUnavailable, UsageError, first_line
+from models import untrusted
+from models.errors import ModelUnavailable, UnsupportedSetting, first_line
 from models.checkpoints import sha256_of
 from models.stablesr.cfw import CFWAutoencoder, load_cfw
 from models.stablesr.checkpoints import PREFIXES, read_official_checkpoint, split_by_prefix
@@ -135,7 +135,7 @@ class StableSR:
             schedule = QuirkyDDIM(steps, eta=ddim_eta, prediction_type=self.prediction_type)
         tile = min(tile, *z_lr.shape[-2:])
         if overlap >= tile:
-            raise UsageError(f"--tile-overlap {overlap} (latent px) must be smaller than the {tile}-px latent tile")
+            raise UnsupportedSetting(f"--tile-overlap {overlap} (latent px) must be smaller than the {tile}-px latent tile")
         state = SRState(z_lr, enc_fea, image, schedule, tile, overlap, noise_generator)
         if negative is not None:
             tokenizer, prompt, state.cfg = negative

@@ -20,7 +20,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
-from diffier_cli.errors import ModelUnavailable
+from models.errors import ModelUnavailable
 from models.checkpoints import describe
 
 # configs/autoencoder/autoencoder_kl_64x64x4_resi.yaml `ddconfig` (ch 128, ch_mult [1,2,4,4], 2 res

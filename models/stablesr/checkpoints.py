@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffier_cli.errors import ModelUnavailable
+from models.errors import ModelUnavailable
 from models.checkpoints import describe, load_failure_reason, torch_load_weights
 
 # Key prefixes of LatentDiffusionSRTextWT's state_dict (docs/stablesr.md §3.1). The groups keep them: the

@@ -49,7 +49,7 @@ def load_text_model(state: dict[str, torch.Tensor]):
     try:
         config = _text_config(state)
     except KeyError as exc:
-        from diffier_cli.errors import ModelUnavailable
+        from models.errors import ModelUnavailable
 
         raise ModelUnavailable(f"the checkpoint's text encoder lacks {exc}; not an OpenCLIP text tower") from exc
     last = f"{PREFIX}transformer.resblocks.{config.num_hidden_layers}."
@@ -83,7 +83,7 @@ def load_tokenizer(source: str, offline: bool, cache_dir: str | None):
     """OpenCLIP's BPE vocabulary, which SD 2.x's hub tokenizer (`<repo>/tokenizer`) carries, or a local folder."""
     from transformers import CLIPTokenizer
 
-    from diffier_cli.errors import ModelUnavailable, first_line
+    from models.errors import ModelUnavailable, first_line
 
     try:
         if Path(source).expanduser().is_dir():

@@ -16,8 +16,25 @@ import os
 import sys
 from typing import BinaryIO
 
-from diffier_cli.errors import first_line
-from diffier_cli.limits import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
+from models.errors import first_line
+
+# Nesting depth of any JSON diffier reads (records, .jsonl prompt lines). Its own records nest
+# at most 6 deep; Python's parser would recurse until RecursionError on a deeply nested file.
+MAX_JSON_DEPTH = 32
+
+# Digits of an integer in that JSON: Python's default bound (sys.int_info.default_max_str_digits),
+# checked by diffier itself because PYTHONINTMAXSTRDIGITS=0 lifts Python's, and converting one
+# 16 MB integer then costs minutes (the cost grows with the square of the digits). diffier's own
+# integers (seeds, counts, sizes) have at most 20 digits.
+MAX_INT_DIGITS = 4300
+
+# Bytes of a record read from a file: a PNG text chunk (Pillow refuses compressed chunks over
+# 1 MB, ImageFile.SAFEBLOCK) or a WAV's JSON sidecar. diffier's largest records (a long text's
+# per-utterance, per-step statistics) are well under 1 MB.
+MAX_RECORD_BYTES = 16 * 2**20
+
+# Bytes of a prompts file or of the text given to tts: MAX_ITEMS lines of 2 kB each with room to spare.
+MAX_TEXT_BYTES = 256 * 2**20
 
 
 class Refused(ValueError):
