@@ -2,7 +2,7 @@
 two processes against one, all on the tests' tiny Stable Diffusion model (or --model FOLDER).
 
 1. items/s for --batch-size 1, 2, 4, 8, with and without --batch-invariant, in one process with the
-   model loaded once (`diffier_cli.t2i.run`, outputs written as the CLI writes them);
+   model loaded once (`diffier_cli.task.run` of the t2i task, outputs written as the CLI writes them);
 2. the tool's overhead per item: wall time of the item loop minus the time inside the model
    forwards (text encoder, UNet, VAE decoder; measured with forward hooks), as a share of it;
 3. 16 items as one `diffier` process against `torchrun --nproc-per-node 2` (one thread each), and
@@ -35,8 +35,8 @@ def options(model: Path, prompts: Path, out: Path, steps: int, size: int, batch_
         prompt=None, prompts_file=str(prompts), negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0,
         num_images=1, batch_size=batch_size, batch_invariant=invariant, height=size, width=size,
         model=str(model), revision=None, seed=0, output=f"{out}/", overwrite=True, offline=True,
-        cache_dir=None, device="cpu", dtype="float32", refiner=DiffIER(eta=0.05, threshold=1e-3, max_iters=1, direction="descent"),
-        json=False, quiet=True,
+        device="cpu", dtype="float32", refiner=DiffIER(eta=0.05, threshold=1e-3, max_iters=1, direction="descent"),
+        quiet=True,
     )
 
 
@@ -61,7 +61,8 @@ def in_process(model: Path, prompts: Path, items: int, steps: int, size: int, re
     """Items/s per batch size and mode, and the overhead share, with the model loaded once."""
     import torch
 
-    from diffier_cli import t2i
+    from diffier_cli import task
+    from diffier_cli.t2i import TextToImage
     from models.sd import StableDiffusion
 
     loaded = StableDiffusion.load(str(model), revision=None, device=torch.device("cpu"), dtype=torch.float32)
@@ -75,12 +76,12 @@ def in_process(model: Path, prompts: Path, items: int, steps: int, size: int, re
             for invariant in (True, False):
                 for batch_size in (1, 2, 4, 8):
                     opts = options(model, prompts, Path(scratch), steps, size, batch_size, invariant)
-                    t2i.run(opts)  # warm-up
+                    task.run(TextToImage(opts))  # warm-up
                     walls, forwards = [], []
                     for _ in range(repeats):
                         clock.seconds = 0.0
                         start = time.perf_counter()
-                        t2i.run(opts)
+                        task.run(TextToImage(opts))
                         walls.append(time.perf_counter() - start)
                         forwards.append(clock.seconds)
                     wall, forward = statistics.median(walls), statistics.median(forwards)

@@ -52,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from diffier_cli.refiners import summarize
-    from diffier_cli.t2i import T2IOptions, generate
+    from diffier_cli.t2i import Prompted, T2ISettings, generate
     from models.sd import StableDiffusion
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -67,11 +67,9 @@ def main() -> None:
     unet_forward = backbone.pipe.unet.forward
     backbone.pipe.unet.forward = lambda *a, **k: forwards.append(1) or unet_forward(*a, **k)
     size = backbone.native_size
-    item = {"seed": 0, "prompt": PROMPT, "negative_prompt": None}
-    base = T2IOptions(prompt=PROMPT, prompts_file=None, negative_prompt=None, cfg=7.5, steps=args.steps, ddim_eta=0.0,
-                      seed=0, num_images=1, batch_size=1, batch_invariant=True, height=None, width=None, output=None,
-                      overwrite=False, model=str(folder), revision=None, offline=True, cache_dir=None, device="cpu",
-                      dtype="auto", refiner=None, json=False, quiet=True)
+    item = Prompted(index=0, seed=0, mode="baseline", stem="", slug="", prompt=PROMPT, negative_prompt=None, line=1)
+    base = T2ISettings(negative_prompt=None, cfg=7.5, steps=args.steps, ddim_eta=0.0, batch_invariant=True, height=None,
+                       width=None, model=str(folder), revision=None, offline=True, device="cpu", dtype="auto", refiner=None)
 
     settings = refiners()
     cpu = {name: [] for name in settings}

@@ -57,7 +57,7 @@ def sampling_only(folder: Path, steps: int, repeats: int) -> dict:
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from diffier_cli.t2i import T2IOptions, generate
+    from diffier_cli.t2i import Prompted, T2ISettings, generate
     from models.sd import StableDiffusion
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,13 +67,12 @@ def sampling_only(folder: Path, steps: int, repeats: int) -> dict:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     size = backbone.native_size
-    item = {"seed": 0, "prompt": PROMPT, "negative_prompt": None}
+    item = Prompted(index=0, seed=0, mode="baseline", stem="", slug="", prompt=PROMPT, negative_prompt=None, line=1)
 
     def options(batch_invariant: bool):
-        return T2IOptions(prompt=PROMPT, prompts_file=None, negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0,
-                          seed=0, num_images=1, batch_size=1, batch_invariant=batch_invariant, height=None, width=None,
-                          output=None, overwrite=False, model=str(folder), revision=None, offline=True, cache_dir=None,
-                          device=str(device), dtype="auto", refiner=None, json=False, quiet=True)
+        return T2ISettings(negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0, batch_invariant=batch_invariant,
+                           height=None, width=None, model=str(folder), revision=None, offline=True, device=str(device),
+                           dtype="auto", refiner=None)
 
     def run_ours(opts):
         with torch.no_grad():

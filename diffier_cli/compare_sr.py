@@ -35,7 +35,7 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
 def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     from PIL import Image
 
-    from diffier_cli.sr import _png, _record, check_settings, geometry, load_model, read_image, upscale
+    from diffier_cli.sr import Picture, check_settings, geometry, load_model, png, read_image, record, upscale
 
     if len(opts.inputs) != 1 or Path(opts.inputs[0]).is_dir():
         raise UsageError("--compare upscales one image file; pass exactly one")
@@ -63,13 +63,13 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     outputs = {}
     for index, mode in enumerate((baseline, refined)):
         run = replace(opts, refiner=None if mode == baseline else opts.refiner)
-        item = {"index": index, "seed": seed, "mode": mode, "input": str(source)}
+        item = Picture(index=index, seed=seed, mode=mode, stem=source.stem, slug=source.stem, input=str(source))
         output, details = upscale(model, image.rgb, image.alpha, image.mode, seed, negative, run, reporter, mode)
-        record = _record(run, model, negative, item, image.rgb.size, output.size, details, job, image.orientation)
-        write_atomically({paths[mode]: _png(output, image.text, record)}, opts.overwrite)
+        made = record(run, model, negative, item, image.rgb.size, output.size, details, job, image.orientation)
+        write_atomically({paths[mode]: png(output, image.text, made)}, opts.overwrite)
         outputs[mode] = output
         if opts.json:
-            print(json.dumps({"path": str(paths[mode]), **record}, ensure_ascii=False), flush=True)
+            print(json.dumps({"path": str(paths[mode]), **made}, ensure_ascii=False), flush=True)
         reporter.message(f"wrote {paths[mode]}")
 
     panels = [image.rgb.resize((out_w, out_h), Image.Resampling.BICUBIC), outputs[baseline], outputs[refined]]
@@ -80,8 +80,8 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
         rows.append([panel.crop((x, y, x + w, y + h)).resize(zoom, Image.Resampling.NEAREST) for panel in panels])
         row_labels.append("zoom")
     grid = compose(rows, ["input (bicubic)", baseline, refined], row_labels)
-    record = {"tool": "diffier", "version": __version__, "command": "sr", "compare": {
+    grid_record = {"tool": "diffier", "version": __version__, "command": "sr", "compare": {
         "input": str(source), baseline: str(paths[baseline]), refined: str(paths[refined]),
         "seed": seed, "crop": crop, "refiner": opts.refiner.settings()}}
-    write_atomically({paths["compare"]: png_bytes(grid, {"diffier": json.dumps(record, ensure_ascii=False)})}, opts.overwrite)
+    write_atomically({paths["compare"]: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)
     reporter.message(f"wrote {paths['compare']}")

@@ -22,9 +22,8 @@ from diffier_cli.refiners import a1111_pairs
 from diffier_cli.outputs import preflight, write_atomically
 from diffier_cli.runtime import Reporter, choose_seed, require
 from diffier_cli.scores import compared_modes
-from diffier_cli.tts import (
-    N_MELS, TTSOptions, item_files, job_fields, load_voice, print_record, read_text, speak, speakable, work_items,
-)
+from diffier_cli.task import print_record
+from diffier_cli.tts import N_MELS, TTSOptions, job_fields, load_voice, read_text, sidecar_bytes, speak, speakable, work_items
 
 
 
@@ -78,7 +77,7 @@ def plot(mels: dict[str, list], modes: tuple[str, str], gap: int, frame_s: float
 def run_compare(opts: TTSOptions) -> None:
     _refuse(opts)
     reporter = Reporter(opts.quiet)
-    text, stem = read_text(opts)
+    text, stem = read_text(opts.text, opts.text_file)
     seed = choose_seed(opts.seed)
     modes = compared_modes(opts.refiner, "--compare")
     runs = {modes[0]: replace(opts, refiner=None), modes[1]: opts}
@@ -97,10 +96,10 @@ def run_compare(opts: TTSOptions) -> None:
     with reporter.progress(total=2 * len(spoken) * opts.steps, description="compare"):
         for mode in modes:
             (item,) = items[mode]
+            item.spoken, item.skipped = spoken, skipped
             fields = job_fields(runs[mode], items[mode], seed, mode)
-            data, record, seconds = speak(voice, runs[mode], item, spoken, skipped, fields,
-                                          on_step=reporter.advance, mels=mels[mode])
-            files.update(item_files(wavs[mode], wavs[mode].with_suffix(".json"), record, data))
+            data, record, seconds = speak(voice, runs[mode], item, fields, on_step=reporter.advance, mels=mels[mode])
+            files.update({wavs[mode].with_suffix(".json"): sidecar_bytes(record), wavs[mode]: data})  # the sidecar first
             records[mode] = (record, seconds)
             reporter.message(f"{mode}: {record['audio']['duration_s']:.2f} s of audio, {seconds:.1f} s")
     hop = voice.vocoder.config.hop_length

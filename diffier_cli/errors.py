@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 from enum import IntEnum
 
-from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line
+# The models' own failures, mapped to exit codes below; first_line serves both layers' messages.
+from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line  # noqa: F401
 
 
 class ExitCode(IntEnum):
@@ -46,6 +47,13 @@ def one_line(message: str) -> str:
     if len(text) <= MESSAGE_LIMIT:
         return text
     return f"{text[: MESSAGE_LIMIT // 2]} [...] {text[-MESSAGE_LIMIT // 2:]}"
+
+
+def print_error(message: str) -> None:
+    """The one form every user-facing failure takes on stderr: `diffier: error: ...`, one line."""
+    import sys
+
+    print(f"diffier: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 class DiffierError(Exception):

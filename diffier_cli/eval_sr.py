@@ -16,10 +16,19 @@ from pathlib import Path
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.iqa import load_scorers
-from diffier_cli.jobs import job_id, refuse_batch_options
+from diffier_cli.jobs import job_id
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
-from diffier_cli.runtime import Reporter, require, resolve_device
+from diffier_cli.runtime import Reporter, RunOptions, require, resolve_device
 from diffier_cli.scores import compared_modes, mean, print_json, print_table, write_csv
+from diffier_cli.sr import SRSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSROptions(SRSettings, RunOptions):
+    """`diffier eval sr`: StableSR's settings, the HR folder and where the results go."""
+
+    hr_dir: str
+    recursive: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,13 +106,13 @@ def metric_versions(metrics) -> dict:
     return {m.name: "diffier (float64)" if m.name == "psnr" else f"pyiqa {version('pyiqa')}" for m in metrics}
 
 
-def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: str | None) -> None:
+def run_eval(opts: EvalSROptions, degradation: Degradation, metrics, csv_path: str | None) -> None:
     import torch
 
-    from diffier_cli.sr import _png, _record, check_settings, list_images, load_model, read_image, refuse_outputs_among_inputs, upscale
+    from diffier_cli.sr import Picture, check_settings, list_images, load_model, png, read_image, record, refuse_outputs_among_inputs, upscale
 
     modes = compared_modes(opts.refiner, "eval sr")
-    refuse_batch_options(opts, "eval sr")
+    hr_dir = Path(opts.hr_dir)
     check_settings(opts)
     degradation.check()
     if degradation.blurs:
@@ -134,16 +143,16 @@ def run_eval(opts, hr_dir: Path, degradation: Degradation, metrics, csv_path: st
         reference = as_tensor(hr, device)
         for mode in modes:
             run = replace(opts, refiner=None if mode == "baseline" else opts.refiner)
-            item = {"index": index, "seed": opts.seed + index, "mode": mode, "input": str(out["lr"])}
-            output, details = upscale(model, lr, None, "RGB", item["seed"], negative, run, reporter, f"{stem} {mode}")
-            record = _record(run, model, negative, item, lr.size, output.size, details, job)
-            record["eval"] = {"hr": str(source), **degradation.record()}
-            write_atomically({out[mode]: _png(output, {}, record)}, opts.overwrite)
+            item = Picture(index=index, seed=opts.seed + index, mode=mode, stem=stem, slug=stem, input=str(out["lr"]))
+            output, details = upscale(model, lr, None, "RGB", item.seed, negative, run, reporter, f"{stem} {mode}")
+            made = record(run, model, negative, item, lr.size, output.size, details, job)
+            made["eval"] = {"hr": str(source), **degradation.record()}
+            write_atomically({out[mode]: png(output, {}, made)}, opts.overwrite)
             with torch.no_grad():
                 candidate = as_tensor(output, device)
                 scores = {m.name: scorers[m.name](candidate, reference) if m.full_reference else scorers[m.name](candidate)
                           for m in metrics}
-            row = {"image": stem, "hr": str(source), "seed": item["seed"], "mode": mode, **scores, "path": str(out[mode])}
+            row = {"image": stem, "hr": str(source), "seed": item.seed, "mode": mode, **scores, "path": str(out[mode])}
             rows.append(row)
             if opts.json:
                 print_json(row)

@@ -8,41 +8,45 @@ their difference: with one seed per prompt for both rows, that difference is pai
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffier_cli.clip_score import load_clip_score
 from diffier_cli.errors import UsageError
-from diffier_cli.jobs import refuse_batch_options
 from diffier_cli.metadata import library_versions
 from diffier_cli.outputs import preflight
-from diffier_cli.runtime import Reporter, quiet_libraries
+from diffier_cli.runtime import Reporter, RunOptions, quiet_libraries
 from diffier_cli.scores import compared_modes, mean, print_json, print_table, write_csv
 from diffier_cli.sweep import cell_paths, draw_sweep
+from diffier_cli.t2i import Prompted, T2ISettings, read_prompts, work_items
 
 
-def prompt_items(opts) -> list[dict]:
+@dataclass(frozen=True, kw_only=True)
+class EvalT2IOptions(T2ISettings, RunOptions):
+    """`diffier eval t2i`: Stable Diffusion's settings, the prompts and where the grids go."""
+
+    prompts_file: str
+
+
+def prompt_items(opts: EvalT2IOptions) -> list[Prompted]:
     """Prompt p (line p + 1) with seed = its .jsonl seed, else --seed + p; every line must be good."""
-    from diffier_cli.t2i import read_prompts, work_items
-
-    items = work_items(read_prompts(opts), replace(opts, num_images=1), opts.seed, "sweep")
-    bad = [item["error"] for item in items if item["error"]]
+    items = work_items(read_prompts(None, opts.prompts_file), 1, opts.negative_prompt, opts.seed, "sweep")
+    bad = [item.error for item in items if item.error]
     if bad:
         raise UsageError(f"{bad[0]}" + (f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""))
     return items
 
 
-def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | None, csv_path: str | None) -> None:
+def run_eval(opts: EvalT2IOptions, omegas: list[float], clip_model: str, clip_revision: str | None, csv_path: str | None) -> None:
     from diffier_cli.runtime import resolve_device
     from diffier_cli.t2i import load_backbone
 
     modes = compared_modes(opts.refiner, "eval t2i")
-    refuse_batch_options(opts, "eval t2i")
     items = prompt_items(opts)
     folder = Path(opts.output or "eval-t2i")
     if folder.suffix.lower() == ".png" or "{" in str(folder):
         raise UsageError(f"-o {folder}: eval writes a grid per prompt; pass a folder")
-    grids = [folder / f"{item['index']:05d}-{item['seed']}-{item.get('name') or item['slug']}.png" for item in items]
+    grids = [folder / f"{item.index:05d}-{item.seed}-{item.name or item.slug}.png" for item in items]
     planned = [path for grid in grids for path in (grid, *cell_paths(grid, "cfg", omegas, modes).values())]
     preflight(planned + ([Path(csv_path)] if csv_path else []), opts.overwrite)
     reporter = Reporter(opts.quiet)
@@ -53,17 +57,16 @@ def run_eval(opts, omegas: list[float], clip_model: str, clip_revision: str | No
     versions = library_versions()
     rows = []
     for item, grid in zip(items, grids):
-        prompt = {key: item[key] for key in ("seed", "prompt", "negative_prompt", "line")}
-        images, records = draw_sweep(backbone, opts, "cfg", omegas, prompt, grid, reporter, versions)
+        images, records = draw_sweep(backbone, opts, "cfg", omegas, item, grid, reporter, versions, opts.overwrite)
         for record in records:
             omega, mode = record["sweep"]["value"], record["mode"]
-            row = {"index": item["index"], "line": item["line"], "prompt": item["prompt"], "seed": item["seed"],
-                   "cfg": omega, "mode": mode, "clip_score": scorer(images[omega, mode], item["prompt"]),
+            row = {"index": item.index, "line": item.line, "prompt": item.prompt, "seed": item.seed,
+                   "cfg": omega, "mode": mode, "clip_score": scorer(images[omega, mode], item.prompt),
                    "path": record["path"]}
             rows.append(row)
             if opts.json:
                 print_json(row)
-            reporter.message(f"{item['index']:05d} ω = {omega:g} {mode}: CLIP score {row['clip_score']:.3f}")
+            reporter.message(f"{item.index:05d} ω = {omega:g} {mode}: CLIP score {row['clip_score']:.3f}")
 
     means = {(omega, mode): mean([r["clip_score"] for r in rows if r["cfg"] == omega and r["mode"] == mode])
              for omega in omegas for mode in modes}

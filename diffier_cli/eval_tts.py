@@ -12,14 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from models import untrusted
 from diffier_cli.errors import UsageError
 from diffier_cli.jobs import split_lines
 from diffier_cli.outputs import name_problem, preflight
-from diffier_cli.runtime import Reporter, require
+from diffier_cli.runtime import Reporter, RunOptions, require
 from diffier_cli.scores import compared_modes, mean, print_json, write_csv
+from diffier_cli.tts import TTSSettings
+from models import untrusted
 
 PESQ_RATE = 16000  # P.862.2 wideband
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalTTSOptions(TTSSettings, RunOptions):
+    """`diffier eval tts`: Grad-TTS's settings, the metadata file and the reference recordings."""
+
+    text_file: str
+    reference_dir: str
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def wideband_pesq(reference, degraded) -> float:
         raise UsageError(f"PESQ cannot score this pair ({type(exc).__name__}: {exc}); check the recording") from exc
 
 
-def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> None:
+def run_eval(opts: EvalTTSOptions, csv_path: str | None) -> None:
     import numpy as np
     import soundfile
     import torch
@@ -81,6 +90,7 @@ def run_eval(opts, metadata: Path, references: Path, csv_path: str | None) -> No
     from diffier_cli.tts import load_voice, speakable, synthesize
 
     modes = compared_modes(opts.refiner, "eval tts")
+    metadata, references = Path(opts.text_file), Path(opts.reference_dir)
     require("pesq", "soxr", purpose="eval tts", extra="eval")
     entries = read_metadata(metadata)
     missing = [e.id for e in entries if not (references / f"{e.id}.wav").is_file()]

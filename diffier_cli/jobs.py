@@ -150,11 +150,31 @@ def job_id(command: str, inputs: Sequence[object], settings: Mapping[str, object
 
 
 @dataclass
-class Planned:
-    """One item this process will make: its fields, the files it writes, and whether existing
-    files there may be replaced (--overwrite, or the leftovers of an item a killed run left half done)."""
+class Item:
+    """One output of a run, known before any model loads: its global index, its seed, the fields
+    its file name may use, and why it cannot be made (`error`: it then fails in its turn, alone)."""
 
-    item: dict
+    index: int
+    seed: int
+    mode: str
+    stem: str
+    slug: str
+    error: str | None = None
+    name: str | None = None  # a name given with the input (a .jsonl line's "name"), replacing the template's
+    subdir: str = ""  # sr --recursive: the input's sub-folder, kept under the output folder
+
+    def name_fields(self) -> dict[str, object]:
+        """The fields of --name and -o templates (outputs.NAME_FIELDS)."""
+        return {"index": self.index, "seed": self.seed, "slug": self.slug, "mode": self.mode, "stem": self.stem}
+
+
+@dataclass
+class Planned:
+    """One item this process will make: the item, the files it writes (the main output first, then
+    its companions), and whether existing files there may be replaced (--overwrite, or the
+    leftovers of an item a killed run left half done)."""
+
+    item: Item
     paths: list[Path]
     replace: bool = False
 
@@ -168,7 +188,7 @@ class Plan:
 
 
 def plan_job(
-    items: list[dict],
+    items: list[Item],
     *,
     output: str | None,
     name: str | None,
@@ -234,7 +254,7 @@ class JobRun:
     resume: str = "the same command with --skip-existing"  # how to resume, for the Ctrl-C message
     name_single_item: bool = False  # put the item's label on a failure even when it is the only item
     written: int = 0
-    failures: list[tuple[dict, str]] = field(default_factory=list)
+    failures: list[tuple[Item, str]] = field(default_factory=list)
     _stop_requested_at: float | None = None
 
     def announce(self) -> None:
@@ -271,7 +291,7 @@ class JobRun:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def batches(self, size: int, alone: Callable[[dict], bool] = lambda item: False) -> Iterator[list[Planned]]:
+    def batches(self, size: int, alone: Callable[[Item], bool] = lambda item: False) -> Iterator[list[Planned]]:
         """Pending items in order, `size` at a time; an item for which `alone` is true (a bad input
         line) comes as a batch of its own, so it fails in its turn without taking others with it."""
         batch: list[Planned] = []
@@ -296,7 +316,7 @@ class JobRun:
         yield batch
 
     @contextmanager
-    def attempt(self, batch: list[Planned], label: Callable[[dict], str]) -> Iterator[None]:
+    def attempt(self, batch: list[Planned], label: Callable[[Item], str]) -> Iterator[None]:
         """Run one batch; a failure stops the run with its own code, or with --keep-going is
         reported (stderr line, and a `--json` record with "error") and the run goes on."""
         try:
@@ -318,13 +338,13 @@ class JobRun:
                 self.failures.append((planned.item, str(error)))
                 self.reporter.message(f"failed: {label(planned.item)}: {error}")
                 if self.json_lines:
-                    record = {"index": planned.item["index"], "input": label(planned.item), "error": str(error), "exit_code": int(error.code)}
+                    record = {"index": planned.item.index, "input": label(planned.item), "error": str(error), "exit_code": int(error.code)}
                     print(json.dumps(record, ensure_ascii=False), flush=True)
 
     def wrote(self) -> None:
         self.written += 1
 
-    def finish(self, label: Callable[[dict], str]) -> None:
+    def finish(self, label: Callable[[Item], str]) -> None:
         if not self.failures:
             return
         listed = "; ".join(f"{label(item)}: {message}" for item, message in self.failures[:10])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # The bounds of the one reader of untrusted bytes and JSON, kept beside it (models/untrusted.py,
 # which the model loaders use for their configs too) and listed here with the rest.
-from models.untrusted import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
+from models.untrusted import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES  # noqa: F401
 
 # Items one invocation plans (prompt lines × --num-images, images, text lines). Planning costs
 # about 60 µs and 1 kB an item on a 2-core machine (names, clobber checks), so 100 000 items plan in

@@ -15,10 +15,13 @@ import tempfile
 import unicodedata
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from diffier_cli.errors import DiffierError, UsageError, excerpt
 from diffier_cli.limits import MAX_NAME_BYTES, MAX_PATH_BYTES
+
+if TYPE_CHECKING:
+    from diffier_cli.jobs import Item
 
 NAME_FIELDS = ("index", "seed", "slug", "mode", "stem")
 SLUG_MAX = 60
@@ -85,9 +88,7 @@ def check_path(path: Path) -> None:
                          "choose a shorter -o")
 
 
-def plan_outputs(
-    output: str | None, items: list[Mapping[str, object]], default_name: str, name: str | None = None
-) -> list[Path]:
+def plan_outputs(output: str | None, items: Sequence[Item], default_name: str, name: str | None = None) -> list[Path]:
     """Resolve `-o` and `--name` into one path per item, for every item of the run (all shards
     compute the same list, so names come from the global index alone).
 
@@ -128,15 +129,14 @@ def plan_outputs(
             f"use {', '.join('{' + f + '}' for f in NAME_FIELDS)}"
         )
     try:
-        paths = [Path(template.format(**{k: v for k, v in item.items() if k in NAME_FIELDS})) for item in items]
+        paths = [Path(template.format(**item.name_fields())) for item in items]
     except (ValueError, IndexError, KeyError) as exc:
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
     for i, item in enumerate(items if names_from_template else []):  # an explicit -o FILE is taken as given
-        if item.get("name"):  # a name given with the input (a .jsonl line's "name") replaces the template's
-            own = str(item["name"])
-            paths[i] = paths[i].with_name(own if Path(own).suffix.lower() == suffix else own + suffix)
-        if item.get("subdir"):  # sr --recursive: the input's sub-folder, kept under the output folder
-            paths[i] = paths[i].parent / str(item["subdir"]) / paths[i].name
+        if item.name:  # a name given with the input (a .jsonl line's "name") replaces the template's
+            paths[i] = paths[i].with_name(item.name if Path(item.name).suffix.lower() == suffix else item.name + suffix)
+        if item.subdir:  # sr --recursive: the input's sub-folder, kept under the output folder
+            paths[i] = paths[i].parent / item.subdir / paths[i].name
     for path in paths:
         if path.suffix.lower() != suffix:
             raise UsageError(f"output {path} must end in {suffix} (the format this command writes)")
@@ -145,10 +145,10 @@ def plan_outputs(
     for item, path in zip(items, paths):
         if path in seen:
             raise UsageError(
-                f"items {seen[path]} and {item['index']} would both be written to {path}; "
+                f"items {seen[path]} and {item.index} would both be written to {path}; "
                 "include {index} or {seed} in --name"
             )
-        seen[path] = int(item["index"])
+        seen[path] = item.index
     return paths
 
 

@@ -6,32 +6,40 @@ import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from diffier_cli.errors import UsageError, one_line
 
-if TYPE_CHECKING:
-    from diffier_cli.sampling import Refiner
+@dataclass(frozen=True, kw_only=True)
+class Hardware:
+    """Where a model runs and where its weights come from, for every command that loads one."""
+
+    offline: bool = False
+    cache_dir: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """What every subcommand's run takes besides its own inputs: randomness, outputs, hardware."""
+    """What every run takes besides its inputs and its model's settings: randomness and outputs."""
 
-    seed: int | None
-    output: str | None
-    overwrite: bool
-    offline: bool
-    cache_dir: str | None
-    device: str
-    dtype: str
-    refiner: Refiner | None  # None = --baseline (--refiner none)
-    json: bool
-    quiet: bool
+    seed: int | None = None  # None: a fresh random seed, printed and stored
+    output: str | None = None
+    overwrite: bool = False
+    json: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """How a run of many items is named, split and resumed (t2i, sr, tts)."""
+
     name: str | None = None  # --name: the file-name template inside the -o folder
     skip_existing: bool = False
     keep_going: bool = False
     shard: str | None = None  # --shard K/N; None = from the launcher's environment, else the whole run
+
 
 # Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
 # same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.

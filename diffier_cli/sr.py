@@ -14,30 +14,34 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, first_line, numerical_overflow
-from models.errors import ModelUnavailable, NumericalOverflow
-from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint
+from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job
 from diffier_cli.limits import MAX_ITEMS
-from diffier_cli.refiners import a1111_pairs, run_mode, summarize
+from diffier_cli.outputs import png_bytes, slugify
+from diffier_cli.refiners import a1111_pairs, summarize
 from diffier_cli.refiners import settings as refiner_settings
-from diffier_cli.outputs import png_bytes, slugify, write_atomically
 from diffier_cli.runtime import (
-    RunOptions,
     REFINE_SEED_MIX,
+    BatchOptions,
+    Hardware,
     Reporter,
-    choose_seed,
+    RunOptions,
     item_generators,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
 )
+from diffier_cli.task import Made
+from models.errors import ModelUnavailable, NumericalOverflow
+
+if TYPE_CHECKING:
+    from diffier_cli.sampling import Refiner
 
 HUB_REPO = "Iceclear/StableSR"
 VAE_FILE = "vqgan_cfw_00011.ckpt"
@@ -51,6 +55,8 @@ PRESETS = {
                  ddim_eta=1.0, dec_w=0.0, color_fix="wavelet", tile_size=768, tile_overlap=48),
 }
 SAMPLING_SETTINGS = ("sampler", "steps", "ddim_eta", "dec_w", "color_fix", "tile_size", "tile_overlap")
+SAMPLERS = ("ddpm", "ddim")  # StableSR.prepare's: respaced ancestral DDPM, or the official DDIM grid
+COLOR_FIXES = ("adain", "wavelet", "none")  # models/stablesr/adapter.COLOR_FIXES
 OFFICIAL_DDIM_CFG = 7.0  # `--scale` of the official DDIM scripts
 MAX_OUTPUT_PIXELS = 8192 * 8192  # the whole float image stays in host memory while pixel tiles run
 PAD_MULTIPLE = 32  # the official scripts reflect-pad to a multiple of 32 px
@@ -59,9 +65,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_NAME = "{stem}-x{scale}-{mode}.png"
 
 
-@dataclass(frozen=True)
-class SROptions(RunOptions):
-    inputs: list[str]
+@dataclass(frozen=True, kw_only=True)
+class SRSettings(Hardware):
+    """What an upscaled image's pixels depend on besides the input and its seed: `sr`, `sr
+    --compare` and `eval sr`. A sampling setting left None takes the preset's."""
+
     scale: float
     preset: str
     sampler: str | None
@@ -78,7 +86,7 @@ class SROptions(RunOptions):
     tokenizer: str
     checkpoint: str | None
     vae_checkpoint: str | None
-    recursive: bool = False
+    refiner: Refiner | None  # None = --baseline (--refiner none)
 
     def setting(self, name: str):
         """The user's value, else the preset's."""
@@ -86,7 +94,15 @@ class SROptions(RunOptions):
         return PRESETS[self.preset][name] if value is None else value
 
 
-def check_settings(opts: SROptions) -> None:
+@dataclass(frozen=True, kw_only=True)
+class SROptions(SRSettings, RunOptions, BatchOptions):
+    """`diffier sr`: the settings, the inputs and how the run is named and split."""
+
+    inputs: list[str]
+    recursive: bool = False
+
+
+def check_settings(opts: SRSettings) -> None:
     """Settings that contradict each other or the preset, refused before any image is read."""
     tile, overlap = opts.setting("tile_size"), opts.setting("tile_overlap")
     if overlap >= tile // LATENT_SCALE:
@@ -140,10 +156,17 @@ def refuse_outputs_among_inputs(inputs: list[str], recursive: bool, outputs: lis
                 raise UsageError(f"{output} would be written among the inputs in {folder}; pass -o with a folder outside it")
 
 
-def work_items(images: list[tuple[Path, str]], seed: int, mode: str) -> list[dict]:
+@dataclass(kw_only=True)
+class Picture(Item):
+    """One image to upscale: the input file."""
+
+    input: str
+
+
+def work_items(images: list[tuple[Path, str]], seed: int, mode: str) -> list[Picture]:
     """Item i is image i of the inputs, with seed + i."""
-    return [{"index": i, "seed": seed + i, "stem": path.stem, "slug": slugify(path.stem), "mode": mode,
-             "input": str(path), "subdir": subdir, "error": None} for i, (path, subdir) in enumerate(images)]
+    return [Picture(index=i, seed=seed + i, mode=mode, stem=path.stem, slug=slugify(path.stem), subdir=subdir, input=str(path))
+            for i, (path, subdir) in enumerate(images)]
 
 
 @contextmanager
@@ -236,7 +259,7 @@ def read_image(path: Path) -> SourceImage:
     return SourceImage(image.convert("RGB"), alpha, mode, text, orientation)
 
 
-def geometry(width: int, height: int, opts: SROptions) -> tuple[tuple[int, int], tuple[int, int]]:
+def geometry(width: int, height: int, opts: SRSettings) -> tuple[tuple[int, int], tuple[int, int]]:
     """(output size, working size): official canvas_tile geometry upscales so the short side covers
     at least one tile."""
     if width == 0 or height == 0:
@@ -255,7 +278,7 @@ def geometry(width: int, height: int, opts: SROptions) -> tuple[tuple[int, int],
     return (out_w, out_h), (work_w, work_h)
 
 
-def problem_with(path: str, opts: SROptions) -> str | None:
+def problem_with(path: str, opts: SRSettings) -> str | None:
     """Why an image cannot be upscaled, from its header alone (no pixels decoded), or None."""
     try:
         with open_input(path) as image:
@@ -282,7 +305,7 @@ def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_d
         ) from exc
 
 
-def load_model(opts: SROptions, local_rank: int | None, reporter: Reporter):
+def load_model(opts: SRSettings, local_rank: int | None, reporter: Reporter):
     """(StableSR on its device, the negative-prompt guidance (tokenizer, prompt, cfg) or None)."""
     quiet_libraries(show_downloads=reporter.interactive)
     from models.stablesr.adapter import StableSR
@@ -318,7 +341,7 @@ def pixel_patches(height: int, width: int, size: int, stride: int) -> list[tuple
     return [(rows, cols) for rows in spans(height) for cols in spans(width)]
 
 
-def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SROptions, reporter: Reporter, description: str):
+def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRSettings, reporter: Reporter, description: str):
     """One image → (the PIL output, exactly size × scale, grey and alpha kept; what the record keeps):
     bicubic upscale + reflect pad → StableSR per pixel tile, each re-seeded → stitch → crop → resize."""
     import numpy as np
@@ -379,25 +402,26 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRO
     return output, {"working_size": [work_w, work_h], "pixel_tiles": len(patches), "per_patch": per_patch}
 
 
-def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int, int], output_size: tuple[int, int],
-            details: dict, job: dict, orientation: int = 1) -> dict:
+def record(opts: SRSettings, model, negative, item: Picture, input_size: tuple[int, int], output_size: tuple[int, int],
+           details: dict, job: dict, orientation: int = 1) -> dict:
+    """What made one upscaled image, as its PNG and `--json` carry it."""
     import torch
 
-    seed, per_patch = item["seed"], details["per_patch"]
+    seed, per_patch = item.seed, details["per_patch"]
     return {
         "tool": "diffier",
         "version": __version__,
         "command": "sr",
-        "input": item["input"],
+        "input": item.input,
         "input_size": list(input_size),  # as viewers show it, after the EXIF orientation
         "input_exif_orientation": orientation,
         "output_size": list(output_size),
         "scale": opts.scale,
-        "index": item["index"],
+        "index": item.index,
         "seed": seed,
-        "mode": item["mode"],
+        "mode": item.mode,
         "preset": opts.preset,
-        "job": {**job, "index": item["index"]},
+        "job": {**job, "index": item.index},
         "params": {**{name: opts.setting(name) for name in SAMPLING_SETTINGS}, "pixel_tile": opts.pixel_tile,
                    "pixel_stride": opts.pixel_stride, "pixel_tiles": details["pixel_tiles"],
                    "negative_prompt": opts.negative_prompt, "cfg": None if negative is None else negative[2],
@@ -413,7 +437,7 @@ def _record(opts: SROptions, model, negative, item: dict, input_size: tuple[int,
     }
 
 
-def _png(output, text: dict, record: dict) -> bytes:
+def png(output, text: dict, record: dict) -> bytes:
     """The output with the input's text chunks, an A1111 `postprocessing` line and the record."""
     params = record["params"]
     refinement, mode = next(iter(a1111_pairs(record["refiner"], record["mode"]).items()))  # the headline: "DiffIER: refined", "Refiner: IEC"
@@ -426,54 +450,56 @@ def _png(output, text: dict, record: dict) -> bytes:
     return png_bytes(output, chunks)
 
 
-def _label(item: dict) -> str:
-    return item["input"]
+class Upscale:
+    """`diffier sr` as a task: input images → upscaled PNGs, one at a time (each in pixel tiles)."""
 
+    batch_size = 1
+    name_single_item = True
 
-def run(opts: SROptions) -> None:
-    reporter = Reporter(opts.quiet)
-    check_settings(opts)
-    images = list_images(opts.inputs, opts.recursive)
-    seed = choose_seed(opts.seed)
-    mode = run_mode(opts.refiner)
-    items = work_items(images, seed, mode)
-    shard = resolve_shard(opts.shard)
-    plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),
-                    shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
-    refuse_outputs_among_inputs(opts.inputs, opts.recursive, [planned.paths[0] for planned in plan.pending])
-    for planned in plan.pending:  # a bad image fails as its own item, and alone it loads no model
-        planned.item["error"] = problem_with(planned.item["input"], opts)
-    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed), name_single_item=True)
-    reporter.message(f"seed {seed}")
-    job.announce()
+    def __init__(self, options: SROptions):
+        self.options = options
+        check_settings(options)
+        self.images = list_images(options.inputs, options.recursive)
+        self.done = 0
 
-    model = negative = job_fields = None
-    if any(not planned.item["error"] for planned in plan.pending):
-        model, negative = load_model(opts, shard.local_rank, reporter)
-        settings = {"seed": seed, "mode": mode, "scale": opts.scale, "preset": opts.preset,
+    def read(self, seed: int, mode: str) -> list[Picture]:
+        self.seed, self.mode = seed, mode
+        return work_items(self.images, seed, mode)
+
+    def plan(self, items: list[Picture], shard: Shard) -> Plan:
+        opts = self.options
+        plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),
+                        shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
+        refuse_outputs_among_inputs(opts.inputs, opts.recursive, [planned.paths[0] for planned in plan.pending])
+        return plan
+
+    def check(self, item: Picture, reporter: Reporter, several: bool) -> None:
+        item.error = problem_with(item.input, self.options)
+
+    def load(self, local_rank: int | None, reporter: Reporter) -> None:
+        opts = self.options
+        self.model, self.negative = load_model(opts, local_rank, reporter)
+        settings = {"seed": self.seed, "mode": self.mode, "scale": opts.scale, "preset": opts.preset,
                     **{name: opts.setting(name) for name in SAMPLING_SETTINGS}, "pixel_tile": opts.pixel_tile,
                     "pixel_stride": opts.pixel_stride, "negative_prompt": opts.negative_prompt,
-                    "cfg": None if negative is None else negative[2],
-                    "checkpoints": [model.info["checkpoint"]["sha256"], model.info["vae_checkpoint"]["sha256"]],
+                    "cfg": None if self.negative is None else self.negative[2],
+                    "checkpoints": [self.model.info["checkpoint"]["sha256"], self.model.info["vae_checkpoint"]["sha256"]],
                     "refiner": refiner_settings(opts.refiner)}
-        job_fields = {"id": job_id("sr", [item["input"] for item in items], settings), "count": len(items)}
+        self.job = {"id": job_id("sr", [str(image) for image, _ in self.images], settings), "count": len(self.images)}
 
-    with job.running():
-        for position, batch in enumerate(job.batches(1), 1):
-            (planned,) = batch
-            (path,), item = planned.paths, planned.item
-            with job.attempt(batch, _label):
-                if item["error"]:
-                    raise UsageError(item["error"])
-                source = read_image(Path(item["input"]))
-                started = time.perf_counter()
-                description = mode if len(plan.pending) == 1 else f"{mode} {position}/{len(plan.pending)}"
-                output, details = upscale(model, source.rgb, source.alpha, source.mode, item["seed"], negative, opts, reporter, description)
-                seconds = time.perf_counter() - started
-                record = _record(opts, model, negative, item, source.rgb.size, output.size, details, job_fields, source.orientation)
-                write_atomically({path: _png(output, source.text, record)}, planned.replace)
-                job.wrote()
-                if opts.json:
-                    print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
-                reporter.message(f"wrote {path} ({output.width}×{output.height}, seed {item['seed']}, {mode}, {seconds:.1f} s)")
-    job.finish(_label)
+    def progress(self, reporter: Reporter, pending: list, mode: str):
+        return nullcontext()  # each image shows its own bar: its pixel tiles are known once it is read
+
+    def make(self, items: Sequence[Picture], reporter: Reporter, plan: Plan) -> list[Made]:
+        (item,) = items
+        self.done += 1
+        description = self.mode if len(plan.pending) == 1 else f"{self.mode} {self.done}/{len(plan.pending)}"
+        source = read_image(Path(item.input))
+        output, details = upscale(self.model, source.rgb, source.alpha, source.mode, item.seed, self.negative,
+                                  self.options, reporter, description)
+        image_record = record(self.options, self.model, self.negative, item, source.rgb.size, output.size, details,
+                              self.job, source.orientation)
+        return [Made(image_record, [png(output, source.text, image_record)], detail=f"{output.width}×{output.height}")]
+
+    def label(self, item: Picture) -> str:
+        return item.input

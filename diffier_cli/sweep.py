@@ -79,32 +79,33 @@ def cell_paths(grid_path: Path, parameter: str, values: list[float], modes: tupl
     }
 
 
-def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt: dict, grid_path: Path, reporter, versions: dict) -> tuple[dict, list[dict]]:
-    """Draw every cell of one prompt's grid from `prompt["seed"]`, write the cells and the grid;
-    return the images by (value, mode) and the cells' records."""
+def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt, grid_path: Path, reporter, versions: dict,
+               overwrite: bool) -> tuple[dict, list[dict]]:
+    """Draw every cell of one prompt's grid (a t2i.Prompted) from its seed, write the cells and the
+    grid; return the images by (value, mode) and the cells' records."""
     import torch
 
-    from diffier_cli.t2i import _record, generate
+    from diffier_cli.t2i import generate, record
 
     modes = compared_modes(opts.refiner, f"--sweep-{parameter}")
     paths = cell_paths(grid_path, parameter, values, modes)
     height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
-    settings = {"seed": prompt["seed"], "prompt": prompt["prompt"], "negative_prompt": prompt["negative_prompt"],
+    settings = {"seed": prompt.seed, "prompt": prompt.prompt, "negative_prompt": prompt.negative_prompt,
                 "parameter": parameter, "values": values, **({} if parameter == "cfg" else {"cfg": opts.cfg}),
                 "steps": opts.steps, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
                 "refiner": opts.refiner.settings()}
-    job = {"id": job_id("t2i-sweep", [prompt["prompt"]], settings), "count": len(paths)}
+    job = {"id": job_id("t2i-sweep", [prompt.prompt], settings), "count": len(paths)}
     images, records = {}, []
     with torch.no_grad():
         for index, (value, mode) in enumerate(paths):
             cell = _cell_options(opts, parameter, value, mode != "baseline")
-            item = {**prompt, "index": index, "mode": mode}
+            item = replace(prompt, index=index, mode=mode)
             (image,), (per_step,) = generate(backbone, cell, [item], height, width)
-            record = _record(cell, backbone, item, height, width, per_step, versions, job)
-            record["sweep"] = {"parameter": parameter, "value": value}
-            write_atomically({paths[value, mode]: png_bytes(image, png_text(record))}, opts.overwrite)
+            cell_record = record(cell, backbone, item, height, width, per_step, versions, job)
+            cell_record["sweep"] = {"parameter": parameter, "value": value}
+            write_atomically({paths[value, mode]: png_bytes(image, png_text(cell_record))}, overwrite)
             images[value, mode] = image
-            records.append({"path": str(paths[value, mode]), **record})
+            records.append({"path": str(paths[value, mode]), **cell_record})
             shown = "" if value is None else f"{SWEPT[parameter]} = {value:g}, "
             reporter.message(f"wrote {paths[value, mode]} ({shown}{mode})")
     rows = [[images[value if parameter == "cfg" else None, modes[0]] for value in values],
@@ -112,13 +113,13 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt: dict
     grid = compose(rows, [f"{parameter} {value:g}" for value in values], list(modes))  # ASCII: Pillow's built-in font has no Greek
     grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
                    "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in paths.items()]}
-    write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, opts.overwrite)
+    write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, overwrite)
     reporter.message(f"wrote {grid_path} (2 rows × {len(values)} columns)")
     return images, records
 
 
 def run_sweep(opts, parameter: str, values: list[float]) -> None:
-    from diffier_cli.t2i import load_backbone
+    from diffier_cli.t2i import Prompted, load_backbone
 
     if opts.prompt is None or opts.num_images != 1:
         raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
@@ -134,8 +135,10 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     preflight([grid_path, *cell_paths(grid_path, parameter, values, modes).values()], opts.overwrite)
     reporter.message(f"seed {seed}")
     backbone = load_backbone(opts, None, reporter)
-    prompt = {"seed": seed, "prompt": opts.prompt, "negative_prompt": opts.negative_prompt, "line": 1}
-    _, records = draw_sweep(backbone, opts, parameter, values, prompt, grid_path, reporter, library_versions())
+    slug = slugify(opts.prompt)
+    prompt = Prompted(index=0, seed=seed, mode="sweep", stem=slug, slug=slug, prompt=opts.prompt,
+                      negative_prompt=opts.negative_prompt, line=1)
+    _, records = draw_sweep(backbone, opts, parameter, values, prompt, grid_path, reporter, library_versions(), opts.overwrite)
     if opts.json:
         for record in records:
             print(json.dumps(record, ensure_ascii=False), flush=True)

@@ -1,4 +1,5 @@
-"""`diffier t2i`: read prompts → plan outputs → load Stable Diffusion once → sample batches → write PNGs.
+"""`diffier t2i`: prompts → items → load Stable Diffusion once → sample batches → PNGs (the task;
+task.run does the rest).
 
 Item i of a run (prompt p, image j) has its own seed and generators, so which noise an image
 gets depends on nothing but its seed: not on --batch-size, the shard or --baseline; with
@@ -8,54 +9,66 @@ gets depends on nothing but its seed: not on --batch-size, the shard or --baseli
 from __future__ import annotations
 
 import json
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from diffier_cli import __version__
-from models import untrusted
-from models.errors import NumericalOverflow
 from diffier_cli.errors import UsageError, excerpt, numerical_overflow
-from diffier_cli.jobs import JobRun, job_id, plan_job, resolve_shard, resume_hint, split_lines
+from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job, split_lines
 from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.metadata import library_versions, png_text
-from diffier_cli.outputs import name_problem, png_bytes, slugify, write_atomically
-from diffier_cli.refiners import run_mode, summarize
+from diffier_cli.outputs import name_problem, png_bytes, slugify
+from diffier_cli.refiners import summarize
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
-    RunOptions,
     REFINE_SEED_MIX,
+    BatchOptions,
+    Hardware,
     Reporter,
-    choose_seed,
+    RunOptions,
     item_generators,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
 )
+from diffier_cli.task import Made
+from models import untrusted
+from models.errors import NumericalOverflow
+
+if TYPE_CHECKING:
+    from diffier_cli.sampling import Refiner
 
 DEFAULT_NAME = "{index:05d}-{seed}-{mode}-{slug}.png"
 
 
-@dataclass(frozen=True)
-class T2IOptions(RunOptions):
-    prompt: str | None
-    prompts_file: str | None
+@dataclass(frozen=True, kw_only=True)
+class T2ISettings(Hardware):
+    """What an image's pixels depend on besides its prompt and seed: `t2i`, its sweeps and `eval t2i`."""
+
+    model: str
+    revision: str | None
     negative_prompt: str | None
     cfg: float
     steps: int
     ddim_eta: float
-    num_images: int
-    batch_size: int
-    batch_invariant: bool
     height: int | None
     width: int | None
-    model: str
-    revision: str | None
+    refiner: Refiner | None  # None = --baseline (--refiner none)
+    batch_invariant: bool = True
     cpu_offload: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class T2IOptions(T2ISettings, RunOptions, BatchOptions):
+    """`diffier t2i`: the settings, the prompts and how the run is batched, named and split."""
+
+    prompt: str | None
+    prompts_file: str | None
+    num_images: int = 1
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -109,21 +122,21 @@ def _jsonl_line(text: str, where: str) -> PromptLine:
     return PromptLine(entry["prompt"], negative, seed, name)
 
 
-def read_prompts(opts: T2IOptions) -> list[PromptLine]:
+def read_prompts(prompt: str | None, prompts_file: str | None) -> list[PromptLine]:
     """The prompts of the run, one per line of --prompts-file (.txt, or .jsonl with prompt,
     negative_prompt, seed, name), or the PROMPT argument. A bad line stays in the list as an
     error, so the line numbers, and with them every later item's index, seed and name, stay put."""
-    if (opts.prompt is None) == (opts.prompts_file is None):
+    if (prompt is None) == (prompts_file is None):
         raise UsageError("pass a PROMPT or --prompts-file FILE (one of them)")
-    if opts.prompt is not None:
-        if not opts.prompt.strip():
+    if prompt is not None:
+        if not prompt.strip():
             raise UsageError("the prompt is empty; say what to draw")
-        return [PromptLine(opts.prompt)]
-    text, label = _read_source(opts.prompts_file)
+        return [PromptLine(prompt)]
+    text, label = _read_source(prompts_file)
     lines = split_lines(text, f"--prompts-file {label}")
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing blank line is the end of the file, not a prompt
-    jsonl = opts.prompts_file.lower().endswith((".jsonl", ".ndjson")) or (label == "stdin" and lines and lines[0].lstrip().startswith("{"))
+    jsonl = prompts_file.lower().endswith((".jsonl", ".ndjson")) or (label == "stdin" and lines and lines[0].lstrip().startswith("{"))
     prompts = []
     for number, line in enumerate(lines, 1):
         where = f"{label} line {number}"
@@ -138,43 +151,53 @@ def read_prompts(opts: T2IOptions) -> list[PromptLine]:
     return prompts
 
 
-def work_items(prompts: list[PromptLine], opts: T2IOptions, seed: int, mode: str) -> list[dict]:
+@dataclass(kw_only=True)
+class Prompted(Item):
+    """One image to draw: its prompt line's prompt and negative prompt, and the line (1-based)."""
+
+    prompt: str
+    negative_prompt: str | None
+    line: int
+
+
+def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str | None, seed: int, mode: str) -> list[Prompted]:
     """Item p·N + j is image j of prompt p; its seed is the line's seed + j, else seed + index."""
-    if len(prompts) * opts.num_images > MAX_ITEMS:
+    if len(prompts) * num_images > MAX_ITEMS:
         raise UsageError(
-            f"{len(prompts)} prompt(s) × --num-images {opts.num_images} is over the {MAX_ITEMS} items one run plans; "
+            f"{len(prompts)} prompt(s) × --num-images {num_images} is over the {MAX_ITEMS} items one run plans; "
             "split the prompts file (every part keeps its own indices with --name) or lower --num-images"
         )
     items = []
     for p, line in enumerate(prompts):
-        for j in range(opts.num_images):
-            index = p * opts.num_images + j
-            item_seed = line.seed + j if line.seed is not None else seed + index
+        for j in range(num_images):
+            index = p * num_images + j
             slug = slugify(line.prompt) if line.prompt else "invalid"
-            item = {"index": index, "seed": item_seed, "slug": slug, "stem": line.name or slug, "mode": mode,
-                    "prompt": line.prompt, "negative_prompt": line.negative_prompt if line.negative_prompt is not None else opts.negative_prompt,
-                    "line": p + 1, "error": line.error}
+            item = Prompted(index=index, seed=line.seed + j if line.seed is not None else seed + index, mode=mode,
+                            stem=line.name or slug, slug=slug, error=line.error, prompt=line.prompt,
+                            negative_prompt=line.negative_prompt if line.negative_prompt is not None else negative_prompt,
+                            line=p + 1)
             if line.name:
                 base = line.name[:-4] if line.name.lower().endswith(".png") else line.name
-                item["name"] = base if opts.num_images == 1 else f"{base}-{j}"
-                problem = name_problem(item["name"] + ".png")
+                item.name = base if num_images == 1 else f"{base}-{j}"
+                problem = name_problem(item.name + ".png")
                 if problem:  # the line fails alone, in its turn, under the template's name
-                    item.update(error=f"line {p + 1}: name {problem}", name=None, stem=slug)
+                    item.error, item.name, item.stem = f"line {p + 1}: name {problem}", None, slug
             items.append(item)
     return items
 
 
-def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per_step: dict, versions: dict, job: dict) -> dict:
+def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int, per_step: dict, versions: dict, job: dict) -> dict:
+    """What made one image, as its PNG and `--json` carry it."""
     return {
         "tool": "diffier",
         "version": __version__,
         "command": "t2i",
-        "prompt": item["prompt"],
-        "negative_prompt": item["negative_prompt"] or "",
-        "index": item["index"],
-        "seed": item["seed"],
-        "mode": item["mode"],
-        "job": {**job, "index": item["index"], "line": item["line"]},
+        "prompt": item.prompt,
+        "negative_prompt": item.negative_prompt or "",
+        "index": item.index,
+        "seed": item.seed,
+        "mode": item.mode,
+        "job": {**job, "index": item.index, "line": item.line},
         "model": {
             "id": backbone.resolved.model_id,
             "revision": backbone.resolved.revision,
@@ -193,8 +216,8 @@ def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per
             "memory": backbone.memory.enabled(),
         },
         "rng": {
-            "initial_noise": f"cpu torch.Generator seeded {item['seed']}",
-            "refinement": f"{backbone.device.type} torch.Generator seeded {item['seed'] ^ REFINE_SEED_MIX}",
+            "initial_noise": f"cpu torch.Generator seeded {item.seed}",
+            "refinement": f"{backbone.device.type} torch.Generator seeded {item.seed ^ REFINE_SEED_MIX}",
         },
         "refiner": refiner_settings(opts.refiner),
         "refinement": {"summary": summarize(opts.refiner, per_step), "per_step": per_step},
@@ -202,16 +225,18 @@ def _record(opts: T2IOptions, backbone, item: dict, height: int, width: int, per
     }
 
 
-def generate(backbone, opts: T2IOptions, items: list[dict], height: int, width: int, on_step=None):
+def generate(backbone, opts: T2ISettings, items: Sequence[Prompted], height: int, width: int, on_step=None):
     """One batch of items → (PIL images, per-item refinement statistics): prepare → loop → decode."""
+    import torch
+
     from diffier_cli.invariant import batch_invariant
     from diffier_cli.sampling import denoise, per_item_stats
 
-    noise_generators, refine_generators = item_generators([item["seed"] for item in items], backbone.device)
-    with batch_invariant(len(items), opts.batch_invariant):
+    noise_generators, refine_generators = item_generators([item.seed for item in items], backbone.device)
+    with batch_invariant(len(items), opts.batch_invariant), torch.no_grad():
         state = backbone.prepare(
-            [item["prompt"] for item in items],
-            negative_prompts=[item["negative_prompt"] or "" for item in items],
+            [item.prompt for item in items],
+            negative_prompts=[item.negative_prompt or "" for item in items],
             cfg=opts.cfg,
             height=height,
             width=width,
@@ -234,7 +259,7 @@ def generate(backbone, opts: T2IOptions, items: list[dict], height: int, width: 
     return images, per_item_stats(trajectory.steps, len(items))
 
 
-def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
+def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter):
     """Stable Diffusion on the process's device, with the memory knobs applied."""
     quiet_libraries(show_downloads=reporter.interactive)
     from models.sd import MemoryOptions, StableDiffusion, most_steps
@@ -258,71 +283,60 @@ def load_backbone(opts: T2IOptions, local_rank: int | None, reporter: Reporter):
     return backbone
 
 
-def _label(item: dict) -> str:
-    return f"item {item['index']} (line {item['line']})"
+class TextToImage:
+    """`diffier t2i` as a task: prompt lines → images, `batch_size` at a time."""
 
+    name_single_item = False
 
-def run(opts: T2IOptions) -> None:
-    reporter = Reporter(opts.quiet)
-    prompts = read_prompts(opts)
-    seed = choose_seed(opts.seed)
-    mode = run_mode(opts.refiner)
-    items = work_items(prompts, opts, seed, mode)
-    shard = resolve_shard(opts.shard)
-    plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME, shard=shard,
-                    skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
-    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed))
-    reporter.message(f"seed {seed}")
-    job.announce()
-    if all(planned.item["error"] for planned in plan.pending):  # nothing to draw: fail or finish without a model
-        for planned in plan.pending:
-            with job.attempt([planned], _label):
-                raise UsageError(planned.item["error"])
-        job.finish(_label)
-        return
+    def __init__(self, options: T2IOptions):
+        self.options = options
+        self.batch_size = options.batch_size
+        self.prompts = read_prompts(options.prompt, options.prompts_file)
 
-    import torch
+    def read(self, seed: int, mode: str) -> list[Prompted]:
+        opts = self.options
+        self.seed, self.mode = seed, mode
+        return work_items(self.prompts, opts.num_images, opts.negative_prompt, seed, mode)
 
-    backbone = load_backbone(opts, shard.local_rank, reporter)
-    height = opts.height or backbone.native_size
-    width = opts.width or backbone.native_size
-    versions = library_versions()
-    settings = {"seed": seed, "mode": mode, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
-                "cfg": opts.cfg, "steps": opts.steps, "ddim_eta": opts.ddim_eta, "num_images": opts.num_images,
-                "size": [width, height], "negative_prompt": opts.negative_prompt,
-                "batch_invariant": opts.batch_invariant, "memory": backbone.memory.enabled(),
-                "refiner": refiner_settings(opts.refiner)}
-    job_fields = {"id": job_id("t2i", [(line.prompt, line.negative_prompt, line.seed, line.name) for line in prompts], settings),
-                  "count": len(items)}
+    def plan(self, items: list[Prompted], shard: Shard) -> Plan:
+        opts = self.options
+        return plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME, shard=shard,
+                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
 
-    with job.running(), reporter.progress(total=len(plan.pending) * opts.steps, description=mode), torch.no_grad():
-        for batch in job.batches(opts.batch_size, alone=lambda item: bool(item["error"])):
-            images = None
-            with job.attempt(batch, _label):
-                if batch[0].item["error"]:
-                    raise UsageError(batch[0].item["error"])
-                for planned in batch:
-                    dropped = backbone.dropped_prompt_text(planned.item["prompt"])
-                    if dropped:
-                        where = f"{_label(planned.item)}: " if plan.total > 1 else ""
-                        reporter.message(f"warning: {where}the prompt is too long for the text encoder; "
-                                         f"{len(dropped)} characters ignored: {excerpt(dropped)}")
-                started = time.perf_counter()
-                images, stats = generate(
-                    backbone, opts, [planned.item for planned in batch], height, width,
-                    on_step=lambda n=len(batch): reporter.advance(n),
-                )
-                seconds = (time.perf_counter() - started) / len(batch)
-            if images is None:
-                continue
-            for planned, image, per_step in zip(batch, images, stats):
-                with job.attempt([planned], _label):  # each write on its own: one full disk fails one item
-                    (path,) = planned.paths
-                    record = _record(opts, backbone, planned.item, height, width, per_step, versions, job_fields)
-                    write_atomically({path: png_bytes(image, png_text(record))}, planned.replace)
-                    job.wrote()
-                    if opts.json:
-                        line = {"path": str(path), "wall_time_s": round(seconds, 3), **record}
-                        print(json.dumps(line, ensure_ascii=False), file=sys.stdout, flush=True)
-                    reporter.message(f"wrote {path} (seed {planned.item['seed']}, {mode}, {seconds:.1f} s)")
-    job.finish(_label)
+    def check(self, item: Prompted, reporter: Reporter, several: bool) -> None:
+        """A prompt line's problems are known when it is read."""
+
+    def load(self, local_rank: int | None, reporter: Reporter) -> None:
+        opts = self.options
+        self.backbone = load_backbone(opts, local_rank, reporter)
+        self.height = opts.height or self.backbone.native_size
+        self.width = opts.width or self.backbone.native_size
+        self.versions = library_versions()
+        settings = {"seed": self.seed, "mode": self.mode, "model": self.backbone.resolved.model_id,
+                    "revision": self.backbone.resolved.revision, "cfg": opts.cfg, "steps": opts.steps,
+                    "ddim_eta": opts.ddim_eta, "num_images": opts.num_images, "size": [self.width, self.height],
+                    "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
+                    "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner)}
+        inputs = [(line.prompt, line.negative_prompt, line.seed, line.name) for line in self.prompts]
+        self.job = {"id": job_id("t2i", inputs, settings), "count": len(self.prompts) * opts.num_images}
+
+    def progress(self, reporter: Reporter, pending: list, mode: str):
+        return reporter.progress(total=len(pending) * self.options.steps, description=mode)
+
+    def make(self, items: Sequence[Prompted], reporter: Reporter, plan: Plan) -> list[Made]:
+        for item in items:
+            dropped = self.backbone.dropped_prompt_text(item.prompt)
+            if dropped:
+                where = f"{self.label(item)}: " if plan.total > 1 else ""
+                reporter.message(f"warning: {where}the prompt is too long for the text encoder; "
+                                 f"{len(dropped)} characters ignored: {excerpt(dropped)}")
+        images, stats = generate(self.backbone, self.options, items, self.height, self.width,
+                                 on_step=lambda n=len(items): reporter.advance(n))
+        made = []
+        for item, image, per_step in zip(items, images, stats):
+            image_record = record(self.options, self.backbone, item, self.height, self.width, per_step, self.versions, self.job)
+            made.append(Made(image_record, [png_bytes(image, png_text(image_record))]))
+        return made
+
+    def label(self, item: Prompted) -> str:
+        return f"item {item.index} (line {item.line})"

@@ -14,36 +14,42 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from diffier_cli import __version__
-from models import untrusted
 from diffier_cli.errors import UsageError, excerpt, first_line, numerical_overflow
-from models.errors import ModelUnavailable, NumericalOverflow
-from diffier_cli.jobs import JobRun, Plan, Planned, job_id, plan_job, resolve_shard, resume_hint, split_lines
+from diffier_cli.jobs import Item, Plan, Planned, Shard, job_id, plan_job, split_lines
 from diffier_cli.limits import MAX_AUDIO_SECONDS
-from diffier_cli.outputs import slugify, write_atomically
-from diffier_cli.refiners import run_mode, summarize
+from diffier_cli.outputs import slugify
+from diffier_cli.refiners import summarize
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
-    RunOptions,
     REFINE_SEED_MIX,
+    BatchOptions,
+    Hardware,
     Reporter,
-    choose_seed,
+    RunOptions,
     item_generators,
     resolve_device,
     resolve_dtype,
 )
+from diffier_cli.task import Made
+from models import untrusted
+from models.errors import ModelUnavailable, NumericalOverflow
+
+if TYPE_CHECKING:
+    from diffier_cli.sampling import Refiner
 
 N_MELS = 80
 _INITIAL = re.compile(r"[a-z]")
 
 
-@dataclass(frozen=True)
-class TTSOptions(RunOptions):
-    text_file: str | None
-    text: str | None
+@dataclass(frozen=True, kw_only=True)
+class TTSSettings(Hardware):
+    """What speech depends on besides its text and seed: `tts`, `tts --compare` and `eval tts`."""
+
     checkpoint: str | None
     pe_scale: float
     vocoder: str
@@ -53,28 +59,37 @@ class TTSOptions(RunOptions):
     length_scale: float
     stochastic: bool
     pause: float
+    refiner: Refiner | None  # None = --baseline (--refiner none)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TTSOptions(TTSSettings, RunOptions, BatchOptions):
+    """`diffier tts`: the settings, the text, the WAV format and how the run is named and split."""
+
+    text_file: str | None
+    text: str | None
     subtype: str
     per_line: bool = False
 
 
-def read_text(opts: TTSOptions) -> tuple[str, str]:
+def read_text(text: str | None, text_file: str | None) -> tuple[str, str]:
     """(text, stem for output names) from --text, a file, or '-' for stdin."""
-    if opts.text is not None and opts.text_file is not None:
+    if text is not None and text_file is not None:
         raise UsageError("pass either TEXT_FILE or --text, not both")
-    if opts.text is not None:
-        return opts.text, slugify(opts.text, limit=40)
-    if opts.text_file is None:
+    if text is not None:
+        return text, slugify(text, limit=40)
+    if text_file is None:
         raise UsageError("nothing to say: pass a TEXT_FILE, '-' for stdin, or --text \"...\"")
-    stem = "stdin" if opts.text_file == "-" else Path(opts.text_file).stem
+    stem = "stdin" if text_file == "-" else Path(text_file).stem
     try:
-        text = untrusted.read_text(opts.text_file)
+        read = untrusted.read_text(text_file)
     except OSError as exc:
-        raise UsageError(f"cannot read {opts.text_file}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read {text_file}: {exc.strerror or exc}") from exc
     except untrusted.Refused as exc:
-        raise UsageError(f"{opts.text_file} {exc}") from None
-    if "\x00" in text:
-        raise UsageError(f"{opts.text_file} is a binary file, not text; pass a plain-text file")
-    return text, stem
+        raise UsageError(f"{text_file} {exc}") from None
+    if "\x00" in read:
+        raise UsageError(f"{text_file} is a binary file, not text; pass a plain-text file")
+    return read, stem
 
 
 def split_utterances(text: str) -> list[str]:
@@ -120,20 +135,26 @@ def wav_bytes(waveform, sample_rate: int, subtype: str) -> bytes:
     return buffer.getvalue()
 
 
-def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> list[dict]:
+@dataclass(kw_only=True)
+class Speech(Item):
+    """One WAV to speak: its text, its line (--per-line), and once checked its utterances with
+    their encoder ids and those skipped for having nothing speakable."""
+
+    text: str
+    line: int | None = None
+    spoken: list[tuple[str, list[int]]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> list[Speech]:
     """The whole text as item 0, or with --per-line item i = the i-th non-empty line (its 1-based
     line number kept); item i's seed is seed + i."""
     if per_line:
         lines = [(number, line.strip()) for number, line in enumerate(split_lines(text, "--per-line's text"), 1) if line.strip()]
     else:
         lines = [(None, text)] if text.strip() else []
-    items = []
-    for index, (number, line) in enumerate(lines):
-        item = {"index": index, "seed": seed + index, "stem": stem, "slug": slugify(line), "mode": mode, "text": line}
-        if number is not None:
-            item["line"] = number
-        items.append(item)
-    return items
+    return [Speech(index=index, seed=seed + index, mode=mode, stem=stem, slug=slugify(line), text=line, line=number)
+            for index, (number, line) in enumerate(lines)]
 
 
 # Speech runs at about 15 characters a second at --length-scale 1 (LJSpeech's pace): the estimate
@@ -141,7 +162,7 @@ def work_items(text: str, stem: str, per_line: bool, seed: int, mode: str) -> li
 CHARACTERS_PER_SECOND = 15
 
 
-def speakable(text: str, reporter: Reporter, opts: TTSOptions, where: str = "") -> tuple[list[tuple[str, list[int]]], list[str]]:
+def speakable(text: str, reporter: Reporter, opts: TTSSettings, where: str = "") -> tuple[list[tuple[str, list[int]]], list[str]]:
     """(utterances with their encoder ids, utterances skipped for having nothing speakable) of one
     item; UsageError when nothing is left, the cleaners cannot read a part, or the WAV would run
     over MAX_AUDIO_SECONDS (checked first, from the text's length, before any cleaning)."""
@@ -188,7 +209,7 @@ class Voice:
         return self.vocoder.config.sampling_rate
 
 
-def load_voice(opts: TTSOptions, reporter: Reporter, local_rank: int | None) -> Voice:
+def load_voice(opts: TTSSettings, reporter: Reporter, local_rank: int | None) -> Voice:
     from models.gradtts.adapter import GradTTSBackbone
     from models.gradtts.checkpoints import OFFICIAL_FILE_ID, resolve_checkpoint
     from models.gradtts.hifigan import load_hifigan
@@ -214,7 +235,7 @@ def load_voice(opts: TTSOptions, reporter: Reporter, local_rank: int | None) -> 
     return Voice(GradTTSBackbone(model, device, dtype), vocoder, speaker, model_info, vocoder_info)
 
 
-def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]]], seed: int, on_step=None,
+def synthesize(voice: Voice, opts: TTSSettings, spoken: list[tuple[str, list[int]]], seed: int, on_step=None,
                mels: list | None = None):
     """One item → (waveform, per-utterance statistics): every utterance through the shared loop
     and the vocoder, drawing in order from the item's own generators, joined by --pause of silence.
@@ -255,8 +276,9 @@ def synthesize(voice: Voice, opts: TTSOptions, spoken: list[tuple[str, list[int]
     return np.concatenate(pieces[:-1]), per_utterance
 
 
-def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_utterance: list[dict],
-            num_samples: int, seconds: float, job: dict) -> dict:
+def record(opts: TTSOptions, voice: Voice, item: Speech, per_utterance: list[dict], num_samples: int, seconds: float,
+           job: dict) -> dict:
+    """What made one WAV, as its sidecar and `--json` carry it."""
     import torch
 
     duration = num_samples / voice.sample_rate
@@ -265,14 +287,14 @@ def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_
         "tool": "diffier",
         "version": __version__,
         "command": "tts",
-        "text": item["text"],
+        "text": item.text,
         "utterances": [u["text"] for u in per_utterance],
-        "skipped": skipped,
-        "index": item["index"],
-        **({"line": item["line"]} if "line" in item else {}),
-        "seed": item["seed"],
-        "mode": item["mode"],
-        "job": {**job, "index": item["index"]},
+        "skipped": item.skipped,
+        "index": item.index,
+        **({"line": item.line} if item.line is not None else {}),
+        "seed": item.seed,
+        "mode": item.mode,
+        "job": {**job, "index": item.index},
         "checkpoint": voice.checkpoint,
         "vocoder": voice.vocoder_info,
         "params": {
@@ -286,8 +308,8 @@ def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_
             "dtype": str(voice.backbone.dtype).removeprefix("torch."),
         },
         "rng": {
-            "prior_and_sde_noise": f"cpu torch.Generator seeded {item['seed']}",
-            "refinement": f"{device.type} torch.Generator seeded {item['seed'] ^ REFINE_SEED_MIX}",
+            "prior_and_sde_noise": f"cpu torch.Generator seeded {item.seed}",
+            "refinement": f"{device.type} torch.Generator seeded {item.seed ^ REFINE_SEED_MIX}",
         },
         "refiner": refiner_settings(opts.refiner),
         "refinement": {
@@ -306,105 +328,79 @@ def _record(opts: TTSOptions, voice: Voice, item: dict, skipped: list[str], per_
     }
 
 
-def speak(voice: Voice, opts: TTSOptions, item: dict, spoken: list[tuple[str, list[int]]], skipped: list[str],
-          job: dict, on_step=None, mels: list | None = None) -> tuple[bytes, dict, float]:
-    """One item → (its WAV, its record, seconds of synthesis)."""
+def speak(voice: Voice, opts: TTSOptions, item: Speech, job: dict, on_step=None,
+          mels: list | None = None) -> tuple[bytes, dict, float]:
+    """One checked item → (its WAV, its record, seconds of synthesis)."""
     started = time.perf_counter()
-    waveform, per_utterance = synthesize(voice, opts, spoken, item["seed"], on_step=on_step, mels=mels)
+    waveform, per_utterance = synthesize(voice, opts, item.spoken, item.seed, on_step=on_step, mels=mels)
     seconds = time.perf_counter() - started
-    record = _record(opts, voice, item, skipped, per_utterance, len(waveform), seconds, job)
-    return wav_bytes(waveform, voice.sample_rate, opts.subtype), record, seconds
+    return wav_bytes(waveform, voice.sample_rate, opts.subtype), record(opts, voice, item, per_utterance, len(waveform), seconds, job), seconds
 
 
-def item_files(path: Path, sidecar: Path, record: dict, data: bytes) -> dict[Path, bytes]:
-    """A WAV and its sidecar for write_atomically, the sidecar first: a WAV on disk means its item
-    is complete (what --skip-existing trusts)."""
-    return {sidecar: json.dumps(record, ensure_ascii=False, indent=1).encode(), path: data}
+def sidecar_bytes(record: dict) -> bytes:
+    """A WAV's record as its `.json` sidecar."""
+    return json.dumps(record, ensure_ascii=False, indent=1).encode()
 
 
-def print_record(path: Path, seconds: float, record: dict) -> None:
-    """--json: one line per WAV written."""
-    print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
-
-
-def job_fields(opts: TTSOptions, items: list[dict], seed: int, mode: str) -> dict:
+def job_fields(opts: TTSOptions, items: list[Speech], seed: int, mode: str) -> dict:
     """The records' `job`: a digest of the items and settings, and the item count."""
     settings = {"seed": seed, "mode": mode, "checkpoint": opts.checkpoint, "pe_scale": opts.pe_scale,
                 "vocoder": opts.vocoder, "speaker": opts.speaker, "steps": opts.steps, "temperature": opts.temperature,
                 "length_scale": opts.length_scale, "stochastic": opts.stochastic, "pause": opts.pause,
                 "subtype": opts.subtype, "refiner": refiner_settings(opts.refiner)}
-    return {"id": job_id("tts", [item["text"] for item in items], settings), "count": len(items)}
+    return {"id": job_id("tts", [item.text for item in items], settings), "count": len(items)}
 
 
-def _plan(opts: TTSOptions, items: list[dict], shard) -> Plan:
-    """Files for the items (a WAV and its .json sidecar each), or with -o - one WAV on stdout."""
-    if opts.output != "-":
-        default_name = "{stem}-{index:04d}-{seed}-{mode}.wav" if opts.per_line else "{stem}-{seed}-{mode}.wav"
-        return plan_job(items, output=opts.output, name=opts.name, default_name=default_name, shard=shard,
-                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
-                        companions=lambda path: [path.with_suffix(".json")])
-    if sys.stdout.isatty():
-        raise UsageError("-o - writes a WAV to stdout, which is a terminal; redirect it or pass a file")
-    if opts.json:
-        raise UsageError("-o - and --json both want stdout; choose one")
-    if len(items) > 1:
-        raise UsageError(f"-o - writes one WAV to stdout but --per-line makes {len(items)}; pass a folder (-o out/)")
-    return Plan([Planned(items[i], []) for i in shard.select(len(items))], total=len(items), shard=shard, skipped=0)
+class Speak:
+    """`diffier tts` as a task: the text (or each line) → one WAV and its sidecar, one at a time."""
 
+    batch_size = 1
+    name_single_item = False
 
-def _label(item: dict) -> str:
-    return f"item {item['index']}" + (f" (line {item['line']})" if "line" in item else "")
+    def __init__(self, options: TTSOptions):
+        self.options = options
+        self.text, self.stem = read_text(options.text, options.text_file)
 
+    def read(self, seed: int, mode: str) -> list[Speech]:
+        items = work_items(self.text, self.stem, self.options.per_line, seed, mode)
+        if not items:
+            raise UsageError("the text is empty; nothing to say")
+        self.job = job_fields(self.options, items, seed, mode)
+        return items
 
-def run(opts: TTSOptions) -> None:
-    reporter = Reporter(opts.quiet)
-    text, stem = read_text(opts)
-    seed = choose_seed(opts.seed)
-    mode = run_mode(opts.refiner)
-    items = work_items(text, stem, opts.per_line, seed, mode)
-    if not items:
-        raise UsageError("the text is empty; nothing to say")
-    shard = resolve_shard(opts.shard)
-    plan = _plan(opts, items, shard)
-    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed))
-    reporter.message(f"seed {seed}")
-    job.announce()
-    if not plan.pending:
-        return
+    def plan(self, items: list[Speech], shard: Shard) -> Plan:
+        """Files for the items (a WAV and its .json sidecar each), or with -o - one WAV on stdout."""
+        opts = self.options
+        if opts.output != "-":
+            default_name = "{stem}-{index:04d}-{seed}-{mode}.wav" if opts.per_line else "{stem}-{seed}-{mode}.wav"
+            return plan_job(items, output=opts.output, name=opts.name, default_name=default_name, shard=shard,
+                            skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
+                            companions=lambda path: [path.with_suffix(".json")])
+        if sys.stdout.isatty():
+            raise UsageError("-o - writes a WAV to stdout, which is a terminal; redirect it or pass a file")
+        if opts.json:
+            raise UsageError("-o - and --json both want stdout; choose one")
+        if len(items) > 1:
+            raise UsageError(f"-o - writes one WAV to stdout but --per-line makes {len(items)}; pass a folder (-o out/)")
+        return Plan([Planned(items[i], []) for i in shard.select(len(items))], total=len(items), shard=shard, skipped=0)
 
-    # The cleaners run before any model loads (a text with nothing to say never loads one); an
-    # item's failure is raised in its turn below, like any other.
-    prepared: dict[int, tuple | UsageError] = {}
-    for planned in plan.pending:
-        where = f"{_label(planned.item)}: " if plan.total > 1 else ""
+    def check(self, item: Speech, reporter: Reporter, several: bool) -> None:
+        """The cleaners run before any model loads, so a text with nothing to say never loads one."""
         try:
-            prepared[planned.item["index"]] = speakable(planned.item["text"], reporter, opts, where)
+            item.spoken, item.skipped = speakable(item.text, reporter, self.options, f"{self.label(item)}: " if several else "")
         except UsageError as exc:
-            prepared[planned.item["index"]] = exc
-    ready = [spoken for spoken in prepared.values() if not isinstance(spoken, UsageError)]
-    voice = load_voice(opts, reporter, shard.local_rank) if ready else None
-    fields = job_fields(opts, items, seed, mode)
+            item.error = str(exc)
 
-    total_steps = sum(len(spoken) for spoken, _ in ready) * opts.steps
-    with job.running(), reporter.progress(total=total_steps, description=mode):
-        for batch in job.batches(1):
-            (planned,) = batch
-            item = planned.item
-            with job.attempt(batch, _label):
-                if isinstance(prepared[item["index"]], UsageError):
-                    raise prepared[item["index"]]
-                spoken, skipped = prepared[item["index"]]
-                data, record, seconds = speak(voice, opts, item, spoken, skipped, fields, on_step=reporter.advance)
-                done = f"{record['audio']['duration_s']:.2f} s of audio, seed {item['seed']}, {mode}, {seconds:.1f} s"
-                if not planned.paths:  # -o -
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.buffer.flush()
-                    reporter.message(f"wrote {len(data)} bytes of WAV to stdout ({done})")
-                else:
-                    path, sidecar = planned.paths
-                    write_atomically(item_files(path, sidecar, record, data), planned.replace)
-                    if opts.json:
-                        print_record(path, seconds, record)
-                    reporter.message(f"wrote {path} and {sidecar.name} ({done})")
-                job.wrote()
-    job.finish(_label)
+    def load(self, local_rank: int | None, reporter: Reporter) -> None:
+        self.voice = load_voice(self.options, reporter, local_rank)
+
+    def progress(self, reporter: Reporter, pending: list, mode: str):
+        return reporter.progress(total=sum(len(planned.item.spoken) for planned in pending) * self.options.steps, description=mode)
+
+    def make(self, items: Sequence[Speech], reporter: Reporter, plan: Plan) -> list[Made]:
+        (item,) = items
+        data, speech_record, _ = speak(self.voice, self.options, item, self.job, on_step=reporter.advance)
+        return [Made(speech_record, [data, sidecar_bytes(speech_record)], detail=f"{speech_record['audio']['duration_s']:.2f} s of audio")]
+
+    def label(self, item: Speech) -> str:
+        return f"item {item.index}" + (f" (line {item.line})" if item.line is not None else "")

@@ -8,6 +8,8 @@ processes holds for the same thread count (see diffier_cli/invariant.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 import signal
 import subprocess
@@ -23,7 +25,7 @@ from PIL import Image
 
 from diffier_cli.errors import UsageError
 from diffier_cli.invariant import batch_invariant
-from diffier_cli.jobs import Shard, parse_shard, plan_job, resolve_shard, split_lines
+from diffier_cli.jobs import Item, Shard, parse_shard, plan_job, resolve_shard, split_lines
 from diffier_cli.outputs import plan_outputs
 from tests.conftest import DIFFIER, run_cli
 from tests.tolerance import assert_within
@@ -90,17 +92,17 @@ def test_bad_shards_are_usage_errors(text):
 
 
 def test_names_come_from_the_global_index_and_the_input(tmp_path):
-    items = [{"index": i, "seed": 7 + i, "slug": "s", "stem": "st", "mode": "refined"} for i in range(3)]
-    items[1]["name"] = "chosen"
-    items[2]["subdir"] = "deep/er"
+    items = [Item(index=i, seed=7 + i, slug="s", stem="st", mode="refined") for i in range(3)]
+    items[1].name = "chosen"
+    items[2].subdir = "deep/er"
     paths = plan_outputs(f"{tmp_path}/", items, "{index:05d}-{seed}.png", name="{index:03d}-{mode}")
     assert paths == [tmp_path / "000-refined.png", tmp_path / "chosen.png", tmp_path / "deep/er" / "002-refined.png"]
     # an explicit -o FILE is taken as given, whatever the item's own name or sub-folder
-    assert plan_outputs(str(tmp_path / "x.png"), [items[1] | {"subdir": "s"}], "{index}.png") == [tmp_path / "x.png"]
+    assert plan_outputs(str(tmp_path / "x.png"), [replace(items[1], subdir="s")], "{index}.png") == [tmp_path / "x.png"]
     with pytest.raises(UsageError, match="-o to be a folder"):
         plan_outputs(str(tmp_path / "one.png"), items[:1], "{index}.png", name="{index}")
     with pytest.raises(UsageError, match="items 0 and 1 would both be written"):
-        plan_outputs(f"{tmp_path}/", items[:2] and [dict(items[0]), dict(items[0], index=1)], "x.png", name="fixed")
+        plan_outputs(f"{tmp_path}/", [items[0], replace(items[0], index=1)], "x.png", name="fixed")
 
 
 # --- batch-invariant kernels -----------------------------------------------------------------
@@ -322,13 +324,13 @@ def test_input_lines_split_at_newlines_only():
 def test_a_half_written_item_is_made_again_and_may_replace_its_leftover(tmp_path):
     """A kill between the sidecar's rename and the WAV's leaves a sidecar alone: not done, and
     --skip-existing replaces it instead of refusing to clobber it."""
-    items = [{"index": i, "seed": i, "slug": "s", "stem": "t", "mode": "refined"} for i in range(2)]
+    items = [Item(index=i, seed=i, slug="s", stem="t", mode="refined") for i in range(2)]
     (tmp_path / "0.wav").write_bytes(b"RIFF")
     (tmp_path / "0.json").write_text("{}")
     (tmp_path / "1.json").write_text("{}")
     plan = plan_job(items, output=f"{tmp_path}/", name="{index}", default_name="x.wav", shard=Shard(0, 1, "default"),
                     skip_existing=True, overwrite=False, seed_given=True, companions=lambda p: [p.with_suffix(".json")])
-    assert plan.skipped == 1 and [p.item["index"] for p in plan.pending] == [1] and plan.pending[0].replace
+    assert plan.skipped == 1 and [p.item.index for p in plan.pending] == [1] and plan.pending[0].replace
 
 
 @pytest.mark.parametrize(("extra", "needle"), [(("--shard", "1/2"), "needs --seed"), (("--skip-existing",), "pass its --seed")])
@@ -338,12 +340,12 @@ def test_shards_and_resumes_need_the_seed_of_the_run(tmp_path, extra, needle):
 
 
 def test_an_interrupt_anywhere_says_how_to_resume(tmp_path, monkeypatch):
-    from diffier_cli import t2i
+    from diffier_cli import task
 
-    def interrupted(opts):
+    def interrupted(job):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(t2i, "run", interrupted)
+    monkeypatch.setattr(task, "run", interrupted)
     result = run_cli("t2i", "a cat", "-o", str(tmp_path / "x.png"))
     assert result.returncode == 130
     assert result.stderr.splitlines() == [
@@ -351,17 +353,17 @@ def test_an_interrupt_anywhere_says_how_to_resume(tmp_path, monkeypatch):
 
 
 def test_keep_going_fails_one_write_of_a_batch_without_counting_others_twice(tiny_sd, tmp_path, monkeypatch):
-    from diffier_cli import t2i
+    from diffier_cli import task
     from diffier_cli.errors import DiffierError
 
-    real_write = t2i.write_atomically
+    real_write = task.write_atomically
 
     def full_disk_for_item_1(files, replace):
         if any(path.name.startswith("00001-") for path in files):
             raise DiffierError("cannot write: No space left on device")
         real_write(files, replace)
 
-    monkeypatch.setattr(t2i, "write_atomically", full_disk_for_item_1)
+    monkeypatch.setattr(task, "write_atomically", full_disk_for_item_1)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")
     result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path}/out/",

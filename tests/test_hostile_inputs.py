@@ -18,7 +18,7 @@ import time
 import pytest
 
 from diffier_cli.errors import UsageError
-from diffier_cli.jobs import resolve_shard, split_lines
+from diffier_cli.jobs import Item, resolve_shard, split_lines
 from diffier_cli.limits import MAX_ITEMS, MAX_NAME_BYTES
 from diffier_cli.outputs import name_problem, plan_outputs, write_atomically
 from tests.conftest import run_cli
@@ -182,14 +182,11 @@ def test_a_name_that_only_fails_with_its_image_number_fails_alone():
     (exit 2 in its turn), images 0..9 keep the line's name."""
     from diffier_cli.t2i import PromptLine, work_items
 
-    class Options:
-        num_images, negative_prompt = 11, None
-
     base = "n" * (MAX_NAME_BYTES - len("-9.png"))
-    items = work_items([PromptLine("x", name=base)], Options, 0, "refined")
-    assert [item["error"] for item in items[:10]] == [None] * 10
-    assert [item["name"] for item in items[:10]] == [f"{base}-{j}" for j in range(10)]
-    assert "241 bytes" in items[10]["error"] and items[10]["name"] is None and items[10]["stem"] == "x"
+    items = work_items([PromptLine("x", name=base)], 11, None, 0, "refined")
+    assert [item.error for item in items[:10]] == [None] * 10
+    assert [item.name for item in items[:10]] == [f"{base}-{j}" for j in range(10)]
+    assert "241 bytes" in items[10].error and items[10].name is None and items[10].stem == "x"
 
 
 def test_name_problems_cover_what_file_systems_refuse():
@@ -199,7 +196,7 @@ def test_name_problems_cover_what_file_systems_refuse():
     assert "bytes" in name_problem("é" * (MAX_NAME_BYTES // 2 + 1))
     for bad in ("", ".", "..", "a/b", "a\\b", "a\x7fb", "a\tb", "CON.png", "com3", "Nul.tar.gz"):
         assert name_problem(bad), bad
-    items = [{"index": 0, "seed": 1, "slug": "s", "stem": "s", "mode": "m"}]
+    items = [Item(index=0, seed=1, slug="s", stem="s", mode="m")]
     with pytest.raises(UsageError, match="4096 bytes"):
         plan_outputs("/" + "/".join(["d" * 200] * 25) + "/", items, "{index}.png")
 
@@ -286,13 +283,13 @@ def test_library_warnings_reach_stderr_as_one_line(tmp_path, monkeypatch):
     line, its source lines and any later lines of its text dropped."""
     import warnings
 
-    import diffier_cli.t2i
+    import diffier_cli.task
 
     def warns(explicit):
         warnings.warn("first line\n  second line with source", UserWarning)
         raise UsageError("stop here")
 
-    monkeypatch.setattr(diffier_cli.t2i, "resolve_shard", warns)
+    monkeypatch.setattr(diffier_cli.task, "resolve_shard", warns)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         result = run_cli("t2i", "p", *NO_MODEL, "-o", str(tmp_path / "out/"), "-q")

@@ -141,18 +141,16 @@ def test_refined_t2i_equals_diffusers_pipeline_with_refinement_injected(tiny_sd,
 
     from diffier_cli.refine import refine_eps
     from diffier_cli.runtime import REFINE_SEED_MIX
-    from diffier_cli.t2i import T2IOptions, generate
+    from diffier_cli.t2i import Prompted, T2ISettings, generate
     from models.sd import StableDiffusion
 
     seed, steps = 21, 6
     refiner = DiffIER(eta=0.05, threshold=1e-9, max_iters=2)
     backbone = StableDiffusion.load(str(tiny_sd[prediction]), revision=None, device=torch.device("cpu"), dtype=torch.float32)
-    opts = T2IOptions(prompt="a red bicycle", prompts_file=None, negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0,
-                      seed=seed, num_images=1, batch_size=1, batch_invariant=False, height=None, width=None, output=None, overwrite=False,
-                      model="", revision=None, offline=True, cache_dir=None, device="cpu", dtype="auto",
-                      refiner=refiner, json=False, quiet=True)
-    with torch.no_grad():
-        (ours,), _ = generate(backbone, opts, [{"seed": seed, "prompt": "a red bicycle", "negative_prompt": None}], 32, 32)
+    opts = T2ISettings(model="", revision=None, negative_prompt=None, cfg=7.5, steps=steps, ddim_eta=0.0, height=None,
+                       width=None, batch_invariant=False, refiner=refiner)
+    item = Prompted(index=0, seed=seed, mode="refined", stem="", slug="", prompt="a red bicycle", negative_prompt=None, line=1)
+    (ours,), _ = generate(backbone, opts, [item], 32, 32)
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd[prediction], safety_checker=None, requires_safety_checker=False)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

@@ -1,0 +1,89 @@
+"""`diffier t2i`: Stable Diffusion text to image, one image, a batch job, or a sweep grid."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from diffier_cli.commands.options import (
+    BATCH, DIRECTION_DEFAULT, IEC_DEFAULT, IEC_VARIANT_DEFAULT, MEMORY, OUTPUT, SAMPLING, SWEEP, T2I_MODEL, Baseline, Device, DirectionOption,
+    DType, Eta, HalfOnCuda, HubCacheDir, IECGamma, IECIters, IECSteps, IECTol, IECVariantOption, JsonRecords, KeepGoing,
+    MaxIters, Name, Offline, Overwrite, Quiet, RefinerChoice, Shard, SkipExisting, T2IDDIMEta, T2IHeight, T2IModel,
+    T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth, Threshold, between, fill, refiner,
+)
+from diffier_cli.errors import EXIT_CODES_HELP
+from diffier_cli.limits import MAX_BATCH, MAX_CFG, MAX_ITEMS
+from diffier_cli.refine import DiffIER
+
+EPILOG = (
+    "Examples: diffier t2i \"a puppy eating a cheeseburger\" --cfg 7.5 -o puppy.png ; "
+    "diffier t2i \"a red bicycle\" --seed 7 --num-images 4 --baseline -o out/ ; "
+    "diffier t2i --prompts-file prompts.jsonl -o out/ --batch-size 4 --skip-existing --keep-going . "
+    + EXIT_CODES_HELP
+)
+
+
+def t2i(
+    ctx: typer.Context,
+    prompt: Annotated[Optional[str], typer.Argument(help="What to draw (or --prompts-file).", show_default=False)] = None,
+    prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", help="Many prompts: a .txt file (one a line) or .jsonl (prompt, and optional negative_prompt, seed, name a line); - for stdin.", rich_help_panel=BATCH)] = None,
+    cfg: Annotated[float, typer.Option("--cfg", "--cfg-scale", callback=between(0, MAX_CFG), help="Classifier-free guidance scale ω, in [0, 100].", rich_help_panel=SAMPLING)] = 7.5,
+    negative_prompt: T2INegativePrompt = None,
+    steps: T2ISteps = 50,
+    ddim_eta: T2IDDIMEta = 0.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING)] = None,
+    num_images: Annotated[int, typer.Option("--num-images", min=1, max=MAX_ITEMS, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING)] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass. It never changes an image's noise, nor by default its pixels; it gains speed only with --no-batch-invariant.", rich_help_panel=BATCH)] = 1,
+    sweep_cfg: Annotated[Optional[str], typer.Option("--sweep-cfg", help="A grid instead of one image: rows baseline and refined, one column per ω (e.g. 3,5,7.5,10), same seed; -o names the grid, the cells are written beside it.", rich_help_panel=SWEEP)] = None,
+    sweep_eta: Annotated[Optional[str], typer.Option("--sweep-eta", help="The same grid over the method's η (e.g. 0.01,0.05,0.1).", rich_help_panel=SWEEP)] = None,
+    sweep_iters: Annotated[Optional[str], typer.Option("--sweep-iters", help="The same grid over --max-iters (e.g. 1,3,10).", rich_help_panel=SWEEP)] = None,
+    batch_invariant: Annotated[bool, typer.Option("--batch-invariant/--no-batch-invariant", help="Run every batch-dependent kernel at one image's shape, so --batch-size never changes a pixel (and batching gains nothing); --no-batch-invariant batches the kernels for speed, and they round differently (about 1/255).", rich_help_panel=BATCH)] = True,
+    height: T2IHeight = None,
+    width: T2IWidth = None,
+    baseline: Baseline = False,
+    refiner_choice: RefinerChoice = None,
+    eta: Eta = DiffIER.eta,
+    threshold: Threshold = DiffIER.threshold,
+    max_iters: MaxIters = DiffIER.max_iters,
+    direction: DirectionOption = DIRECTION_DEFAULT,
+    iec_iters: IECIters = None,
+    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
+    iec_tol: IECTol = None,
+    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
+    iec_steps: IECSteps = IEC_DEFAULT.steps,
+    model: T2IModel = T2I_MODEL,
+    revision: T2IRevision = None,
+    offline: Offline = False,
+    cache_dir: HubCacheDir = None,
+    device: Device = "auto",
+    dtype: HalfOnCuda = DType.auto,
+    cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="Keep one model component on the GPU at a time (diffusers' model CPU offload).", rich_help_panel=MEMORY)] = False,
+    vae_slicing: Annotated[bool, typer.Option("--vae-slicing", help="Decode the images of a batch one at a time.", rich_help_panel=MEMORY)] = False,
+    vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles (blended seams change pixels slightly).", rich_help_panel=MEMORY)] = False,
+    attention_slicing: Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices.", rich_help_panel=MEMORY)] = False,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="A .png file for one image, or a folder (existing or ending in /) for many (default: the current folder, named {index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT)] = None,
+    name: Name = None,
+    overwrite: Overwrite = False,
+    skip_existing: SkipExisting = False,
+    keep_going: KeepGoing = False,
+    shard: Shard = None,
+    json_lines: JsonRecords = False,
+    quiet: Quiet = False,
+) -> None:
+    """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or IEC with --refiner iec, or --baseline)."""
+    from diffier_cli import task
+    from diffier_cli.t2i import T2IOptions, TextToImage
+
+    params = locals()
+    options = fill(T2IOptions, params, refiner=refiner(ctx, params), json=json_lines)
+    sweeps = {name: value for name, value in (("cfg", sweep_cfg), ("eta", sweep_eta), ("iters", sweep_iters)) if value is not None}
+    if len(sweeps) > 1:
+        raise typer.BadParameter("sweep one thing at a time", param_hint="--sweep-cfg/--sweep-eta/--sweep-iters")
+    if sweeps:
+        from diffier_cli.sweep import parse_values, run_sweep
+
+        ((parameter, values),) = sweeps.items()
+        run_sweep(options, parameter, parse_values(parameter, values))
+    else:
+        task.run(TextToImage(options))

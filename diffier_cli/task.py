@@ -1,0 +1,119 @@
+"""The one shape of every generating command (t2i, sr, tts), and the runner that owns the rest.
+
+As transformers gives every pipeline preprocess → forward → postprocess, a task here says only
+what differs between modalities: how to read its items, pre-check one before any model loads,
+load its model, make a batch of outputs (in chunks of its own: SR pixel tiles, TTS utterances)
+and encode each with its record. The runner does what every command does the same way: the seed,
+the shard, the plan of outputs, resuming, the model loaded only when some item can be made,
+progress, failures per item (--keep-going), atomic writes, `--json` lines and the messages.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from diffier_cli.errors import UsageError
+from diffier_cli.jobs import Item, JobRun, Plan, Planned, Shard, resolve_shard, resume_hint
+from diffier_cli.outputs import write_atomically
+from diffier_cli.refiners import run_mode
+from diffier_cli.runtime import Reporter, choose_seed
+
+
+@dataclass
+class Made:
+    """One item's output before it is written: its record, the bytes of each planned file (the
+    main output first, then its companions), and what the "wrote" message says of it first."""
+
+    record: dict
+    files: list[bytes]
+    detail: str = ""
+
+
+class Task(Protocol):
+    """What one command knows; `options` are its parsed options (with `seed`, `refiner`, `json`,
+    `quiet`, `keep_going` and `shard`), `batch_size` how many items `make` takes at once."""
+
+    options: object
+    batch_size: int
+    name_single_item: bool  # name the item in a failure even when the run has one
+
+    def read(self, seed: int, mode: str) -> list[Item]:
+        """Every item of the run in index order, each with its seed; a bad input is an item whose
+        `error` says why, so that every later item keeps its index, seed and name."""
+
+    def plan(self, items: list[Item], shard: Shard) -> Plan: ...
+
+    def check(self, item: Item, reporter: Reporter, several: bool) -> None:
+        """Set `item.error` for an item that cannot be made, from what can be known without a
+        model (an image's header, a text's words); `several`: the run has more than one item."""
+
+    def load(self, local_rank: int | None, reporter: Reporter) -> None: ...
+
+    def progress(self, reporter: Reporter, pending: list[Planned], mode: str) -> AbstractContextManager: ...
+
+    def make(self, items: Sequence[Item], reporter: Reporter, plan: Plan) -> list[Made]: ...
+
+    def label(self, item: Item) -> str:
+        """The item as messages name it: its line, its input file."""
+
+
+def run(task: Task) -> None:
+    """Read → plan → check → load once → make each batch → write each output, for any task."""
+    opts = task.options
+    reporter = Reporter(opts.quiet)
+    seed = choose_seed(opts.seed)
+    mode = run_mode(opts.refiner)
+    items = task.read(seed, mode)
+    shard = resolve_shard(opts.shard)
+    plan = task.plan(items, shard)
+    job = JobRun(plan, reporter, opts.json, opts.keep_going, resume=resume_hint(opts.seed is not None, seed),
+                 name_single_item=task.name_single_item)
+    reporter.message(f"seed {seed}")
+    job.announce()
+    for planned in plan.pending:  # a bad item fails as its own item, and alone it loads no model
+        if not planned.item.error:
+            task.check(planned.item, reporter, plan.total > 1)
+    if any(not planned.item.error for planned in plan.pending):
+        task.load(shard.local_rank, reporter)
+
+    with job.running(), task.progress(reporter, plan.pending, mode):
+        for batch in job.batches(task.batch_size, alone=lambda item: bool(item.error)):
+            made = None
+            with job.attempt(batch, task.label):
+                if batch[0].item.error:
+                    raise UsageError(batch[0].item.error)
+                started = time.perf_counter()
+                made = task.make([planned.item for planned in batch], reporter, plan)
+                seconds = (time.perf_counter() - started) / len(batch)
+            for planned, output in zip(batch, made or []):
+                with job.attempt([planned], task.label):  # each write on its own: one full disk fails one item
+                    deliver(planned, output, seconds, mode, opts.json, reporter)
+                    job.wrote()
+    job.finish(task.label)
+
+
+def deliver(planned: Planned, made: Made, seconds: float, mode: str, json_lines: bool, reporter: Reporter) -> None:
+    """Write one item's files (companions first: the main output on disk means the item is done,
+    which --skip-existing trusts), or with no planned path its one output to stdout (`-o -`)."""
+    done = ", ".join(part for part in (made.detail, f"seed {planned.item.seed}", mode, f"{seconds:.1f} s") if part)
+    if not planned.paths:
+        sys.stdout.buffer.write(made.files[0])
+        sys.stdout.buffer.flush()
+        reporter.message(f"wrote {len(made.files[0])} bytes to stdout ({done})")
+        return
+    write_atomically(dict(reversed(list(zip(planned.paths, made.files)))), planned.replace)
+    if json_lines:
+        print_record(planned.paths[0], seconds, made.record)
+    written = " and ".join([str(planned.paths[0]), *(path.name for path in planned.paths[1:])])
+    reporter.message(f"wrote {written} ({done})")
+
+
+def print_record(path: Path, seconds: float, record: dict) -> None:
+    """--json: one line per output written, its record with where it went and how long it took."""
+    print(json.dumps({"path": str(path), "wall_time_s": round(seconds, 3), **record}, ensure_ascii=False), flush=True)
