@@ -15,8 +15,8 @@ import torch
 
 from models.stablesr.struct_encoder import TimeAwareEncoder
 from models.stablesr.text_embedding import PREFIX as TEXT_PREFIX
-from tests.test_stablesr_cfw import TINY_CONFIG, _official_cfw_state_dict
-from tests.test_stablesr_unet import PREFIX, TINY_ENCODER, TINY_STRUCT_CHANNELS, TINY_UNET, TINY_UNET_LDM, _randomize, official_unet_shapes
+from tests.models.test_stablesr_cfw import TINY_CONFIG, _official_cfw_state_dict
+from tests.models.test_stablesr_unet import PREFIX, TINY_ENCODER, TINY_STRUCT_CHANNELS, TINY_UNET, TINY_UNET_LDM, _randomize, official_unet_shapes
 
 TEXT_WIDTH = TINY_UNET["cross_attention_dim"]
 

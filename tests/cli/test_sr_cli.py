@@ -10,7 +10,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from tests.conftest import run_cli
-from tests.test_t2i_cli import assert_one_line_error
+from tests.cli.test_t2i_cli import assert_one_line_error
 from tests.tiny_stablesr import text_tower_state
 from tests.tolerance import assert_within
 
@@ -521,7 +521,7 @@ def test_pickled_callbacks_are_neutralised_named_and_recorded(tiny, images, tmp_
     names what was replaced, and the record keeps it; `diffier convert` says the same. Saved at
     pickle protocol 4 instead, the weights-only reader refuses it: one line, exit 3, and torch's
     warning about the protocol is not passed on raw."""
-    from tests.test_stablesr_cfw import HarmlessCallback
+    from tests.models.test_stablesr_cfw import HarmlessCallback
 
     marker = tmp_path / "pwned"
 

@@ -16,8 +16,8 @@ from PIL import Image
 from diffier_cli.eval_sr import Degradation, as_tensor
 from diffier_cli.iqa import psnr
 from tests.conftest import run_cli
-from tests.test_sr_cli import SMALL
-from tests.test_t2i_cli import assert_one_line_error
+from tests.cli.test_sr_cli import SMALL
+from tests.cli.test_t2i_cli import assert_one_line_error
 from tests.tolerance import assert_within
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_cli
-from tests.test_t2i_cli import assert_one_line_error
+from tests.cli.test_t2i_cli import assert_one_line_error
 from tests.tiny_sd import build_tokenizer
 from tests.tolerance import assert_within
 
