@@ -19,21 +19,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from diffier_cli.errors import UsageError
 from diffier_cli.invariant import batch_invariant
 from diffier_cli.jobs import Shard, parse_shard, plan_job, resolve_shard, split_lines
 from diffier_cli.outputs import plan_outputs
-from tests.conftest import DIFFIER, run_cli
+from tests.helpers import DIFFIER, pixels, run_cli
 from tests.tolerance import assert_within
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 PROMPTS = ["a red bicycle", "a cat on a mat", "a lighthouse at dusk", "two apples", "a blue door"]
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def t2i_args(model: Path, *extra: str) -> list[str]:

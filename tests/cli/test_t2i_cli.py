@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.helpers import assert_one_line_error, pixels, run_cli
 
 STEPS = "6"
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 def t2i(model, out, *extra, prompt="a puppy eating a cheeseburger"):
@@ -150,16 +146,6 @@ def test_overwrite_replaces_and_default_names_use_the_template(tiny_sd, tmp_path
 
 
 # --- errors: one line, the documented code, and no output file ---------------------------------
-
-
-def assert_one_line_error(result, code, *needles):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("diffier: error: ")
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffier_cli.gap import GapOptions, MixtureBackbone, one_step_omega_star, run_benchmark, run_one
 from models.mixture import MISFITS, Mixture, MisfitModel
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.tolerance import assert_within
 
 

@@ -14,8 +14,7 @@ import torch
 
 from diffier_cli.iec import IEC, VARIANTS, IECStats
 from diffier_cli.sampling import Step, denoise, per_item_stats
-from tests.conftest import run_cli
-from tests.cli.test_t2i_cli import assert_one_line_error, pixels
+from tests.helpers import assert_one_line_error, pixels, run_cli
 from tests.tolerance import assert_within
 
 STEPS = 4
