@@ -47,7 +47,7 @@ def reference_pipeline_image(folder, prompt, seed, cfg, negative_prompt=None, dd
 )
 def test_baseline_matches_diffusers_pipeline_exactly(tiny_sd, tmp_path, prediction, extra, negative, ddim_eta):
     out = tmp_path / "base.png"
-    # the pipeline's own kernels (batch-invariant kernels are checked in test_batch_jobs.py)
+    # the pipeline's own kernels (batch-invariant kernels are checked in tests/core/test_jobs.py)
     result = t2i(tiny_sd[prediction], out, "--baseline", "--seed", "3", "--cfg", "7.5", "--no-batch-invariant", *extra)
     assert result.returncode == 0, result.stderr
     ours = pixels(out)
