@@ -6,7 +6,7 @@ StableSR (IceClear/StableSR) samples with SD's "linear" schedule, respaced by
 written out here from the official formulas instead of through diffusers' schedulers:
 
 - diffusers' `DDPMScheduler` with custom timesteps computes the same respaced step (checked in
-  tests/test_stablesr_schedule.py), but it draws its noise from a generator inside `step` and
+  tests/models/test_stablesr_schedule.py), but it draws its noise from a generator inside `step` and
   keeps the timesteps as mutable state. The steps below take the noise explicitly and keep no
   state, so a caller can run them per sample with its own generators.
 - diffusers' `DDIMScheduler` cannot express the grid mismatch at all (docs/stablesr.md §1.3).

@@ -21,8 +21,7 @@ from diffier_cli.errors import UsageError
 from diffier_cli.jobs import Item, resolve_shard, split_lines
 from diffier_cli.limits import MAX_ITEMS, MAX_NAME_BYTES
 from diffier_cli.outputs import name_problem, plan_outputs, write_atomically
-from tests.conftest import run_cli
-from tests.test_t2i_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_cli
 
 NO_MODEL = ("--model", "/nonexistent/model")
 

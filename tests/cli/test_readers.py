@@ -24,8 +24,7 @@ from models import untrusted
 from diffier_cli.limits import MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
 from diffier_cli.manifest import JobAudit
 from diffier_cli.t2i import _jsonl_line
-from tests.conftest import run_cli
-from tests.test_t2i_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_cli
 
 HANG_GUARD_S = 10.0
 GOOD = {"tool": "diffier", "command": "t2i", "index": 0, "seed": 5, "job": {"id": "0123456789ab", "count": 1, "index": 0}}

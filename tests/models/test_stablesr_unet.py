@@ -30,126 +30,21 @@ from models.stablesr.unet import (
     build_stablesr_unet,
     convert_official_unet,
 )
+from tests.tiny_stablesr import (
+    PREFIX,
+    TINY_ENCODER,
+    TINY_STRUCT_CHANNELS,
+    TINY_UNET,
+    TINY_UNET_LDM,
+    official_unet_shapes,
+    randomize,
+)
 from tests.tolerance import assert_within
 
-PREFIX = "model.diffusion_model."
-TINY_STRUCT_CHANNELS = 32
-# A 2-level SD-like UNet: attention at full width only, 2 resnets per level, as SD's layout scaled down.
-TINY_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(32, 64),
-    layers_per_block=2,
-    attention_head_dim=(2, 4),
-    cross_attention_dim=32,
-    use_linear_projection=True,
-)
-# The same UNet in LDM terms: (model_channels, channel_mult, num_res_blocks, attention ds, context_dim).
-TINY_UNET_LDM = (32, (1, 2), 2, {1}, 32)
-SD21_UNET_LDM = (320, (1, 2, 4, 4), 2, {1, 2, 4}, 1024)
-# Struct encoder: 3 levels (widths W, W/2, W/4 + middle), attention except at the last level as in the official config.
-# 64 base channels, not 32: with one channel per GroupNorm group the norm would cancel the added time embedding.
-TINY_ENCODER = dict(
-    model_channels=64,
-    out_channels=TINY_STRUCT_CHANNELS,
-    num_res_blocks=1,
-    attention_resolutions=(1, 2),
-    channel_mult=(1, 1, 2),
-    num_heads=2,
-)
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Non-trivial values everywhere (the official init zeroes several convs, which would hide mistakes)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-
-
 # ---------------------------------------------------------------------------------------------------
-# Official key layouts, enumerated from the official constructors
+# Official key layouts, enumerated from the official constructors (official_unet_shapes: tests/tiny_stablesr.py)
 
-
-def official_unet_shapes(
-    model_channels, channel_mult, num_res_blocks, attention_ds, context_dim, struct_channels
-) -> dict[str, tuple]:
-    """Key → shape of an official `UNetModelDualcondV2` (openaimodel.py l.958-1296), without the ckpt prefix."""
-    shapes: dict[str, tuple] = {}
-    temb = 4 * model_channels
-
-    def conv(prefix, cin, cout, k):
-        shapes[f"{prefix}.weight"], shapes[f"{prefix}.bias"] = (cout, cin, k, k) if k else (cout, cin), (cout,)
-
-    def norm(prefix, c):
-        shapes[f"{prefix}.weight"] = shapes[f"{prefix}.bias"] = (c,)
-
-    def res_block_dual(prefix, cin, cout):  # l.343-438
-        norm(f"{prefix}.in_layers.0", cin)
-        conv(f"{prefix}.in_layers.2", cin, cout, 3)
-        conv(f"{prefix}.emb_layers.1", temb, cout, 0)
-        norm(f"{prefix}.out_layers.0", cout)
-        conv(f"{prefix}.out_layers.3", cout, cout, 3)
-        if cin != cout:
-            conv(f"{prefix}.skip_connection", cin, cout, 1)
-        norm(f"{prefix}.spade.param_free_norm", cout)  # spade.py l.77-87
-        conv(f"{prefix}.spade.mlp_shared.0", struct_channels, 128, 3)
-        conv(f"{prefix}.spade.mlp_gamma", 128, cout, 3)
-        conv(f"{prefix}.spade.mlp_beta", 128, cout, 3)
-
-    def spatial_transformer_v2(prefix, c):  # ldm/modules/attention.py l.350, use_linear, depth 1, GEGLU ff
-        block = f"{prefix}.transformer_blocks.0"
-        norm(f"{prefix}.norm", c)
-        conv(f"{prefix}.proj_in", c, c, 0)
-        for attn, kv_dim in (("attn1", c), ("attn2", context_dim)):
-            shapes[f"{block}.{attn}.to_q.weight"] = (c, c)
-            shapes[f"{block}.{attn}.to_k.weight"] = shapes[f"{block}.{attn}.to_v.weight"] = (c, kv_dim)
-            conv(f"{block}.{attn}.to_out.0", c, c, 0)
-        conv(f"{block}.ff.net.0.proj", c, 8 * c, 0)
-        conv(f"{block}.ff.net.2", 4 * c, c, 0)
-        for name in ("norm1", "norm2", "norm3"):
-            norm(f"{block}.{name}", c)
-        conv(f"{prefix}.proj_out", c, c, 0)
-
-    conv("time_embed.0", model_channels, temb, 0)
-    conv("time_embed.2", temb, temb, 0)
-    conv("input_blocks.0.0", 4, model_channels, 3)
-    skip_channels, ch, ds, index = [model_channels], model_channels, 1, 1
-    for level, mult in enumerate(channel_mult):
-        for _ in range(num_res_blocks):
-            res_block_dual(f"input_blocks.{index}.0", ch, mult * model_channels)
-            ch = mult * model_channels
-            if ds in attention_ds:
-                spatial_transformer_v2(f"input_blocks.{index}.1", ch)
-            skip_channels.append(ch)
-            index += 1
-        if level != len(channel_mult) - 1:
-            conv(f"input_blocks.{index}.0.op", ch, ch, 3)
-            skip_channels.append(ch)
-            index, ds = index + 1, ds * 2
-    res_block_dual("middle_block.0", ch, ch)
-    spatial_transformer_v2("middle_block.1", ch)
-    res_block_dual("middle_block.2", ch, ch)
-    index = 0
-    for level, mult in reversed(list(enumerate(channel_mult))):
-        for i in range(num_res_blocks + 1):
-            res_block_dual(f"output_blocks.{index}.0", ch + skip_channels.pop(), mult * model_channels)
-            ch, layer = mult * model_channels, 1
-            if ds in attention_ds:
-                spatial_transformer_v2(f"output_blocks.{index}.1", ch)
-                layer = 2
-            if level and i == num_res_blocks:
-                conv(f"output_blocks.{index}.{layer}.conv", ch, ch, 3)
-                ds //= 2
-            index += 1
-    norm("out.0", model_channels)
-    conv("out.2", model_channels, 4, 3)
-    return shapes
-
-
+SD21_UNET_LDM = (320, (1, 2, 4, 4), 2, {1, 2, 4}, 1024)
 # The 22 SPADE layers of SD-2.1 (docs/stablesr.md §2.3): LDM block → diffusers resnet, channels.
 SD21_SPADE_TABLE = [
     *[
@@ -195,7 +90,7 @@ TINY_ENCODER_KEYS = {
 @pytest.mark.numerics
 def test_spade_matches_its_formula():
     spade = SPADE(64, label_channels=TINY_STRUCT_CHANNELS)
-    _randomize(spade, seed=1)
+    randomize(spade, seed=1)
     h, feature = torch.randn(2, 64, 8, 8), torch.randn(2, TINY_STRUCT_CHANNELS, 8, 8)
     actv = F.relu(F.conv2d(feature, spade.mlp_shared[0].weight, spade.mlp_shared[0].bias, padding=1))
     gamma = F.conv2d(actv, spade.mlp_gamma.weight, spade.mlp_gamma.bias, padding=1)
@@ -253,7 +148,7 @@ def test_timestep_embedding_is_cos_then_sin():
 @pytest.mark.numerics
 def test_encoder_resblock_matches_its_formula():
     block = ResBlock(32, 128, 64)
-    _randomize(block, seed=3)
+    randomize(block, seed=3)
     x, emb = torch.randn(2, 32, 8, 8), torch.randn(2, 128)
     gn = lambda t, norm: F.group_norm(t, 32, norm.weight, norm.bias, eps=1e-5)  # noqa: E731
     h = F.conv2d(F.silu(gn(x, block.in_layers[0])), block.in_layers[2].weight, block.in_layers[2].bias, padding=1)
@@ -271,10 +166,10 @@ def test_encoder_resblock_matches_its_formula():
 @pytest.fixture
 def resnet_pair() -> tuple[ResnetBlock2D, SpadeResnetBlock2D, StructFeatures]:
     stock = ResnetBlock2D(in_channels=32, out_channels=64, temb_channels=128, eps=1e-5)
-    _randomize(stock, seed=4)
+    randomize(stock, seed=4)
     struct = StructFeatures()
     spade_block = SpadeResnetBlock2D.replacing(stock, struct, TINY_STRUCT_CHANNELS)
-    _randomize(spade_block.spade, seed=5)
+    randomize(spade_block.spade, seed=5)
     return stock.eval(), spade_block.eval(), struct
 
 
@@ -361,7 +256,7 @@ def tiny_models():
     unet_shapes = official_unet_shapes(*TINY_UNET_LDM, TINY_STRUCT_CHANNELS)
     checkpoint = {PREFIX + k: torch.randn(s, generator=gen) * 0.2 for k, s in unet_shapes.items()}
     reference_encoder = TimeAwareEncoder(**TINY_ENCODER)
-    _randomize(reference_encoder, seed=7)
+    randomize(reference_encoder, seed=7)
     checkpoint.update({f"structcond_stage_model.{k}": v for k, v in reference_encoder.state_dict().items()})
 
     unet, struct = build_stablesr_unet(TINY_UNET, struct_channels=TINY_STRUCT_CHANNELS)

@@ -11,9 +11,8 @@ import pytest
 import soundfile
 import torch
 
-from tests.conftest import run_cli
 from tests.gradtts_reference import noised_reference_model, save_official_checkpoint
-from tests.test_t2i_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_cli
 from tests.tolerance import assert_within
 
 TEXT = "Hello there. It is 5 o'clock!"

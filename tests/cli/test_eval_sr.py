@@ -15,9 +15,7 @@ from PIL import Image
 
 from diffier_cli.eval_sr import Degradation, as_tensor
 from diffier_cli.iqa import psnr
-from tests.conftest import run_cli
-from tests.test_sr_cli import SMALL
-from tests.test_t2i_cli import assert_one_line_error
+from tests.helpers import SR_SMALL, assert_one_line_error, run_cli
 from tests.tolerance import assert_within
 
 
@@ -66,7 +64,7 @@ def hr_dir(tmp_path):
 
 
 def eval_sr(tiny, hr_dir, out, *extra):
-    return run_cli("eval", "sr", "--hr-dir", str(hr_dir), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+    return run_cli("eval", "sr", "--hr-dir", str(hr_dir), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL,
                    "--seed", "3", "-o", str(out), "--json", *extra)
 
 
@@ -95,7 +93,7 @@ def test_psnr_end_to_end_scores_the_written_results_which_are_plain_sr_runs(tiny
         ("mean", mode, summary["summary"]["mean"][mode]["psnr"]) for mode in ("baseline", "refined")]
 
     for mode, extra in (("baseline", ("--baseline",)), ("refined", ())):
-        single = run_cli("sr", str(out / "b-lr.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+        single = run_cli("sr", str(out / "b-lr.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL,
                          "--seed", "4", "-o", str(tmp_path / f"{mode}.png"), *extra)
         assert single.returncode == 0, single.stderr
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{mode}.png")), np.asarray(Image.open(out / f"b-{mode}.png")))

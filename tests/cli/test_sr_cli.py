@@ -9,12 +9,9 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from tests.conftest import run_cli
-from tests.test_t2i_cli import assert_one_line_error
-from tests.tiny_stablesr import text_tower_state
+from tests.helpers import SR_SMALL, assert_one_line_error, run_cli
+from tests.tiny_stablesr import HarmlessCallback, text_tower_state
 from tests.tolerance import assert_within
-
-SMALL = ("--tile-size", "64", "--tile-overlap", "4", "--steps", "3")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,7 @@ def images(tmp_path_factory):
 
 
 def sr(tiny, source, out, *extra):
-    return run_cli("sr", str(source), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+    return run_cli("sr", str(source), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL,
                    "-o", str(out), "--json", *extra)
 
 
@@ -197,7 +194,7 @@ def test_convert_to_safetensors_then_load_gives_the_same_image(tiny, images, tmp
     result = run_cli("convert", str(tiny["ckpt"]), str(converted))
     assert result.returncode == 0, result.stderr
     original = sr(tiny, images / "rgb.png", tmp_path / "a.png", "--seed", "4", "--baseline")
-    again = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(converted), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+    again = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(converted), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL,
                     "-o", str(tmp_path / "b.png"), "--seed", "4", "--baseline", "-q")
     assert original.returncode == 0 and again.returncode == 0, original.stderr + again.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
@@ -315,7 +312,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same CPU thread count in every proc
 
 
 def sr_batch(tiny, *args):
-    return run_cli("sr", *args, "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL, "--steps", "1",
+    return run_cli("sr", *args, "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL, "--steps", "1",
                    "--seed", "7", "--recursive", "--json", env=ONE_THREAD)
 
 
@@ -405,7 +402,7 @@ def test_compare_writes_both_runs_and_the_side_by_side(tiny, images, tmp_path):
     from diffier_cli.grid import LABEL_HEIGHT, ROW_LABEL_WIDTH
 
     out = tmp_path / "cmp"
-    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL,
                      "--seed", "3", "--compare", "--crop", "4,2,8,6", "-o", f"{out}/", "--json")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["rgb-x4-baseline.png", "rgb-x4-compare.png", "rgb-x4-refined.png"]
@@ -464,7 +461,7 @@ def test_iec_keeps_the_ancestral_noise_of_a_step_fixed(tiny, images, tmp_path, m
 
 def test_compare_takes_iec_and_names_its_panel_and_file_iec(tiny, images, tmp_path):
     out = tmp_path / "cmp"
-    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SMALL,
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tiny["vae"]), *SR_SMALL,
                      "--seed", "3", "--compare", "--refiner", "iec", "-o", f"{out}/", "--json")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["rgb-x4-baseline.png", "rgb-x4-compare.png", "rgb-x4-iec.png"]
@@ -472,8 +469,6 @@ def test_compare_takes_iec_and_names_its_panel_and_file_iec(tiny, images, tmp_pa
     assert single.returncode == 0, single.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "iec.png")), np.asarray(Image.open(out / "rgb-x4-iec.png")))
     assert json.loads(Image.open(out / "rgb-x4-compare.png").text["diffier"])["compare"]["iec"] == str(out / "rgb-x4-iec.png")
-
-
 
 
 # --- inputs as viewers show them, and inputs that are not still images ------------------------------
@@ -521,8 +516,6 @@ def test_pickled_callbacks_are_neutralised_named_and_recorded(tiny, images, tmp_
     names what was replaced, and the record keeps it; `diffier convert` says the same. Saved at
     pickle protocol 4 instead, the weights-only reader refuses it: one line, exit 3, and torch's
     warning about the protocol is not passed on raw."""
-    from tests.test_stablesr_cfw import HarmlessCallback
-
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -538,7 +531,7 @@ def test_pickled_callbacks_are_neutralised_named_and_recorded(tiny, images, tmp_
     config = tiny["vae"].with_name(tiny["vae"].name + ".config.json").read_text()  # the tiny VAE's shapes
     for name in (lightning.name, "protocol4.ckpt"):
         (tmp_path / f"{name}.config.json").write_text(config)
-    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(lightning), *SMALL,
+    result = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(lightning), *SR_SMALL,
                      "--seed", "1", "-o", str(tmp_path / "out.png"), "--json")
     assert result.returncode == 0, result.stderr
     (warning,) = [line for line in result.stderr.splitlines() if "pickles" in line]
@@ -553,6 +546,6 @@ def test_pickled_callbacks_are_neutralised_named_and_recorded(tiny, images, tmp_
     assert not marker.exists()
     torch.save(contents, tmp_path / "protocol4.ckpt", pickle_protocol=4)
     refused = run_cli("sr", str(images / "rgb.png"), "--ckpt", str(tiny["ckpt"]), "--vae-ckpt", str(tmp_path / "protocol4.ckpt"),
-                      *SMALL, "--seed", "1", "-o", str(tmp_path / "refused.png"), "-q")
+                      *SR_SMALL, "--seed", "1", "-o", str(tmp_path / "refused.png"), "-q")
     assert_one_line_error(refused, 3, "protocol4.ckpt is not a tensors-only torch checkpoint", "saved at pickle protocol 4 or 5")
     assert not marker.exists() and not (tmp_path / "refused.png").exists()

@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.helpers import assert_one_line_error, pixels, run_cli
 
 STEPS = "6"
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 def t2i(model, out, *extra, prompt="a puppy eating a cheeseburger"):
@@ -51,7 +47,7 @@ def reference_pipeline_image(folder, prompt, seed, cfg, negative_prompt=None, dd
 )
 def test_baseline_matches_diffusers_pipeline_exactly(tiny_sd, tmp_path, prediction, extra, negative, ddim_eta):
     out = tmp_path / "base.png"
-    # the pipeline's own kernels (batch-invariant kernels are checked in test_batch_jobs.py)
+    # the pipeline's own kernels (batch-invariant kernels are checked in tests/core/test_jobs.py)
     result = t2i(tiny_sd[prediction], out, "--baseline", "--seed", "3", "--cfg", "7.5", "--no-batch-invariant", *extra)
     assert result.returncode == 0, result.stderr
     ours = pixels(out)
@@ -150,16 +146,6 @@ def test_overwrite_replaces_and_default_names_use_the_template(tiny_sd, tmp_path
 
 
 # --- errors: one line, the documented code, and no output file ---------------------------------
-
-
-def assert_one_line_error(result, code, *needles):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("diffier: error: ")
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE = {"diffier_cli.sampling", "diffier_cli.refine", "diffier_cli.iec", "diffier_cli.refiners"}
 
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli
-from tests.test_t2i_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_cli
 from tests.tiny_sd import build_tokenizer
 from tests.tolerance import assert_within
 

@@ -9,12 +9,7 @@ import pytest
 from PIL import Image
 
 from diffier_cli.grid import LABEL_HEIGHT, ROW_LABEL_WIDTH as MARGIN
-from tests.conftest import run_cli
-
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+from tests.helpers import pixels, run_cli
 
 
 def common(model) -> list[str]:

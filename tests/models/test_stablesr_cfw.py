@@ -19,27 +19,13 @@ import torch.nn.functional as F
 from models.errors import ModelUnavailable
 from models.stablesr.cfw import CFWAutoencoder, FuseSftBlockRRDB, load_cfw
 from models.stablesr.checkpoints import convert_to_safetensors, read_official_checkpoint, split_by_prefix
-
-TINY_WIDTHS = [32, 32, 64, 64]
-TINY_LATENT = 4
-TINY_BLOCKS = 1
-TINY_CONFIG = {
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": TINY_WIDTHS,
-    "latent_channels": TINY_LATENT,
-    "layers_per_block": TINY_BLOCKS,
-    "norm_num_groups": 32,
-}
+from tests.tiny_stablesr import TINY_VAE, TINY_WIDTHS, HarmlessCallback, official_cfw_state_dict
 
 
 @pytest.fixture(scope="module")
 def cfw() -> CFWAutoencoder:
     torch.manual_seed(0)
-    return CFWAutoencoder(TINY_CONFIG).eval()
+    return CFWAutoencoder(TINY_VAE).eval()
 
 
 @pytest.fixture(scope="module")
@@ -152,85 +138,12 @@ def test_fuse_block_has_the_official_key_names_and_shapes():
 
 
 def test_cfw_fusion_widths_follow_the_config():
-    model = CFWAutoencoder(TINY_CONFIG)
+    model = CFWAutoencoder(TINY_VAE)
     assert model.fusion_layer_1.encode_enc_3.conv1.out_channels == TINY_WIDTHS[1]
     assert model.fusion_layer_2.encode_enc_3.conv1.out_channels == TINY_WIDTHS[2]
 
 
-# --- the official checkpoint layout ----------------------------------------------------------
-
-
-def _ldm_vae_shapes() -> dict[str, tuple[int, ...]]:
-    """Every tensor of the LDM AutoencoderKL (model.py Encoder/Decoder) for TINY_CONFIG, by name."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(name, c_in, c_out, k=3):
-        shapes[f"{name}.weight"] = (c_out, c_in, k, k)
-        shapes[f"{name}.bias"] = (c_out,)
-
-    def norm(name, c):
-        shapes[f"{name}.weight"] = shapes[f"{name}.bias"] = (c,)
-
-    def resnet(name, c_in, c_out):
-        norm(f"{name}.norm1", c_in)
-        conv(f"{name}.conv1", c_in, c_out)
-        norm(f"{name}.norm2", c_out)
-        conv(f"{name}.conv2", c_out, c_out)
-        if c_in != c_out:
-            conv(f"{name}.nin_shortcut", c_in, c_out, k=1)
-
-    def middle(name, c):
-        resnet(f"{name}.mid.block_1", c, c)
-        norm(f"{name}.mid.attn_1.norm", c)
-        for proj in ("q", "k", "v", "proj_out"):
-            conv(f"{name}.mid.attn_1.{proj}", c, c, k=1)
-        resnet(f"{name}.mid.block_2", c, c)
-
-    levels = len(TINY_WIDTHS)
-    conv("encoder.conv_in", 3, TINY_WIDTHS[0])
-    c_in = TINY_WIDTHS[0]
-    for level, width in enumerate(TINY_WIDTHS):
-        for block in range(TINY_BLOCKS):
-            resnet(f"encoder.down.{level}.block.{block}", c_in, width)
-            c_in = width
-        if level != levels - 1:
-            conv(f"encoder.down.{level}.downsample.conv", width, width)
-    middle("encoder", c_in)
-    norm("encoder.norm_out", c_in)
-    conv("encoder.conv_out", c_in, 2 * TINY_LATENT)
-
-    conv("decoder.conv_in", TINY_LATENT, TINY_WIDTHS[-1])
-    middle("decoder", TINY_WIDTHS[-1])
-    c_in = TINY_WIDTHS[-1]
-    for level in reversed(range(levels)):
-        for block in range(TINY_BLOCKS + 1):
-            resnet(f"decoder.up.{level}.block.{block}", c_in, TINY_WIDTHS[level])
-            c_in = TINY_WIDTHS[level]
-        if level != 0:
-            conv(f"decoder.up.{level}.upsample.conv", c_in, c_in)
-    norm("decoder.norm_out", c_in)
-    conv("decoder.conv_out", c_in, 3)
-    conv("quant_conv", 2 * TINY_LATENT, 2 * TINY_LATENT, k=1)
-    conv("post_quant_conv", TINY_LATENT, TINY_LATENT, k=1)
-    return shapes
-
-
-def _official_cfw_state_dict() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(3)
-    state = {key: torch.randn(shape, generator=generator) for key, shape in _ldm_vae_shapes().items()}
-    for level in (1, 2):
-        for key, value in FuseSftBlockRRDB(TINY_WIDTHS[level]).state_dict().items():
-            state[f"decoder.fusion_layer_{level}.{key}"] = torch.randn(value.shape, generator=generator)
-    state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4, generator=generator)
-    return state
-
-
-class HarmlessCallback:
-    """A custom class pickled into the checkpoint, as Lightning pickles its callbacks."""
-
-    def __init__(self, monitor: str):
-        self.monitor = monitor
-        self.best_score = torch.tensor(0.25)
+# --- the official checkpoint layout (its keys and shapes: tests/tiny_stablesr.py) ------------
 
 
 def _lightning_save(state_dict: dict[str, torch.Tensor], path, **extras) -> None:
@@ -247,7 +160,7 @@ def _lightning_save(state_dict: dict[str, torch.Tensor], path, **extras) -> None
 
 
 def test_official_cfw_checkpoint_loads_strictly_through_inert_stand_ins(tmp_path):
-    official = _official_cfw_state_dict()
+    official = official_cfw_state_dict()
     path = tmp_path / "vqgan_cfw_00011.ckpt"
     _lightning_save(official, path)
     with pytest.raises(pickle.UnpicklingError):  # the stand-in path is really exercised
@@ -255,7 +168,7 @@ def test_official_cfw_checkpoint_loads_strictly_through_inert_stand_ins(tmp_path
 
     state_dict = read_official_checkpoint(path).tensors
     assert set(state_dict) == set(official)
-    model = load_cfw(state_dict, TINY_CONFIG)
+    model = load_cfw(state_dict, TINY_VAE)
 
     vae = model.vae
     assert torch.equal(vae.encoder.down_blocks[2].resnets[0].conv_shortcut.weight,
@@ -271,13 +184,13 @@ def test_official_cfw_checkpoint_loads_strictly_through_inert_stand_ins(tmp_path
 
 
 def test_cfw_loading_refuses_missing_or_stray_tensors():
-    official = _official_cfw_state_dict()
+    official = official_cfw_state_dict()
     with pytest.raises(ModelUnavailable, match="missing"):
-        load_cfw({k: v for k, v in official.items() if k != "decoder.fusion_layer_1.encode_enc_3.conv2.bias"}, TINY_CONFIG)
+        load_cfw({k: v for k, v in official.items() if k != "decoder.fusion_layer_1.encode_enc_3.conv2.bias"}, TINY_VAE)
     with pytest.raises(ModelUnavailable, match="no diffusers counterpart"):
-        load_cfw({**official, "decoder.mid.extra.weight": torch.zeros(1)}, TINY_CONFIG)
+        load_cfw({**official, "decoder.mid.extra.weight": torch.zeros(1)}, TINY_VAE)
     with pytest.raises(ModelUnavailable, match="unexpected tensors"):
-        load_cfw({**official, "model_ema.decay": torch.zeros(())}, TINY_CONFIG)
+        load_cfw({**official, "model_ema.decay": torch.zeros(())}, TINY_VAE)
 
 
 class _RunsShellCommand:
@@ -296,7 +209,7 @@ class _RunsShellCommand:
 def test_executable_pickle_payload_never_runs(tmp_path, via_os):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    _lightning_save(_official_cfw_state_dict(), path, payload=_RunsShellCommand(marker, via_os))
+    _lightning_save(official_cfw_state_dict(), path, payload=_RunsShellCommand(marker, via_os))
     if via_os:
         with pytest.raises(ModelUnavailable, match="blocked"):
             read_official_checkpoint(path).tensors
@@ -305,12 +218,12 @@ def test_executable_pickle_payload_never_runs(tmp_path, via_os):
         assert "decoder.fusion_layer_1.encode_enc_1.conv1.weight" in loaded.tensors
         # Named as the pickle names them (torch.save's protocol 2 writes subprocess.call under its
         # Python 2 name), so the user is told what was replaced.
-        assert loaded.neutralised == ("commands.call", f"{__name__}.HarmlessCallback")
+        assert loaded.neutralised == ("commands.call", f"{HarmlessCallback.__module__}.HarmlessCallback")
     assert not marker.exists()
 
 
 def test_safetensors_conversion_round_trips_exactly(tmp_path):
-    official = {**_official_cfw_state_dict(), "half.weight": torch.randn(3, 2).half()}
+    official = {**official_cfw_state_dict(), "half.weight": torch.randn(3, 2).half()}
     source = tmp_path / "vqgan_cfw_00011.ckpt"
     _lightning_save(official, source)
     target = tmp_path / "vqgan_cfw_00011.safetensors"
@@ -342,7 +255,7 @@ def test_non_stablesr_files_name_what_was_found(tmp_path):
 
     unet_only = {"conv_in.weight": torch.zeros(1), "conv_in.bias": torch.zeros(1)}
     with pytest.raises(ModelUnavailable, match=r"CFW checkpoint .*found a dict with 2 key\(s\): 'conv_in.weight'"):
-        load_cfw(unet_only, TINY_CONFIG)
+        load_cfw(unet_only, TINY_VAE)
     with pytest.raises(ModelUnavailable, match=r"diffusion checkpoint .*found a dict with 2 key\(s\): 'conv_in.weight'"):
         split_by_prefix(unet_only)
 

@@ -1,17 +1,15 @@
-"""`diffier gap`: the exact-score benchmark's mathematics and its command."""
+"""The exact-score benchmark behind `diffier gap` (diffier_cli/gap.py, models/mixture.py): its mathematics
+and its runs (the command itself: tests/cli/test_gap_cli.py)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from diffier_cli.gap import GapOptions, MixtureBackbone, one_step_omega_star, run_benchmark, run_one
 from models.mixture import MISFITS, Mixture, MisfitModel
-from tests.conftest import run_cli
 from tests.tolerance import assert_within
 
 
@@ -90,29 +88,6 @@ def test_refined_and_baseline_runs_start_from_the_same_noise(monkeypatch):
     assert len(seen) == 3 and all(torch.equal(seen[0], x) for x in seen)
     gaps = [r.gap for r in result["runs"]]
     assert len(set(gaps)) == 3  # the refinement did change the trajectories
-
-
-def test_the_command_prints_a_table_json_and_a_plot(tmp_path):
-    plot = tmp_path / "gap.png"
-    result = run_cli("gap", "--omegas", "1,3", "--steps", "5", "--n-samples", "60", "--dim", "2", "--json", "--plot", str(plot))
-    assert result.returncode == 0, result.stderr
-    (record,) = result.records
-    assert [(r["omega"], r["setting"]) for r in record["runs"]] == [
-        (1.0, "baseline"), (1.0, "descent"), (1.0, "ascent"), (3.0, "baseline"), (3.0, "descent"), (3.0, "ascent")]
-    assert record["params"]["misfit"] == "over-dispersed" and record["command"] == "gap"
-    assert "Eq. 9 ω*" in result.stderr and "lowest gap at ω" in result.stderr
-    assert Image.open(plot).format == "PNG" and np.asarray(Image.open(plot)).std() > 0
-    again = run_cli("gap", "--omegas", "1,3", "--steps", "5", "--n-samples", "60", "--dim", "2", "--json", "-q")
-    assert again.records[0]["runs"] == record["runs"]  # seeded and deterministic
-
-
-@pytest.mark.parametrize(("args", "needle"), [(("--omegas", "1,x"), "comma-separated"), (("--omegas", "-1"), ">= 0"),
-                                              (("--omegas", "1,nan"), "finite"), (("--misfit", "wrong"), "wrong"),
-                                              (("--steps", "1000"), "less than or equal to 999"), (("--classes", "1"), "--classes"),
-                                              (("--plot", "gap.jpg"), ".png file name")])
-def test_bad_gap_options_exit_2(args, needle):
-    result = run_cli("gap", *args)
-    assert result.returncode == 2 and needle in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.numerics
