@@ -33,6 +33,14 @@ def summarize(refiner: Refiner | None, per_step: dict) -> dict:
     return refiner.stats.summarize(per_step) if refiner is not None and per_step else {}
 
 
+def refinement(refiner: Refiner | None, chunks: list[dict]) -> dict:
+    """A record's `refinement`, one layout in every command: `per_step`, one list per statistic with
+    an entry per step the item took (its chunks' steps in order: one chunk for t2i, SR pixel tiles,
+    TTS utterances), and the `summary` of them all; empty for a baseline."""
+    per_step = {name: [value for chunk in chunks for value in chunk[name]] for name in chunks[0]} if chunks else {}
+    return {"summary": summarize(refiner, per_step), "per_step": per_step}
+
+
 def a1111_pairs(refiner_settings: dict | None, mode: str) -> dict[str, object]:
     """A record's refinement as A1111 `Key: value` pairs, its headline first: the refiner's own,
     or for a baseline `DiffIER: baseline`, the default refiner's headline switched off."""

@@ -24,7 +24,7 @@ from diffier_cli.errors import UsageError, first_line, numerical_overflow
 from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job
 from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.outputs import png_bytes, slugify
-from diffier_cli.refiners import a1111_pairs, summarize
+from diffier_cli.refiners import a1111_pairs, refinement
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     REFINE_SEED_MIX,
@@ -431,8 +431,7 @@ def record(opts: SRSettings, model, negative, item: Picture, input_size: tuple[i
         "rng": {"posterior_x_T_and_sampler_noise": f"cpu torch.Generator seeded {seed}",
                 "refinement": f"{model.device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}"},
         "refiner": refiner_settings(opts.refiner),
-        "refinement": {"summary": summarize(opts.refiner, per_patch[0]), "per_step": per_patch[0],
-                       **({"per_pixel_tile": per_patch} if len(per_patch) > 1 else {})},
+        "refinement": {**refinement(opts.refiner, per_patch), **({"per_pixel_tile": per_patch} if len(per_patch) > 1 else {})},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
 

@@ -18,7 +18,7 @@ from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job, split_lines
 from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.metadata import library_versions, png_text
 from diffier_cli.outputs import name_problem, png_bytes, slugify
-from diffier_cli.refiners import summarize
+from diffier_cli.refiners import refinement
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     REFINE_SEED_MIX,
@@ -220,7 +220,7 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
             "refinement": f"{backbone.device.type} torch.Generator seeded {item.seed ^ REFINE_SEED_MIX}",
         },
         "refiner": refiner_settings(opts.refiner),
-        "refinement": {"summary": summarize(opts.refiner, per_step), "per_step": per_step},
+        "refinement": refinement(opts.refiner, [per_step]),
         "versions": versions,
     }
 

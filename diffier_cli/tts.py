@@ -23,7 +23,7 @@ from diffier_cli.errors import UsageError, excerpt, first_line, numerical_overfl
 from diffier_cli.jobs import Item, Plan, Planned, Shard, job_id, plan_job, split_lines
 from diffier_cli.limits import MAX_AUDIO_SECONDS
 from diffier_cli.outputs import slugify
-from diffier_cli.refiners import summarize
+from diffier_cli.refiners import refinement
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     REFINE_SEED_MIX,
@@ -313,7 +313,7 @@ def record(opts: TTSOptions, voice: Voice, item: Speech, per_utterance: list[dic
         },
         "refiner": refiner_settings(opts.refiner),
         "refinement": {
-            "summary": [summarize(opts.refiner, {k: v for k, v in u.items() if k not in ("text", "frames")}) for u in per_utterance],
+            **refinement(opts.refiner, [{k: v for k, v in u.items() if k not in ("text", "frames")} for u in per_utterance]),
             "per_utterance": per_utterance,
         },
         "audio": {

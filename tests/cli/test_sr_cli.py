@@ -278,6 +278,10 @@ def test_large_images_run_as_blended_pixel_tiles(tiny, tmp_path):
     (record,) = tiled.records
     # 180×120 padded to 192×128: one row of 128-px tiles, at columns 0 and 64
     assert record["params"]["pixel_tiles"] == 2 and len(record["refinement"]["per_pixel_tile"]) == 2
+    # one layout in every command: per_step holds every step the image took, the tiles' in order
+    tiles = record["refinement"]["per_pixel_tile"]
+    assert record["refinement"]["per_step"]["iterations"] == tiles[0]["iterations"] + tiles[1]["iterations"]
+    assert record["refinement"]["summary"]["steps"] == 2
     assert Image.open(tmp_path / "tiled.png").size == Image.open(tmp_path / "whole.png").size == (180, 120)
 
 

