@@ -9,14 +9,12 @@ import typer
 from diffier_cli.commands import sr as sr_options
 from diffier_cli.commands import tts as tts_options
 from diffier_cli.commands.options import (
-    DIRECTION_DEFAULT, IEC_DEFAULT, IEC_VARIANT_DEFAULT, MODEL, OUTPUT, SAMPLING, T2I_MODEL, Device, DirectionOption, DType,
-    Eta, EvalRefinerChoice, HalfOnCuda, HubCacheDir, IECGamma, IECIters, IECSteps, IECTol, IECVariantOption, MaxIters,
-    Offline, Overwrite, Quiet, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
-    Threshold, between, fill, refiner,
+    DIFFIER_OPTIONS, DType, Device, EVAL_REFINER_SWITCH, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, OUTPUT, Offline,
+    Overwrite, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
+    T2I_MODEL, between, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
 from diffier_cli.limits import MAX_SR_SCALE
-from diffier_cli.refine import DiffIER
 
 app = typer.Typer(
     help="Score baseline against refined with the paper's metrics on your own data.",
@@ -42,6 +40,7 @@ T2ISeed = Annotated[int, seed_option("Prompt p is drawn with seed + p (or its .j
 SRSeed = Annotated[int, seed_option("Image i is upscaled with seed + i, baseline and refined alike.")]
 
 
+@takes(EVAL_REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="seed")
 @app.command(
     "tts",
     epilog="Example: diffier eval tts --text-file LJSpeech-1.1/metadata.csv --reference-dir LJSpeech-1.1/wavs --csv pesq.csv . " + EXIT_CODES_HELP,
@@ -58,16 +57,6 @@ def eval_tts(
     speaker: tts_options.Speaker = None,
     pause: tts_options.Pause = tts_options.PAUSE,
     seed: TTSSeed = 0,
-    refiner_choice: EvalRefinerChoice = None,
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    direction: DirectionOption = DIRECTION_DEFAULT,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     checkpoint: tts_options.Checkpoint = None,
     pe_scale: tts_options.PEScale = tts_options.PE_SCALE,
     vocoder: tts_options.Vocoder = tts_options.VOCODER,
@@ -78,6 +67,7 @@ def eval_tts(
     overwrite: Overwrite = False,
     json_lines: Annotated[bool, json_option("utterance")] = False,
     quiet: Quiet = False,
+    **shared,
 ) -> None:
     """Wideband PESQ of Grad-TTS speech against reference recordings, baseline and refined on the same seeds."""
     from pathlib import Path
@@ -87,10 +77,11 @@ def eval_tts(
 
     if not Path(reference_dir).is_dir():
         raise UsageError(f"--reference-dir {reference_dir} is not a folder")
-    params = locals()
+    params = {**locals(), **shared}
     run_eval(fill(EvalTTSOptions, params, refiner=refiner(ctx, params), json=json_lines), csv_path)
 
 
+@takes(EVAL_REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="seed")
 @app.command(
     "t2i",
     epilog="Example: diffier eval t2i --prompts-file prompts.txt --sweep-cfg 3,5,7.5,10 -o eval/ --csv clip.csv . " + EXIT_CODES_HELP,
@@ -109,16 +100,6 @@ def eval_t2i(
     height: T2IHeight = None,
     width: T2IWidth = None,
     seed: T2ISeed = 0,
-    refiner_choice: EvalRefinerChoice = None,
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    direction: DirectionOption = DIRECTION_DEFAULT,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     model: T2IModel = T2I_MODEL,
     revision: T2IRevision = None,
     offline: Offline = False,
@@ -128,17 +109,19 @@ def eval_t2i(
     overwrite: Overwrite = False,
     json_lines: Annotated[bool, json_option("image")] = False,
     quiet: Quiet = False,
+    **shared,
 ) -> None:
     """CLIP score of baseline and refined Stable Diffusion images per ω, with each prompt's ω-sweep grid."""
     from diffier_cli.eval_t2i import EvalT2IOptions, run_eval
     from diffier_cli.sweep import parse_values
 
     omegas = parse_values("cfg", sweep_cfg)
-    params = locals()
+    params = {**locals(), **shared}
     options = fill(EvalT2IOptions, params, cfg=omegas[0], refiner=refiner(ctx, params), json=json_lines)  # each grid column sets its own ω
     run_eval(options, omegas, clip_model, clip_revision, csv_path)
 
 
+@takes(EVAL_REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="seed")
 @app.command(
     "sr",
     epilog="Example: diffier eval sr --hr-dir DIV2K_valid_HR --scale 4 --blur-sigma 1.6 -o eval-sr/ --csv sr.csv . " + sr_options.LICENSE + " " + EXIT_CODES_HELP,
@@ -166,16 +149,6 @@ def eval_sr(
     negative_prompt: sr_options.NegativePrompt = None,
     cfg: sr_options.Cfg = None,
     seed: SRSeed = 0,
-    refiner_choice: EvalRefinerChoice = None,
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    direction: DirectionOption = DIRECTION_DEFAULT,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     ckpt: sr_options.Ckpt = None,
     vae_ckpt: sr_options.VaeCkpt = None,
     tokenizer: sr_options.Tokenizer = sr_options.TOKENIZER,
@@ -186,6 +159,7 @@ def eval_sr(
     overwrite: Overwrite = False,
     json_lines: Annotated[bool, json_option("result")] = False,
     quiet: Quiet = False,
+    **shared,
 ) -> None:
     """PSNR, LPIPS, MUSIQ and CLIP-IQA of baseline and refined StableSR on degraded copies of your HR images."""
     from pathlib import Path
@@ -196,6 +170,6 @@ def eval_sr(
 
     if not Path(hr_dir).is_dir():
         raise UsageError(f"--hr-dir {hr_dir} is not a folder")
-    params = locals()
+    params = {**locals(), **shared}
     options = fill(EvalSROptions, params, **sr_options.settings(params), scale=float(scale), refiner=refiner(ctx, params), json=json_lines)
     run_eval(options, Degradation(scale, blur_kernel, blur_sigma), parse_metrics(metrics), csv_path)

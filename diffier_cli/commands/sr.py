@@ -7,14 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    BATCH, DIRECTION_DEFAULT, IEC_DEFAULT, IEC_VARIANT_DEFAULT, MODEL, OUTPUT, SAMPLING, SWEEP, Baseline, Device,
-    DirectionOption, DType, Eta, HalfOnCuda, HubCacheDir, IECGamma, IECIters, IECSteps, IECTol, IECVariantOption,
-    JsonRecords, KeepGoing, MaxIters, Name, Offline, Overwrite, Quiet, RefinerChoice, Shard, SkipExisting, Threshold,
-    between, choices, fill, refiner,
+    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, Name, OUTPUT,
+    Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, between, choices, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
 from diffier_cli.limits import MAX_CFG, MAX_SIDE, MAX_SR_SCALE, TRAINING_TIMESTEPS
-from diffier_cli.refine import DiffIER
 from diffier_cli.sr import COLOR_FIXES, PRESETS, SAMPLERS
 
 Preset = choices("Preset", PRESETS)
@@ -61,6 +58,8 @@ def settings(params: dict) -> dict:
     return {"checkpoint": params["ckpt"], "vae_checkpoint": params["vae_ckpt"]}
 
 
+@takes(BATCH_OPTIONS, after="recursive")
+@takes(REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="seed")
 def sr(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT", help="Low-resolution images (PNG, JPEG, WebP, BMP, TIFF; grayscale and alpha kept) and/or folders of them (sorted by path; item i is the i-th image).", show_default=False)],
@@ -78,17 +77,6 @@ def sr(
     negative_prompt: NegativePrompt = None,
     cfg: Cfg = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of image 0 (its LR posterior sample, x_T and sampler noise, and refinement); image i uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING)] = None,
-    baseline: Baseline = False,
-    refiner_choice: RefinerChoice = None,
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    direction: DirectionOption = DIRECTION_DEFAULT,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     ckpt: Ckpt = None,
     vae_ckpt: VaeCkpt = None,
     tokenizer: Tokenizer = TOKENIZER,
@@ -102,18 +90,14 @@ def sr(
     compare: Annotated[bool, typer.Option("--compare", help="One image, baseline and refined on the same seed, written with a side-by-side PNG (input bicubic | baseline | refined).", rich_help_panel=SWEEP)] = False,
     crop: Annotated[Optional[str], typer.Option("--crop", metavar="X,Y,W,H", help="With --compare: add a row with this region (output pixels) of each panel enlarged.", rich_help_panel=SWEEP)] = None,
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Take the images of the input folders' sub-folders too; outputs keep the sub-folders under the -o folder.", rich_help_panel=BATCH)] = False,
-    skip_existing: SkipExisting = False,
-    keep_going: KeepGoing = False,
-    shard: Shard = None,
-    json_lines: JsonRecords = False,
-    quiet: Quiet = False,
+    **shared,
 ) -> None:
     """Super-resolution with StableSR (SD 2.1 + SPADE, time-aware encoder, CFW decoder), refined by DiffIER at every step (or IEC with --refiner iec, or --baseline)."""
     from diffier_cli import task
     from diffier_cli.sr import SROptions, Upscale
 
-    params = locals()
-    options = fill(SROptions, params, **settings(params), refiner=refiner(ctx, params), json=json_lines)
+    params = {**locals(), **shared}
+    options = fill(SROptions, params, **settings(params), refiner=refiner(ctx, params), json=shared["json_lines"])
     if crop is not None and not compare:
         raise typer.BadParameter("--crop zooms into a --compare picture; add --compare", param_hint="--crop")
     if compare:

@@ -7,14 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    BATCH, DIRECTION_DEFAULT, IEC_DEFAULT, IEC_VARIANT_DEFAULT, MEMORY, OUTPUT, SAMPLING, SWEEP, T2I_MODEL, Baseline, Device, DirectionOption,
-    DType, Eta, HalfOnCuda, HubCacheDir, IECGamma, IECIters, IECSteps, IECTol, IECVariantOption, JsonRecords, KeepGoing,
-    MaxIters, Name, Offline, Overwrite, Quiet, RefinerChoice, Shard, SkipExisting, T2IDDIMEta, T2IHeight, T2IModel,
-    T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth, Threshold, between, fill, refiner,
+    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MEMORY, Name, OUTPUT,
+    Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt,
+    T2IRevision, T2ISteps, T2IWidth, T2I_MODEL, between, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
 from diffier_cli.limits import MAX_BATCH, MAX_CFG, MAX_ITEMS
-from diffier_cli.refine import DiffIER
 
 EPILOG = (
     "Examples: diffier t2i \"a puppy eating a cheeseburger\" --cfg 7.5 -o puppy.png ; "
@@ -24,6 +22,8 @@ EPILOG = (
 )
 
 
+@takes(BATCH_OPTIONS, after="overwrite")
+@takes(REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="width")
 def t2i(
     ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw (or --prompts-file).", show_default=False)] = None,
@@ -41,17 +41,6 @@ def t2i(
     batch_invariant: Annotated[bool, typer.Option("--batch-invariant/--no-batch-invariant", help="Run every batch-dependent kernel at one image's shape, so --batch-size never changes a pixel (and batching gains nothing); --no-batch-invariant batches the kernels for speed, and they round differently (about 1/255).", rich_help_panel=BATCH)] = True,
     height: T2IHeight = None,
     width: T2IWidth = None,
-    baseline: Baseline = False,
-    refiner_choice: RefinerChoice = None,
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    direction: DirectionOption = DIRECTION_DEFAULT,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     model: T2IModel = T2I_MODEL,
     revision: T2IRevision = None,
     offline: Offline = False,
@@ -65,18 +54,14 @@ def t2i(
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="A .png file for one image, or a folder (existing or ending in /) for many (default: the current folder, named {index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT)] = None,
     name: Name = None,
     overwrite: Overwrite = False,
-    skip_existing: SkipExisting = False,
-    keep_going: KeepGoing = False,
-    shard: Shard = None,
-    json_lines: JsonRecords = False,
-    quiet: Quiet = False,
+    **shared,
 ) -> None:
     """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or IEC with --refiner iec, or --baseline)."""
     from diffier_cli import task
     from diffier_cli.t2i import T2IOptions, TextToImage
 
-    params = locals()
-    options = fill(T2IOptions, params, refiner=refiner(ctx, params), json=json_lines)
+    params = {**locals(), **shared}
+    options = fill(T2IOptions, params, refiner=refiner(ctx, params), json=shared["json_lines"])
     sweeps = {name: value for name, value in (("cfg", sweep_cfg), ("eta", sweep_eta), ("iters", sweep_iters)) if value is not None}
     if len(sweeps) > 1:
         raise typer.BadParameter("sweep one thing at a time", param_hint="--sweep-cfg/--sweep-eta/--sweep-iters")

@@ -7,13 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    BATCH, DIRECTION_DEFAULT, IEC_DEFAULT, IEC_VARIANT_DEFAULT, MODEL, OUTPUT, SAMPLING, Baseline, Device, DirectionOption,
-    DType, Eta, IECGamma, IECIters, IECSteps, IECTol, IECVariantOption, JsonRecords, KeepGoing, MaxIters, Name, Offline,
-    Overwrite, Quiet, RefinerChoice, Shard, SkipExisting, Threshold, between, choices, fill, refiner,
+    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, IEC_OPTIONS, MODEL, Name, OUTPUT, Offline, Overwrite,
+    REFINER_SWITCH, SAMPLING, between, choices, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
 from diffier_cli.limits import MAX_SPEAKER, TRAINING_TIMESTEPS
-from diffier_cli.refine import DiffIER
 
 EPILOG = (
     "Examples: diffier tts speech.txt -o speech.wav ; echo 'Hello there.' | diffier tts - -o - > hello.wav ; "
@@ -37,6 +35,8 @@ FullPrecision = Annotated[DType, typer.Option("--dtype", envvar="DIFFIER_DTYPE",
 STEPS, TEMPERATURE, LENGTH_SCALE, PAUSE, PE_SCALE, VOCODER = 10, 1.5, 0.91, 0.2, 1000.0, "ljspeech"
 
 
+@takes(BATCH_OPTIONS, after="overwrite")
+@takes(REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="seed")
 def tts(
     ctx: typer.Context,
     text_file: Annotated[Optional[str], typer.Argument(help="A UTF-8 text file, or - for stdin.", show_default=False)] = None,
@@ -49,17 +49,6 @@ def tts(
     speaker: Speaker = None,
     pause: Pause = PAUSE,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the prior and SDE noise and of the refinement, for item 0; item i (--per-line) uses seed+i. Random when unset; always printed and stored.", rich_help_panel=SAMPLING)] = None,
-    baseline: Baseline = False,
-    refiner_choice: RefinerChoice = None,
-    eta: Eta = DiffIER.eta,
-    threshold: Threshold = DiffIER.threshold,
-    max_iters: MaxIters = DiffIER.max_iters,
-    direction: DirectionOption = DIRECTION_DEFAULT,
-    iec_iters: IECIters = None,
-    iec_gamma: IECGamma = IEC_DEFAULT.gamma,
-    iec_tol: IECTol = None,
-    iec_variant: IECVariantOption = IEC_VARIANT_DEFAULT,
-    iec_steps: IECSteps = IEC_DEFAULT.steps,
     checkpoint: Checkpoint = None,
     pe_scale: PEScale = PE_SCALE,
     vocoder: Vocoder = VOCODER,
@@ -72,11 +61,7 @@ def tts(
     subtype: Annotated[Subtype, typer.Option("--subtype", help="WAV sample format.", rich_help_panel=OUTPUT)] = Subtype.PCM_16,
     compare: Annotated[bool, typer.Option("--compare", help="Baseline and refined from one text on one seed: {stem}-{seed}-baseline.wav and -refined.wav (each with its .json) and {stem}-{seed}-compare.png, their mel spectrograms and the difference; -o is a folder (needs matplotlib, the package's plot extra).", rich_help_panel=OUTPUT)] = False,
     overwrite: Overwrite = False,
-    skip_existing: SkipExisting = False,
-    keep_going: KeepGoing = False,
-    shard: Shard = None,
-    json_lines: JsonRecords = False,
-    quiet: Quiet = False,
+    **shared,
 ) -> None:
     """Text to speech on Grad-TTS + HiFi-GAN (22050 Hz), refined by DiffIER at every reverse step (or IEC with --refiner iec, or --baseline).
 
@@ -85,8 +70,8 @@ def tts(
     from diffier_cli import task
     from diffier_cli.tts import Speak, TTSOptions
 
-    params = locals()
-    options = fill(TTSOptions, params, refiner=refiner(ctx, params), json=json_lines)
+    params = {**locals(), **shared}
+    options = fill(TTSOptions, params, refiner=refiner(ctx, params), json=shared["json_lines"])
     if compare:
         from diffier_cli.compare_tts import run_compare
 
