@@ -121,7 +121,8 @@ class Refiner(Protocol):
 
     def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined: ...
 
-    def settings(self) -> dict: ...
+    def settings(self) -> dict:
+        """What a record keeps of the refiner: its name and every setting that changes a sample."""
 
 
 class EpsRefiner:
@@ -129,6 +130,7 @@ class EpsRefiner:
     (docs/refine_eps.md rule 6), with no extra model call."""
 
     def correct(self, eps: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, StepStats]:
+        """ε̂(x_t, t) corrected, and what the correction did per item; `generators[b]` feeds item b."""
         raise NotImplementedError
 
     def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined:

@@ -47,17 +47,21 @@ class Task(Protocol):
         """Every item of the run in index order, each with its seed; a bad input is an item whose
         `error` says why, so that every later item keeps its index, seed and name."""
 
-    def plan(self, items: list[Item], shard: Shard) -> Plan: ...
+    def plan(self, items: list[Item], shard: Shard) -> Plan:
+        """This shard's items with the files each writes (jobs.plan_job), checked before any work."""
 
     def check(self, item: Item, reporter: Reporter, several: bool) -> None:
         """Set `item.error` for an item that cannot be made, from what can be known without a
         model (an image's header, a text's words); `several`: the run has more than one item."""
 
-    def load(self, local_rank: int | None, reporter: Reporter) -> None: ...
+    def load(self, local_rank: int | None, reporter: Reporter) -> None:
+        """The model, once per process, on the process's own GPU when a launcher says which."""
 
-    def progress(self, reporter: Reporter, pending: list[Planned], mode: str) -> AbstractContextManager: ...
+    def progress(self, reporter: Reporter, pending: list[Planned], mode: str) -> AbstractContextManager:
+        """The progress bar of the whole run, or none where each item shows its own."""
 
-    def make(self, items: Sequence[Item], reporter: Reporter, plan: Plan) -> list[Made]: ...
+    def make(self, items: Sequence[Item], reporter: Reporter, plan: Plan) -> list[Made]:
+        """One batch of checked items → one `Made` each, in order (the forward pass and the encoding)."""
 
     def label(self, item: Item) -> str:
         """The item as messages name it: its line, its input file."""
