@@ -46,3 +46,14 @@ def test_the_core_imports_only_the_core_and_models(module):
 
 def test_the_loop_knows_no_refiner():
     assert not {name for name in imports(ROOT / "diffier_cli/sampling.py") if name.startswith("diffier_cli.")}
+
+
+def test_every_package_is_installed():
+    """A sub-package missing from pyproject's explicit list works in an editable install and is
+    absent from a wheel: `pip install .` would then fail at the first command."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {str(init.parent.relative_to(ROOT)).replace("/", ".") for top in ("diffier_cli", "models")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found == listed
