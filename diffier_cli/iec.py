@@ -103,6 +103,7 @@ class IEC:
     name: ClassVar[str] = "iec"
     mode: ClassVar[str] = "iec"  # names outputs and records
     stats: ClassVar[type] = IECStats
+    reapplies_steps: ClassVar[bool] = True
     sweepable: ClassVar[dict[str, str]] = {}  # its sweeps: ω only
 
     def __post_init__(self):

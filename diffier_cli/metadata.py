@@ -45,6 +45,7 @@ def a1111_parameters(record: dict) -> str:
     pairs: dict[str, object] = {
         "Steps": params["steps"],
         "Sampler": params["scheduler"],
+        **({"Schedule type": "Karras"} if params.get("karras") else {}),
         "CFG scale": params["cfg"],
         "Seed": record["seed"],
         "Size": f"{params['width']}x{params['height']}",

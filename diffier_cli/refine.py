@@ -142,6 +142,7 @@ class DiffIER(EpsRefiner):
     name: ClassVar[str] = "diffier"
     mode: ClassVar[str] = "refined"  # names outputs and records
     stats: ClassVar[type] = RefineStats
+    reapplies_steps: ClassVar[bool] = False
     # What a sweep may vary (--sweep-eta, --sweep-iters): the sweep's name → this refiner's field.
     sweepable: ClassVar[dict[str, str]] = {"eta": "eta", "iters": "max_iters"}
 

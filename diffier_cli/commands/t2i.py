@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
+    SCHEDULER_DEFAULT, T2IKarras, T2IScheduler,
     BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MEMORY, Name, OUTPUT,
     Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt,
     T2IRevision, T2ISteps, T2IWidth, T2I_MODEL, between, fill, refiner, takes,
@@ -31,6 +32,8 @@ def t2i(
     cfg: Annotated[float, typer.Option("--cfg", "--cfg-scale", callback=between(0, MAX_CFG), help="Classifier-free guidance scale ω, in [0, 100].", rich_help_panel=SAMPLING)] = 7.5,
     negative_prompt: T2INegativePrompt = None,
     steps: T2ISteps = 50,
+    scheduler: T2IScheduler = SCHEDULER_DEFAULT,
+    karras: T2IKarras = False,
     ddim_eta: T2IDDIMEta = 0.0,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING)] = None,
     num_images: Annotated[int, typer.Option("--num-images", min=1, max=MAX_ITEMS, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING)] = 1,

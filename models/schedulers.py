@@ -1,0 +1,60 @@
+"""The samplers `diffier t2i --scheduler` offers: diffusers' scheduler classes under AUTOMATIC1111's names.
+
+Each is built with `from_config` from the model's own scheduler config (so v-prediction, betas,
+offsets and timestep spacing carry over), exactly as users swap schedulers on a diffusers pipeline
+(`S.from_config(pipe.scheduler.config, use_karras_sigmas=...)`). This module is data plus one
+builder that imports diffusers when it runs, so the command line can list the names without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.errors import UnsupportedSetting
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One --scheduler choice."""
+
+    name: str  # the --scheduler value
+    cls: str  # the diffusers scheduler class
+    a1111: str  # AUTOMATIC1111's name for it (its infotext's `Sampler:`)
+    config: dict = field(default_factory=dict)  # set over the model's scheduler config
+    karras: bool = True  # the class takes use_karras_sigmas
+    requires: tuple[str, ...] = ()  # optional packages the class imports
+    # Whether `step` can be applied again to the same step with no side effect (IEC re-applies
+    # steps): DDIM derives everything from t and takes its noise as an argument; every other class
+    # keeps a step counter, a history of model outputs, or draws its own noise inside `step`.
+    reapplicable: bool = False
+
+
+SAMPLERS = {sampler.name: sampler for sampler in (
+    Sampler("ddim", "DDIMScheduler", "DDIM", karras=False, reapplicable=True),
+    Sampler("ddpm", "DDPMScheduler", "DDPM", karras=False),
+    Sampler("plms", "PNDMScheduler", "PLMS", {"skip_prk_steps": True}, karras=False),
+    Sampler("lms", "LMSDiscreteScheduler", "LMS", requires=("scipy",)),
+    Sampler("euler", "EulerDiscreteScheduler", "Euler"),
+    Sampler("euler-a", "EulerAncestralDiscreteScheduler", "Euler a", karras=False),
+    Sampler("heun", "HeunDiscreteScheduler", "Heun"),
+    Sampler("dpm2", "KDPM2DiscreteScheduler", "DPM2"),
+    Sampler("dpm2-a", "KDPM2AncestralDiscreteScheduler", "DPM2 a"),
+    Sampler("dpmpp-2m", "DPMSolverMultistepScheduler", "DPM++ 2M", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    Sampler("dpmpp-2m-sde", "DPMSolverMultistepScheduler", "DPM++ 2M SDE", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    Sampler("dpmpp-sde", "DPMSolverSDEScheduler", "DPM++ SDE", requires=("torchsde",)),
+    Sampler("unipc", "UniPCMultistepScheduler", "UniPC"),
+    Sampler("deis", "DEISMultistepScheduler", "DEIS"),
+)}
+DEFAULT = "ddim"  # the paper's sampler
+
+
+def build(name: str, model_config, karras: bool = False):
+    """The scheduler `name` for a model whose scheduler config is `model_config`."""
+    import diffusers
+
+    sampler = SAMPLERS[name]
+    if karras and not sampler.karras:
+        usable = ", ".join(s.name for s in SAMPLERS.values() if s.karras)
+        raise UnsupportedSetting(f"--karras: diffusers' {sampler.cls} ({name}) has no Karras sigmas; they exist for {usable}")
+    extra = {**sampler.config, **({"use_karras_sigmas": True} if karras else {})}
+    return getattr(diffusers, sampler.cls).from_config(model_config, **extra)
