@@ -1,8 +1,10 @@
 """Cost of the refinement per denoising step, as a fraction of one guided UNet forward.
 
 Measured in one process on one device: the UNet forward on a CFG batch (2 × latent), and the
-work the loop adds in refined mode (v → ε, refine_eps, ε → v). Models: the tests' tiny UNet and
-a full-size SD 2.1 UNet (its published config, random weights) at 768 px.
+work the loop adds in refined mode (v → ε, refine_eps, ε → v), and the work the library's
+DiffIERScheduler adds to a scheduler's step (the same, with the noise level taken from a DPM++ 2M
+Karras scheduler: the costliest lookup). Models: the tests' tiny UNet and a full-size SD 2.1 UNet
+(its published config, random weights) at 768 px.
 
     python benchmarks/refine_overhead.py [--device cuda] [--skip-full]
 """
@@ -80,6 +82,9 @@ def measure(name: str, config: dict, device: torch.device, dtype: torch.dtype, u
             return ((eps - (1 - a).sqrt() * latent.float()) / a.sqrt()).to(dtype)  # ε → v
 
         result = {"model": name, "latent": list(latent.shape), "device": str(device), "dtype": str(dtype), "unet_forward_s": unet_s}
+        wrapper_s = timed(wrapper_work(latent, v, device), device, 50)
+        result["diffier_scheduler_s"] = wrapper_s
+        result["diffier_scheduler_fraction_of_unet"] = wrapper_s / unet_s
         for iters in (1, 10):
             refine_only = timed(lambda: refine_eps(v, generators=generator, max_iters=iters, threshold=1e-12), device, 50)
             with_conversion = timed(lambda: refined_step(iters), device, 50)
@@ -90,6 +95,27 @@ def measure(name: str, config: dict, device: torch.device, dtype: torch.dtype, u
                 "v_refine_v_fraction_of_unet": with_conversion / unet_s,
             }
     return result
+
+
+def wrapper_work(latent: torch.Tensor, v: torch.Tensor, device: torch.device):
+    """What DiffIERScheduler.step does besides the wrapped step: v → ε, refine_eps, ε → v."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from diffier_cli import DiffIERScheduler
+
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            prediction_type="v_prediction", use_karras_sigmas=True)
+    wrapper = DiffIERScheduler(scheduler, seed=0)
+    wrapper.set_timesteps(50, device=device)
+    t = scheduler.timesteps[25]
+    scheduler._init_step_index(t)
+    generators = [torch.Generator(device).manual_seed(0)]
+
+    def work():
+        eps, _ = wrapper.refiner.correct(wrapper._to_eps(v, latent, t), generators)
+        return wrapper._from_eps(eps, latent, t)
+
+    return work
 
 
 def main() -> None:

@@ -58,3 +58,24 @@ def build(name: str, model_config, karras: bool = False):
         raise UnsupportedSetting(f"--karras: diffusers' {sampler.cls} ({name}) has no Karras sigmas; they exist for {usable}")
     extra = {**sampler.config, **({"use_karras_sigmas": True} if karras else {})}
     return getattr(diffusers, sampler.cls).from_config(model_config, **extra)
+
+
+def noise_level(scheduler, x, t):
+    """(ᾱ of the current model evaluation, x as the UNet sees it: √ᾱ x₀ + √(1 − ᾱ) ε), in float32:
+    what converting a v or x₀ prediction to ε needs.
+
+    DDIM, DDPM and PLMS keep x in that form and index ᾱ by t. The k-diffusion samplers (Euler,
+    Heun, LMS, DPM2, DPM++ SDE) keep x = x₀ + σε and scale it by c_in = 1/√(σ² + 1) for the
+    UNet, so ᾱ = c_in²; the multistep solvers (DPM++ 2M, UniPC, DEIS) keep the first form but
+    step on their own σ grid (Karras's, when asked), whose σ gives ᾱ = 1/(1 + σ²)."""
+    import torch
+
+    x = x.float()
+    if scheduler.init_noise_sigma != 1:
+        c_in = scheduler.scale_model_input(torch.ones((), device=x.device), t).float()
+        return c_in.square(), c_in * x
+    if not hasattr(scheduler, "sigmas"):
+        return scheduler.alphas_cumprod.to(device=x.device, dtype=torch.float32)[torch.as_tensor(t).long()], x
+    index = scheduler.step_index if scheduler.step_index is not None else scheduler.index_for_timestep(t)
+    sigma = scheduler.sigmas[index].to(device=x.device, dtype=torch.float32)
+    return 1 / (1 + sigma.square()), x

@@ -153,7 +153,6 @@ class StableDiffusion:
         self.karras = karras
         self.scheduler = schedulers.build(sampler, pipe.scheduler.config, karras)
         pipe.scheduler = self.scheduler
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         # What StableDiffusionPipeline.prepare_extra_step_kwargs passes: eta and generator where `step` takes them.
         self._step_takes = set(inspect.signature(self.scheduler.step).parameters)
 
@@ -290,35 +289,18 @@ class StableDiffusion:
         # Classifier-free guidance (Ho & Salimans 2022, Eq. 6): ε̂ = ε(∅) + ω (ε(c) − ε(∅)).
         return uncond + state.cfg * (cond - uncond)
 
-    def _noise_level(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ᾱ of the current model evaluation, x as the UNet sees it: √ᾱ x₀ + √(1 − ᾱ) ε), in float32.
-
-        DDIM, DDPM and PLMS keep x in that form and index ᾱ by t. The k-diffusion samplers (Euler,
-        Heun, LMS, DPM2, DPM++ SDE) keep x = x₀ + σε and scale it by c_in = 1/√(σ² + 1) for the
-        UNet, so ᾱ = c_in²; the multistep solvers (DPM++ 2M, UniPC, DEIS) keep the first form but
-        step on their own σ grid (Karras's, when asked), whose σ gives ᾱ = 1/(1 + σ²)."""
-        x = x.float()
-        if self.scheduler.init_noise_sigma != 1:
-            c_in = self.scheduler.scale_model_input(torch.ones((), device=x.device), t).float()
-            return c_in.square(), c_in * x
-        if not hasattr(self.scheduler, "sigmas"):
-            return self.alphas_cumprod[t.long()], x
-        index = self.scheduler.step_index if self.scheduler.step_index is not None else self.scheduler.index_for_timestep(t)
-        sigma = self.scheduler.sigmas[index].to(device=x.device, dtype=torch.float32)
-        return 1 / (1 + sigma.square()), x
-
     def to_eps(self, prediction: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
         if self.prediction_type == "epsilon":
             return prediction
         # v-prediction (Salimans & Ho 2022, §4): ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t, in float32.
-        a, x_t = self._noise_level(x, t)
+        a, x_t = schedulers.noise_level(self.scheduler, x, t)
         return a.sqrt() * prediction.float() + (1 - a).sqrt() * x_t
 
     def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
         if self.prediction_type == "epsilon":
             return eps
         # x̂0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t and v = √ᾱ_t ε − √(1 − ᾱ_t) x̂0, i.e. v = (ε − √(1 − ᾱ_t) x_t) / √ᾱ_t.
-        a, x_t = self._noise_level(x, t)
+        a, x_t = schedulers.noise_level(self.scheduler, x, t)
         return ((eps.float() - (1 - a).sqrt() * x_t) / a.sqrt()).to(x.dtype)
 
     def step_noise(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor | None:

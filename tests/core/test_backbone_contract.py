@@ -73,7 +73,7 @@ class SDCase:
         return state.noise_generators
 
     def alpha_bar(self, backbone, state, t) -> float:
-        return float(backbone.alphas_cumprod[t.long()])
+        return float(backbone.scheduler.alphas_cumprod[t.long()])
 
 
 class StableSRCase:

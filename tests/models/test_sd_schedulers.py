@@ -2,7 +2,7 @@
 
 A v-prediction model's ε depends on the noise level ᾱ of the current evaluation and on x in the
 form the UNet sees; each scheduler family keeps x and its noise level differently (docstring of
-StableDiffusion._noise_level). The clean estimate x̂₀ = (x_t − √(1 − ᾱ) ε) / √ᾱ implied by our ε
+models.schedulers.noise_level). The clean estimate x̂₀ = (x_t − √(1 − ᾱ) ε) / √ᾱ implied by our ε
 must then be the scheduler's own x̂₀ at every evaluation: `pred_original_sample` where `step`
 returns it, `convert_model_output` for the multistep solvers (which work on x̂₀, or for DEIS on ε).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.schedulers import SAMPLERS
+from models.schedulers import SAMPLERS, noise_level
 from tests.tolerance import assert_within
 
 STEPS = 4
@@ -33,7 +33,7 @@ def evaluations(folder, name: str, karras: bool = False):
         for t in backbone.timesteps(state):
             v = backbone.predict(x, t, state)
             eps = backbone.to_eps(v, x, t, state)
-            alpha_bar, x_t = backbone._noise_level(x, t)
+            alpha_bar, x_t = noise_level(scheduler, x, t)
             ours = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
             if hasattr(scheduler, "convert_model_output"):
                 if scheduler.step_index is None:
@@ -72,5 +72,5 @@ def test_plms_uses_ddims_noise_levels(tiny_sd):
     backbone.scheduler.set_timesteps(STEPS)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     for t in backbone.scheduler.timesteps:
-        alpha_bar, x_t = backbone._noise_level(x, t)
-        assert torch.equal(alpha_bar, backbone.alphas_cumprod[t]) and torch.equal(x_t, x)
+        alpha_bar, x_t = noise_level(backbone.scheduler, x, t)
+        assert torch.equal(alpha_bar, backbone.scheduler.alphas_cumprod[t]) and torch.equal(x_t, x)
