@@ -94,6 +94,8 @@ def as_diffier_error(exc: BaseException) -> DiffierError | None:
         return DiffierError(str(exc), ExitCode.MODEL_UNAVAILABLE)
     if isinstance(exc, UnsupportedSetting):
         return UsageError(str(exc))
+    if isinstance(exc, NumericalOverflow):  # the commands word their own fix; this is the general one
+        return numerical_overflow(exc, "lower the settings that scale the numbers (--cfg, the refinement's --eta and --max-iters)")
     message = str(exc)
     is_oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
         isinstance(exc, RuntimeError)

@@ -459,7 +459,6 @@ class Upscale:
         self.options = options
         check_settings(options)
         self.images = list_images(options.inputs, options.recursive)
-        self.done = 0
 
     def read(self, seed: int, mode: str) -> list[Picture]:
         self.seed, self.mode = seed, mode
@@ -470,6 +469,7 @@ class Upscale:
         plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),
                         shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
         refuse_outputs_among_inputs(opts.inputs, opts.recursive, [planned.paths[0] for planned in plan.pending])
+        self.position = {planned.item.index: place for place, planned in enumerate(plan.pending, 1)}  # for "refined 2/3"
         return plan
 
     def check(self, item: Picture, reporter: Reporter, several: bool) -> None:
@@ -491,8 +491,7 @@ class Upscale:
 
     def make(self, items: Sequence[Picture], reporter: Reporter, plan: Plan) -> list[Made]:
         (item,) = items
-        self.done += 1
-        description = self.mode if len(plan.pending) == 1 else f"{self.mode} {self.done}/{len(plan.pending)}"
+        description = self.mode if len(plan.pending) == 1 else f"{self.mode} {self.position[item.index]}/{len(plan.pending)}"
         source = read_image(Path(item.input))
         output, details = upscale(self.model, source.rgb, source.alpha, source.mode, item.seed, self.negative,
                                   self.options, reporter, description)

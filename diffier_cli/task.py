@@ -33,6 +33,7 @@ class Made:
     record: dict
     files: list[bytes]
     detail: str = ""
+    kind: str = ""  # what the main file is, for the message of `-o -` ("WAV")
 
 
 class Task(Protocol):
@@ -109,7 +110,7 @@ def deliver(planned: Planned, made: Made, seconds: float, mode: str, json_lines:
     if not planned.paths:
         sys.stdout.buffer.write(made.files[0])
         sys.stdout.buffer.flush()
-        reporter.message(f"wrote {len(made.files[0])} bytes to stdout ({done})")
+        reporter.message(f"wrote {len(made.files[0])} bytes {f'of {made.kind} ' if made.kind else ''}to stdout ({done})")
         return
     write_atomically(dict(reversed(list(zip(planned.paths, made.files)))), planned.replace)
     if json_lines:

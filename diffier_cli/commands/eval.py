@@ -118,9 +118,10 @@ def eval_t2i(
     from diffier_cli.eval_t2i import EvalT2IOptions, run_eval
     from diffier_cli.sweep import parse_values
 
-    omegas = parse_values("cfg", sweep_cfg)
     params = {**locals(), **shared}
-    options = fill(EvalT2IOptions, params, cfg=omegas[0], refiner=refiner(ctx, params), json=json_lines)  # each grid column sets its own ω
+    chosen = refiner(ctx, params)
+    omegas = parse_values("cfg", sweep_cfg)
+    options = fill(EvalT2IOptions, params, cfg=omegas[0], refiner=chosen, json=json_lines)  # each grid column sets its own ω
     run_eval(options, omegas, clip_model, clip_revision, csv_path)
 
 

@@ -182,14 +182,20 @@ def refiner(ctx: typer.Context, params: dict):
     baseline, choice = params.get("baseline", False), params["refiner_choice"]
     if baseline and choice not in (None, RefinerName.none):
         raise UsageError(f"--baseline is --refiner none; drop --baseline or --refiner {choice.value}")
-    name = RefinerName.none if baseline else (choice or RefinerName(DEFAULT))
-    if name.value != "iec" and given(ctx, IEC_FLAGS):
-        raise UsageError(f"{given(ctx, IEC_FLAGS)[0]} sets IEC; add --refiner iec or drop it")
-    if name.value == "iec" and given(ctx, DIFFIER_FLAGS):
-        raise UsageError(f"{given(ctx, DIFFIER_FLAGS)[0]} sets DiffIER and does nothing with --refiner iec; drop it")
-    if name is RefinerName.none:
-        return None
-    return iec_refiner(params) if name.value == "iec" else diffier_refiner(params)
+    name = "none" if baseline else (choice.value if choice else DEFAULT)
+    for other, (label, flags, _) in REFINER_FLAGS.items():
+        stray = given(ctx, flags)
+        if not stray or other == name or (name == "none" and other == DEFAULT):
+            continue
+        if name in ("none", DEFAULT):
+            raise UsageError(f"{stray[0]} sets {label}; add --refiner {other} or drop it")
+        raise UsageError(f"{stray[0]} sets {label} and does nothing with --refiner {name}; drop it")
+    return None if name == "none" else REFINER_FLAGS[name][2](params)
+
+
+# Each refiner's command-line face: its label in messages, its flags (parameter → option) and the
+# builder of the refiner from the parsed options. A refiner in refiners.REFINERS needs an entry.
+REFINER_FLAGS = {"diffier": ("DiffIER", DIFFIER_FLAGS, diffier_refiner), "iec": ("IEC", IEC_FLAGS, iec_refiner)}
 
 
 def plain(values: dict) -> dict:

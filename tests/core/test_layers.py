@@ -57,3 +57,12 @@ def test_every_package_is_installed():
     found = {str(init.parent.relative_to(ROOT)).replace("/", ".") for top in ("diffier_cli", "models")
              for init in (ROOT / top).rglob("__init__.py")}
     assert found == listed
+
+
+def test_every_registered_refiner_has_its_command_line_face():
+    """--refiner lists the registry's names; each needs its label, flags and builder, or a new
+    refiner would be chosen and silently built as another."""
+    from diffier_cli.commands.options import REFINER_FLAGS
+    from diffier_cli.refiners import REFINERS
+
+    assert set(REFINER_FLAGS) == set(REFINERS)
