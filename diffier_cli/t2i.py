@@ -205,6 +205,7 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
             "id": backbone.resolved.model_id,
             "revision": backbone.resolved.revision,
             "prediction_type": backbone.prediction_type,
+            "pipeline": type(backbone.pipe).__name__,
         },
         "params": {
             "cfg": opts.cfg,

@@ -1,8 +1,10 @@
-"""Stable Diffusion 1.x/2.x through diffusers, as a `Backbone` for the shared loop.
+"""Stable Diffusion 1.x/2.x and SDXL through diffusers, as a `Backbone` for the shared loop.
 
-The adapter reuses `StableDiffusionPipeline`'s own components and helpers (prompt encoding,
-latent preparation, VAE decoding, post-processing) and replaces only its denoising loop, so a
-`--baseline` run performs the pipeline's arithmetic operation for operation.
+The adapter reuses the pipeline's own components and helpers (`StableDiffusionPipeline`'s or
+`StableDiffusionXLPipeline`'s prompt encoding, size conditioning, latent preparation, VAE
+decoding, post-processing) and replaces only its denoising loop, so a `--baseline` run performs
+the pipeline's arithmetic operation for operation. The family is read from the folder's
+model_index.json, never guessed from a name.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SDState:
     width: int
     ddim_eta: float
     noise_generators: list[torch.Generator]  # initial latents and DDIM's η > 0 noise, one per item
+    added: dict | None = None  # SDXL: pooled text embeddings and size/crop ids, in prompt_embeds' order
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,11 @@ def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: s
     return ResolvedModel(folder=folder, model_id=source, revision=commit)
 
 
-def _check_pipeline_folder(folder: Path) -> None:
+FAMILIES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def _pipeline_class(folder: Path) -> str:
+    """The pipeline class model_index.json names, one of FAMILIES."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelUnavailable(f"{folder} has no model_index.json: not a diffusers pipeline folder")
@@ -113,11 +120,12 @@ def _check_pipeline_folder(folder: Path) -> None:
         class_name = untrusted.read_json_file(index)["_class_name"]
     except (OSError, untrusted.Refused, TypeError, KeyError) as exc:
         raise ModelUnavailable(f"{index} is not a valid diffusers model index ({first_line(exc)})") from exc
-    if class_name != "StableDiffusionPipeline":
+    if class_name not in FAMILIES:
         raise ModelUnavailable(
             f"{folder} holds a {class_name}; diffier t2i runs Stable Diffusion 1.x/2.x "
-            "(StableDiffusionPipeline) folders"
+            "(StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline) folders"
         )
+    return class_name
 
 
 def most_steps(scheduler, steps: int) -> int:
@@ -151,6 +159,7 @@ class StableDiffusion:
         self.dtype = dtype
         self.sampler = schedulers.SAMPLERS[sampler]
         self.karras = karras
+        self.xl = type(pipe).__name__ == "StableDiffusionXLPipeline"
         self.scheduler = schedulers.build(sampler, pipe.scheduler.config, karras)
         pipe.scheduler = self.scheduler
         # What StableDiffusionPipeline.prepare_extra_step_kwargs passes: eta and generator where `step` takes them.
@@ -170,15 +179,14 @@ class StableDiffusion:
         sampler: str = schedulers.DEFAULT,
         karras: bool = False,
     ) -> "StableDiffusion":
-        from diffusers import StableDiffusionPipeline
+        import diffusers
 
         memory.check(device)
         resolved = resolve_model(source, revision, offline, cache_dir)
-        _check_pipeline_folder(resolved.folder)
+        family = _pipeline_class(resolved.folder)
+        checker = {"safety_checker": None, "requires_safety_checker": False} if family == "StableDiffusionPipeline" else {}
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                resolved.folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-            )
+            pipe = getattr(diffusers, family).from_pretrained(resolved.folder, torch_dtype=dtype, **checker)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first_line(exc)}") from exc
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
@@ -235,6 +243,8 @@ class StableDiffusion:
         # Guidance is skipped at ω = 1 exactly, where it reduces to the conditional prediction.
         # Unlike StableDiffusionPipeline, ω < 1 is applied as given rather than silently dropped.
         guided = cfg != 1.0
+        if self.xl:
+            return self._prepare_xl(prompts, negative_prompts, cfg, guided, height, width, steps, ddim_eta, noise_generators)
         if len(set(prompts)) == 1 and len(set(negative_prompts)) == 1:
             # One prompt for the whole batch, encoded once and repeated, as the pipeline does.
             cond, uncond = self.pipe.encode_prompt(
@@ -246,11 +256,7 @@ class StableDiffusion:
         # unconditionals first; the same numbers at batch 1), so that batch-invariant execution
         # can give every item exactly its one-item shape.
         embeds = torch.stack([uncond, cond], dim=1).flatten(0, 1) if guided else cond
-        self.scheduler.set_timesteps(steps, device=self.device)  # also resets every scheduler's own state
-        if hasattr(self.scheduler, "noise_sampler_seed"):
-            # DPM++ SDE's Brownian tree: one per item, seeded with the item's seed (the pipeline
-            # leaves it to the global RNG unless told), so an item's noise depends on its seed alone.
-            self.scheduler.noise_sampler_seed = [generator.initial_seed() for generator in noise_generators]
+        self._start(steps, noise_generators)
         return SDState(
             prompt_embeds=embeds,
             cfg=cfg,
@@ -261,6 +267,39 @@ class StableDiffusion:
             ddim_eta=ddim_eta,
             noise_generators=noise_generators,
         )
+
+    def _prepare_xl(self, prompts, negative_prompts, cfg, guided, height, width, steps, ddim_eta, noise_generators) -> SDState:
+        """SDXL's conditioning as StableDiffusionXLPipeline computes it: both encoders' penultimate
+        hidden states, the second's pooled embedding, and the size/crop ids (original = target =
+        the output size, crop (0, 0)). Each item is encoded on its own: with the base model's
+        force_zeros_for_empty_prompt an absent negative prompt is zeros, not the encoded '', and
+        that must not depend on the other prompts of the batch."""
+        encoded = [self.pipe.encode_prompt(prompt=prompt, device=self.device, num_images_per_prompt=1,
+                                           do_classifier_free_guidance=guided, negative_prompt=negative or None)
+                   for prompt, negative in zip(prompts, negative_prompts)]
+        cond, uncond, pooled, uncond_pooled = (torch.cat([item[k] for item in encoded]) if encoded[0][k] is not None else None
+                                               for k in range(4))
+        encoder_2 = self.pipe.text_encoder_2
+        time_ids = self.pipe._get_add_time_ids(
+            (height, width), (0, 0), (height, width), dtype=cond.dtype,
+            text_encoder_projection_dim=int(pooled.shape[-1]) if encoder_2 is None else encoder_2.config.projection_dim,
+        ).to(self.device)
+        batch = len(noise_generators)
+        if guided:  # item by item [uncond₀, cond₀, ...], as prepare's prompt embeddings
+            cond = torch.stack([uncond, cond], dim=1).flatten(0, 1)
+            pooled = torch.stack([uncond_pooled, pooled], dim=1).flatten(0, 1)
+        self._start(steps, noise_generators)
+        added = {"text_embeds": pooled, "time_ids": time_ids.repeat(cond.shape[0], 1)}
+        return SDState(prompt_embeds=cond, cfg=cfg, guided=guided, batch=batch, height=height, width=width,
+                       ddim_eta=ddim_eta, noise_generators=noise_generators, added=added)
+
+    def _start(self, steps: int, noise_generators: list[torch.Generator]) -> None:
+        """The scheduler's grid for this batch, which also resets its own state."""
+        self.scheduler.set_timesteps(steps, device=self.device)
+        if hasattr(self.scheduler, "noise_sampler_seed"):
+            # DPM++ SDE's Brownian tree: one per item, seeded with the item's seed (the pipeline
+            # leaves it to the global RNG unless told), so an item's noise depends on its seed alone.
+            self.scheduler.noise_sampler_seed = [generator.initial_seed() for generator in noise_generators]
 
     def init_noise(self, state: SDState) -> torch.Tensor:
         return self.pipe.prepare_latents(
@@ -281,7 +320,8 @@ class StableDiffusion:
         t, prompt embeddings and ω: the UNet denoises x⁽ᵏ⁾ as if it carried t's noise level."""
         model_input = x.repeat_interleave(2, dim=0) if state.guided else x
         model_input = self.scheduler.scale_model_input(model_input, t)
-        out = self.pipe.unet(model_input, t, encoder_hidden_states=state.prompt_embeds, return_dict=False)[0]
+        added = {"added_cond_kwargs": state.added} if state.added is not None else {}
+        out = self.pipe.unet(model_input, t, encoder_hidden_states=state.prompt_embeds, **added, return_dict=False)[0]
         if not state.guided:
             return out
         pairs = out.unflatten(0, (state.batch, 2))
@@ -332,7 +372,34 @@ class StableDiffusion:
     def decode(self, latents: torch.Tensor, state: SDState) -> list:
         """Latents → PIL images; NaNs (float16 overflow) become an error instead of black pictures."""
         vae = self.pipe.vae
+        if self.xl:
+            return self._decode_xl(latents)
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=state.noise_generators)[0]
         if not torch.isfinite(image).all():
             raise NumericalOverflow("decoded image", str(self.dtype).removeprefix("torch."))
         return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * state.batch)
+
+    def _decode_xl(self, latents: torch.Tensor) -> list:
+        """StableDiffusionXLPipeline's decoding: the VAE upcast to float32 where its config asks
+        (SDXL's VAE overflows in float16), the latents' mean and std where it has them, and the
+        invisible watermark where the pipeline has one."""
+        vae = self.pipe.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            self.pipe.upcast_vae()
+            latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, len(mean), 1, 1)
+            latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
+                       + torch.tensor(mean).view(shape).to(latents))
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        if upcast:
+            vae.to(dtype=torch.float16)
+        if not torch.isfinite(image).all():
+            raise NumericalOverflow("decoded image", str(image.dtype).removeprefix("torch."))
+        if getattr(self.pipe, "watermark", None) is not None:
+            image = self.pipe.watermark.apply_watermark(image)
+        return self.pipe.image_processor.postprocess(image, output_type="pil")

@@ -27,6 +27,14 @@ def tiny_sd(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline folder, saved with save_pretrained (tests/tiny_sd.py)."""
+    from tests.tiny_sd import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("sdxl"))
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny StableSR checkpoint and CFW VAE in the official formats (tests/tiny_stablesr.py)."""
     from tests.tiny_stablesr import save_tiny_stablesr

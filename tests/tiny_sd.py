@@ -118,3 +118,41 @@ def save_tiny_sd(root: Path, seed: int = 0) -> dict[str, Path]:
         config_path.write_text(json.dumps(config, indent=2))
     shutil.rmtree(root / "tokenizer-src")
     return folders
+
+
+def save_tiny_sdxl(root: Path, seed: int = 0) -> Path:
+    """A tiny SDXL pipeline in the real folder format: two CLIP text encoders (the second with a
+    projection, giving the pooled embedding), a UNet with SDXL's size/crop conditioning
+    (addition_embed_type "text_time"), and SDXL base's Euler scheduler config."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tokenizer(root / "tokenizer-src")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=64,  # the two encoders' hidden states, concatenated (32 + 32)
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled text (32) + six size/crop numbers × 8
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64),
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, sample_size=32)
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                  num_hidden_layers=3, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    # The values of SDXL base 1.0's scheduler_config.json.
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
+                                       interpolation_type="linear", prediction_type="epsilon")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    folder = root / "tiny-sdxl"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    shutil.rmtree(root / "tokenizer-src")
+    return folder
