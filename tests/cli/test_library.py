@@ -16,7 +16,8 @@ SEED = 7
 def pipeline(folder, cls="StableDiffusionPipeline"):
     import diffusers
 
-    pipe = getattr(diffusers, cls).from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    checker = {"safety_checker": None, "requires_safety_checker": False} if cls != "StableDiffusionXLPipeline" else {}
+    pipe = getattr(diffusers, cls).from_pretrained(folder, **checker)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -101,3 +102,20 @@ def test_the_public_names_load_on_first_use_and_help_stays_torch_free():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['DiffIERScheduler', '__version__', 'refine_eps']"
+
+
+@pytest.mark.parametrize(("cls", "name"), [("DDIMScheduler", "ddim"), ("EulerDiscreteScheduler", "euler")])
+def test_the_wrapped_sdxl_pipeline_makes_the_cli_images(tiny_sdxl, tmp_path, cls, name):
+    import diffusers
+
+    from diffier_cli import DiffIERScheduler
+
+    pipe = pipeline(tiny_sdxl, "StableDiffusionXLPipeline")
+    pipe.scheduler = DiffIERScheduler(getattr(diffusers, cls).from_config(pipe.scheduler.config), seed=SEED)
+    images = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=7.5,  # SDXL's pipeline defaults to 5, diffier to 7.5
+                  generator=generators(2), num_images_per_prompt=2).images
+    result = run_cli("t2i", PROMPT, "--model", str(tiny_sdxl), "--steps", str(STEPS), "--seed", str(SEED), "--num-images", "2",
+                     "--batch-size", "2", "--no-batch-invariant", "--scheduler", name, "-o", f"{tmp_path}/", "--json")
+    assert result.returncode == 0, result.stderr
+    for image, record in zip(images, result.records, strict=True):
+        assert np.array_equal(np.asarray(image, dtype=np.int16), pixels(tmp_path / record["path"].split("/")[-1]))
