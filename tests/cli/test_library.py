@@ -73,6 +73,7 @@ def test_img2img_runs_unchanged_and_eta_zero_is_the_plain_pipeline(tiny_sd):
     assert len(refined_scheduler.steps) == int(6 * 0.6)  # strength 0.6 of 6 steps: the last 3 run
 
 
+@pytest.mark.numerics
 def test_an_x0_model_round_trips_and_flow_matching_is_refused(tiny_sd):
     import diffusers
 
