@@ -53,6 +53,8 @@ def a1111_parameters(record: dict) -> str:
     }
     if record["model"]["revision"]:
         pairs["Model revision"] = record["model"]["revision"]
+    if record["model"].get("loras"):  # A1111's field: each LoRA's name and the first 12 digits of its addnet hash
+        pairs["Lora hashes"] = ", ".join(f"{Path(lora['file']).stem}: {lora['addnet_hash'][:12]}" for lora in record["model"]["loras"])
     pairs["RNG"] = "CPU"
     pairs["Eta"] = params["ddim_eta"]
     pairs.update(a1111_pairs(record["refiner"], record["mode"]))

@@ -9,7 +9,9 @@ gets depends on nothing but its seed: not on --batch-size, the shard or --baseli
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from diffier_cli import __version__
@@ -57,6 +59,7 @@ class T2ISettings(Hardware):
     refiner: Refiner | None  # None = --baseline (--refiner none)
     scheduler: str = schedulers.DEFAULT  # a models/schedulers.py name
     karras: bool = False
+    loras: tuple[tuple[str, float], ...] = ()  # (.safetensors file, scale), applied in order
     batch_invariant: bool = True
     cpu_offload: bool = False
     vae_slicing: bool = False
@@ -206,6 +209,7 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
             "revision": backbone.resolved.revision,
             "prediction_type": backbone.prediction_type,
             "pipeline": type(backbone.pipe).__name__,
+            "loras": backbone.loras,
         },
         "params": {
             "cfg": opts.cfg,
@@ -266,8 +270,9 @@ def generate(backbone, opts: T2ISettings, items: Sequence[Prompted], height: int
     return images, per_item_stats(trajectory.steps, len(items))
 
 
-def check_sampler(opts: T2ISettings) -> None:
-    """The scheduler's settings agree with each other, the refiner and the installed packages."""
+def check_settings(opts: T2ISettings) -> None:
+    """Before any model loads: the scheduler's settings agree with each other, the refiner and the
+    installed packages, and every LoRA is a safetensors file."""
     sampler = schedulers.SAMPLERS[opts.scheduler]
     if opts.ddim_eta and sampler.name != "ddim":
         raise UsageError("--ddim-eta is DDIM's η; drop it, or use --scheduler ddim (the ancestral samplers euler-a, "
@@ -280,11 +285,31 @@ def check_sampler(opts: T2ISettings) -> None:
         raise UsageError(f"--refiner {opts.refiner.name} applies each step again, which {sampler.name}'s scheduler does not "
                          f"allow (it keeps a step counter, a history of outputs or draws its own noise); use --scheduler {usable}")
     require(*sampler.requires, purpose=f"--scheduler {sampler.name}", extra="samplers")
+    for path, _ in opts.loras:
+        if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+            raise UsageError(f"--lora {excerpt(path)}: no .safetensors file there (LoRAs load from safetensors only, "
+                             "never unpickling; pass PATH or PATH:SCALE)")
+    if opts.loras:
+        require("peft", purpose="--lora", extra="lora")
 
+
+LORA_SCALE = 10.0  # beyond ±10 a LoRA's delta swamps the model it adapts
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """--lora PATH[:SCALE] → (PATH, SCALE); the scale is 1 unless the text after the last ':' is a number."""
+    path, _, tail = text.rpartition(":")
+    try:
+        scale = float(tail) if path else 1.0
+    except ValueError:
+        return text, 1.0
+    if not math.isfinite(scale) or abs(scale) > LORA_SCALE:
+        raise UsageError(f"--lora {excerpt(text)}: the scale {tail} is outside [-{LORA_SCALE:g}, {LORA_SCALE:g}]")
+    return (path, scale) if path else (text, 1.0)
 
 def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter):
     """Stable Diffusion on the process's device, with the memory knobs applied."""
-    check_sampler(opts)
+    check_settings(opts)
     quiet_libraries(show_downloads=reporter.interactive)
     from models.sd import MemoryOptions, StableDiffusion, most_steps
 
@@ -301,6 +326,7 @@ def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter)
         memory=MemoryOptions(opts.cpu_offload, opts.vae_slicing, opts.vae_tiling, opts.attention_slicing),
         sampler=opts.scheduler,
         karras=opts.karras,
+        loras=tuple((Path(path), scale) for path, scale in opts.loras),
     )
     usable = most_steps(backbone.scheduler, opts.steps)
     if usable < opts.steps:
@@ -317,7 +343,7 @@ class TextToImage:
     def __init__(self, options: T2IOptions):
         self.options = options
         self.batch_size = options.batch_size
-        check_sampler(options)
+        check_settings(options)
         self.prompts = read_prompts(options.prompt, options.prompts_file)
 
     def read(self, seed: int, mode: str) -> list[Prompted]:
@@ -344,7 +370,8 @@ class TextToImage:
                     "ddim_eta": opts.ddim_eta, "num_images": opts.num_images, "size": [self.width, self.height],
                     "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
                     "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),
-                    **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {})}
+                    **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {}),
+                    **({"loras": [(lora["sha256"], lora["scale"]) for lora in self.backbone.loras]} if self.backbone.loras else {})}
         inputs = [(line.prompt, line.negative_prompt, line.seed, line.name) for line in self.prompts]
         self.job = {"id": job_id("t2i", inputs, settings), "count": len(self.prompts) * opts.num_images}
 

@@ -15,10 +15,11 @@ import torch
 from models.errors import ModelUnavailable
 
 
-def sha256_of(path: Path) -> str:
-    """Streamed, so multi-GB checkpoints never sit in memory twice."""
+def sha256_of(path: Path, start: int = 0) -> str:
+    """Streamed, so multi-GB checkpoints never sit in memory twice; from byte `start` on."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        handle.seek(start)
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

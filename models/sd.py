@@ -128,6 +128,38 @@ def _pipeline_class(folder: Path) -> str:
     return class_name
 
 
+def addnet_hash(path: Path) -> str:
+    """AUTOMATIC1111's hash of a .safetensors LoRA (the one its `Lora hashes` field shortens to 12
+    digits): the SHA-256 of the file after its JSON header, so renaming metadata changes nothing."""
+    from models.checkpoints import sha256_of
+
+    with open(path, "rb") as stream:
+        header = int.from_bytes(stream.read(8), "little")
+    return sha256_of(path, start=8 + header)
+
+
+def apply_loras(pipe, loras: tuple[tuple[Path, float], ...]) -> list[dict]:
+    """Load each LoRA (a .safetensors file in a format diffusers reads: its own, kohya's, A1111's)
+    through diffusers' LoRA loading, with its scale, and describe them for the record."""
+    from models.checkpoints import sha256_of
+
+    info, names = [], []
+    for number, (path, scale) in enumerate(loras):
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ModelUnavailable(f"--lora {path}: no .safetensors file there (diffier loads LoRAs from safetensors only, "
+                                   "never unpickling)")
+        name = f"lora{number}"
+        try:
+            pipe.load_lora_weights(str(path), adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - any refusal means: this file is no LoRA for this model
+            raise ModelUnavailable(f"--lora {path} does not fit this model: {first_line(exc)}") from exc
+        names.append(name)
+        info.append({"file": path.name, "sha256": sha256_of(path), "addnet_hash": addnet_hash(path), "scale": scale})
+    if names:
+        pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
+    return info
+
+
 def most_steps(scheduler, steps: int) -> int:
     """The largest step count up to `steps` whose grid stays inside the trained timesteps.
 
@@ -160,6 +192,7 @@ class StableDiffusion:
         self.sampler = schedulers.SAMPLERS[sampler]
         self.karras = karras
         self.xl = type(pipe).__name__ == "StableDiffusionXLPipeline"
+        self.loras: list[dict] = []  # what apply_loras loaded: file, hashes, scale
         self.scheduler = schedulers.build(sampler, pipe.scheduler.config, karras)
         pipe.scheduler = self.scheduler
         # What StableDiffusionPipeline.prepare_extra_step_kwargs passes: eta and generator where `step` takes them.
@@ -178,6 +211,7 @@ class StableDiffusion:
         memory: MemoryOptions = MemoryOptions(),
         sampler: str = schedulers.DEFAULT,
         karras: bool = False,
+        loras: tuple[tuple[Path, float], ...] = (),
     ) -> "StableDiffusion":
         import diffusers
 
@@ -195,8 +229,11 @@ class StableDiffusion:
                 f"{source} predicts {prediction!r}; diffier refines ε- and v-prediction models only"
             )
         pipe.set_progress_bar_config(disable=True)
+        lora_info = apply_loras(pipe, loras)
         memory.apply(pipe, device)
-        return cls(pipe, resolved, device, dtype, memory, sampler, karras)
+        backbone = cls(pipe, resolved, device, dtype, memory, sampler, karras)
+        backbone.loras = lora_info
+        return backbone
 
     @property
     def native_size(self) -> int:

@@ -9,7 +9,7 @@ import typer
 from diffier_cli.commands import sr as sr_options
 from diffier_cli.commands import tts as tts_options
 from diffier_cli.commands.options import (
-    SCHEDULER_DEFAULT, T2IKarras, T2IScheduler,
+    SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
     DIFFIER_OPTIONS, DType, Device, EVAL_REFINER_SWITCH, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, OUTPUT, Offline,
     Overwrite, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
     T2I_MODEL, between, fill, refiner, takes,
@@ -99,6 +99,7 @@ def eval_t2i(
     steps: T2ISteps = 50,
     scheduler: T2IScheduler = SCHEDULER_DEFAULT,
     karras: T2IKarras = False,
+    lora: T2ILora = None,
     ddim_eta: T2IDDIMEta = 0.0,
     height: T2IHeight = None,
     width: T2IWidth = None,
@@ -121,7 +122,7 @@ def eval_t2i(
     params = {**locals(), **shared}
     chosen = refiner(ctx, params)
     omegas = parse_values("cfg", sweep_cfg)
-    options = fill(EvalT2IOptions, params, cfg=omegas[0], refiner=chosen, json=json_lines)  # each grid column sets its own ω
+    options = fill(EvalT2IOptions, params, cfg=omegas[0], refiner=chosen, loras=parse_loras(lora), json=json_lines)  # each grid column sets its own ω
     run_eval(options, omegas, clip_model, clip_revision, csv_path)
 
 

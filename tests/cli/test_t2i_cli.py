@@ -115,7 +115,7 @@ def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
     assert record["prompt"] == prompt and record["negative_prompt"] == "dark"
     assert record["seed"] == 7 and record["params"]["cfg"] == 5.0 and record["params"]["steps"] == int(STEPS)
     assert record["model"] == {"id": str(tiny_sd["epsilon"]), "revision": None, "prediction_type": "epsilon",
-                               "pipeline": "StableDiffusionPipeline"}
+                               "pipeline": "StableDiffusionPipeline", "loras": []}
     assert set(record["versions"]) == {"python", "torch", "diffusers", "transformers"}
     assert record["version"] and record["tool"] == "diffier"
 
