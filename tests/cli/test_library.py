@@ -120,3 +120,27 @@ def test_the_wrapped_sdxl_pipeline_makes_the_cli_images(tiny_sdxl, tmp_path, cls
     assert result.returncode == 0, result.stderr
     for image, record in zip(images, result.records, strict=True):
         assert np.array_equal(np.asarray(image, dtype=np.int16), pixels(tmp_path / record["path"].split("/")[-1]))
+
+
+def test_controlnet_runs_unchanged_and_eta_zero_is_the_plain_pipeline(tiny_sd):
+    import diffusers
+    from PIL import Image
+
+    from diffier_cli import DiffIERScheduler
+
+    base = pipeline(tiny_sd["epsilon"])
+    torch.manual_seed(0)
+    controlnet = diffusers.ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(16, 32))
+    pipe = diffusers.StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    control = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    def run(scheduler):
+        pipe.scheduler = scheduler
+        image = pipe(PROMPT, image=control, num_inference_steps=STEPS, generator=generators(1)).images[0]
+        return np.asarray(image, dtype=np.int16)
+
+    ddim = diffusers.DDIMScheduler.from_config(base.scheduler.config)
+    plain = run(ddim)
+    assert np.array_equal(run(DiffIERScheduler(diffusers.DDIMScheduler.from_config(ddim.config), seed=SEED, eta=0.0)), plain)
+    assert np.abs(run(DiffIERScheduler(diffusers.DDIMScheduler.from_config(ddim.config), seed=SEED)) - plain).max() > 0
