@@ -103,7 +103,7 @@ Shard = Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Ma
 
 # Stable Diffusion, in `t2i` and `eval t2i`.
 T2INegativePrompt = Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (the unconditional branch of CFG).", rich_help_panel=SAMPLING)]
-T2ISteps = Annotated[int, typer.Option("--steps", min=1, max=TRAINING_TIMESTEPS, help="DDIM sampling steps, at most the model's 1000 training timesteps.", rich_help_panel=SAMPLING)]
+T2ISteps = Annotated[int, typer.Option("--steps", min=1, max=TRAINING_TIMESTEPS, help="Sampling steps, at most the model's 1000 training timesteps (two-stage samplers evaluate the model about twice a step).", rich_help_panel=SAMPLING)]
 T2IDDIMEta = Annotated[float, typer.Option("--ddim-eta", callback=between(0, 1), help="DDIM's own η in [0, 1] (0 = deterministic DDIM, 1 = DDPM's variance); not the method's --eta.", rich_help_panel=SAMPLING)]
 T2IHeight = Annotated[Optional[int], typer.Option("--height", callback=multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)]
 T2IWidth = Annotated[Optional[int], typer.Option("--width", callback=multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)]
@@ -156,10 +156,9 @@ def given(ctx: typer.Context, flags: dict[str, str]) -> list[str]:
     return [flag for name, flag in flags.items() if sources[name] is not None and sources[name].name in ("COMMANDLINE", "ENVIRONMENT")]
 
 
-def diffier_refiner(params: dict, **overrides) -> DiffIER:
+def diffier_refiner(params: dict) -> DiffIER:
     """DiffIER from the command's parsed --eta, --threshold, --max-iters and --direction."""
-    values = {field: params[field] for field in ("eta", "threshold", "max_iters", "direction") if field in params}
-    return DiffIER(**plain({**values, **overrides}))
+    return DiffIER(**plain({field: params[field] for field in ("eta", "threshold", "max_iters", "direction")}))
 
 
 def iec_refiner(params: dict):
