@@ -35,6 +35,19 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_v(tiny_sdxl, tmp_path_factory) -> Path:
+    """The tiny SDXL read as a v-prediction model (SDXL's 768-v fine-tunes): only the scheduler config differs."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("sdxl-v") / "tiny-sdxl-v"
+    shutil.copytree(tiny_sdxl, folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "prediction_type": "v_prediction"}))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny StableSR checkpoint and CFW VAE in the official formats (tests/tiny_stablesr.py)."""
     from tests.tiny_stablesr import save_tiny_stablesr

@@ -39,6 +39,18 @@ def test_baseline_equals_the_sdxl_pipeline(tiny_sdxl, tmp_path, name, negative):
     assert record["model"]["pipeline"] == "StableDiffusionXLPipeline" and record["params"]["width"] == 32  # native size
 
 
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp-2m", "heun"])
+def test_a_v_prediction_sdxl_equals_the_pipeline_and_refines(tiny_sdxl_v, tmp_path, name):
+    common = ("t2i", PROMPT, "--model", str(tiny_sdxl_v), "--steps", str(STEPS), "--seed", "5", "--no-batch-invariant",
+              "--scheduler", name, "--json")
+    base = run_cli(*common, "--baseline", "-o", str(tmp_path / "base.png"))
+    refined = run_cli(*common, "-o", str(tmp_path / "refined.png"))
+    assert base.returncode == 0 and refined.returncode == 0, base.stderr + refined.stderr
+    assert np.abs(pixels(tmp_path / "base.png") - pipeline_image(tiny_sdxl_v, name, None)).max() == 0
+    assert base.records[0]["model"]["prediction_type"] == "v_prediction"
+    assert np.abs(pixels(tmp_path / "refined.png") - pixels(tmp_path / "base.png")).max() > 0
+
+
 def test_refiners_run_and_an_item_does_not_depend_on_its_batch(tiny_sdxl, tmp_path):
     """Different prompts, one with and one without a negative prompt: encoded item by item, so an
     absent negative prompt is zeros (force_zeros_for_empty_prompt) whatever else is in the batch."""
