@@ -34,6 +34,7 @@ class Shard:
     local_rank: int | None = None  # the process's GPU slot on its node, when a launcher says
 
     def select(self, total: int) -> range:
+        """The global indices of this shard's items, out of `total`."""
         # The first total % count shards get one extra item, as accelerate's split_between_processes.
         base, extra = divmod(total, self.count)
         start = self.index * base + min(self.index, extra)
@@ -44,6 +45,7 @@ class Shard:
 
 
 def parse_shard(text: str, source: str = "--shard") -> Shard:
+    """K/N as a Shard; `source` names where it came from in the one-line error."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -342,9 +344,11 @@ class JobRun:
                     print(json.dumps(record, ensure_ascii=False), flush=True)
 
     def wrote(self) -> None:
+        """Count one item written (the interrupt message and the final count say how many)."""
         self.written += 1
 
     def finish(self, label: Callable[[Item], str]) -> None:
+        """End the run: with failures (--keep-going), a PartialFailure listing them (exit 5)."""
         if not self.failures:
             return
         listed = "; ".join(f"{label(item)}: {message}" for item, message in self.failures[:10])

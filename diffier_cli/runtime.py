@@ -144,6 +144,7 @@ class Reporter:
         self._task = None
 
     def message(self, text: str) -> None:
+        """One line on stderr (above the bar when one is shown), unless --quiet."""
         if self.quiet:
             return
         text = one_line(text)
@@ -154,6 +155,7 @@ class Reporter:
 
     @contextmanager
     def progress(self, total: int, description: str) -> Iterator[None]:
+        """A rich progress bar of `total` steps while the block runs, on a terminal only."""
         if not self.interactive:
             yield
             return
@@ -171,5 +173,6 @@ class Reporter:
                 self._task = None
 
     def advance(self, steps: int = 1) -> None:
+        """Move the bar on by `steps` (nothing without a bar)."""
         if self._progress is not None:
             self._progress.advance(self._task, steps)

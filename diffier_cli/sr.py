@@ -289,6 +289,7 @@ def problem_with(path: str, opts: SRSettings) -> str | None:
 
 
 def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_dir: str | None) -> Path:
+    """The user's checkpoint file, else `filename` from the hub repo (cached; --offline: cache only)."""
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():

@@ -210,6 +210,7 @@ class Voice:
 
 
 def load_voice(opts: TTSSettings, reporter: Reporter, local_rank: int | None) -> Voice:
+    """Grad-TTS and its vocoder on the process's device, the speaker checked against the checkpoint."""
     from models.gradtts.adapter import GradTTSBackbone
     from models.gradtts.checkpoints import OFFICIAL_FILE_ID, resolve_checkpoint
     from models.gradtts.hifigan import load_hifigan
