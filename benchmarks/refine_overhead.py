@@ -102,6 +102,7 @@ def wrapper_work(latent: torch.Tensor, v: torch.Tensor, device: torch.device):
     from diffusers import DPMSolverMultistepScheduler
 
     from diffier_cli import DiffIERScheduler
+    from models.schedulers import from_eps, to_eps
 
     scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                             prediction_type="v_prediction", use_karras_sigmas=True)
@@ -112,8 +113,8 @@ def wrapper_work(latent: torch.Tensor, v: torch.Tensor, device: torch.device):
     generators = [torch.Generator(device).manual_seed(0)]
 
     def work():
-        eps, _ = wrapper.refiner.correct(wrapper._to_eps(v, latent, t), generators)
-        return wrapper._from_eps(eps, latent, t)
+        eps, _ = wrapper.refiner.correct(to_eps("v_prediction", scheduler, v, latent, t), generators)
+        return from_eps("v_prediction", scheduler, eps, latent, t)
 
     return work
 

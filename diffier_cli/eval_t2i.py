@@ -39,9 +39,10 @@ def prompt_items(opts: EvalT2IOptions) -> list[Prompted]:
 
 def run_eval(opts: EvalT2IOptions, omegas: list[float], clip_model: str, clip_revision: str | None, csv_path: str | None) -> None:
     from diffier_cli.runtime import resolve_device
-    from diffier_cli.t2i import load_backbone
+    from diffier_cli.t2i import check_settings, load_backbone
 
     modes = compared_modes(opts.refiner, "eval t2i")
+    check_settings(opts)
     items = prompt_items(opts)
     folder = Path(opts.output or "eval-t2i")
     if folder.suffix.lower() == ".png" or "{" in str(folder):

@@ -22,7 +22,7 @@ from diffier_cli.refine import DiffIER, Direction
 from diffier_cli.refiners import refinement
 from diffier_cli.runtime import REFINE_SEED_MIX
 from diffier_cli.sampling import StepStats, per_item_stats
-from models.schedulers import noise_level
+from models.schedulers import from_eps, to_eps
 
 
 class DiffIERScheduler:
@@ -64,26 +64,11 @@ class DiffIERScheduler:
         if self._generators is None or len(self._generators) != model_output.shape[0]:
             self.__dict__["_generators"] = [torch.Generator(model_output.device).manual_seed((self.seed + b) ^ REFINE_SEED_MIX)
                                             for b in range(model_output.shape[0])]
-        eps = self._to_eps(model_output, sample, timestep)
+        eps = to_eps(self.prediction, self.scheduler, model_output, sample, timestep)
         refined, stats = self.refiner.correct(eps, self._generators)
         self.steps.append(stats)
-        return self.scheduler.step(self._from_eps(refined, sample, timestep), timestep, sample, *args, **kwargs)
-
-    def _to_eps(self, output: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
-        if self.prediction == "epsilon":
-            return output
-        a, x_t = noise_level(self.scheduler, x, t)
-        if self.prediction == "v_prediction":  # ε = √ᾱ v + √(1 − ᾱ) x_t (Salimans & Ho 2022, §4)
-            return a.sqrt() * output.float() + (1 - a).sqrt() * x_t
-        return (x_t - a.sqrt() * output.float()) / (1 - a).sqrt()  # x₀ model: x_t = √ᾱ x₀ + √(1 − ᾱ) ε (DDPM Eq. 4)
-
-    def _from_eps(self, eps: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
-        if self.prediction == "epsilon":
-            return eps
-        a, x_t = noise_level(self.scheduler, x, t)
-        if self.prediction == "v_prediction":
-            return ((eps.float() - (1 - a).sqrt() * x_t) / a.sqrt()).to(x.dtype)
-        return ((x_t - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(x.dtype)
+        output = from_eps(self.prediction, self.scheduler, refined, sample, timestep)
+        return self.scheduler.step(output, timestep, sample, *args, **kwargs)
 
     def statistics(self) -> list[dict]:
         """Per image of the last call, the record's `refinement`: its `summary` and `per_step`."""

@@ -119,7 +119,7 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt, grid
 
 
 def run_sweep(opts, parameter: str, values: list[float]) -> None:
-    from diffier_cli.t2i import Prompted, load_backbone
+    from diffier_cli.t2i import Prompted, check_settings, load_backbone
 
     if opts.prompt is None or opts.num_images != 1:
         raise UsageError(f"--sweep-{parameter} draws one PROMPT; drop --prompts-file and --num-images")
@@ -127,6 +127,7 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     if parameter != "cfg" and parameter not in opts.refiner.sweepable:
         raise UsageError(f"--sweep-{parameter} sweeps a DiffIER setting; with --refiner {opts.refiner.name} sweep ω (--sweep-cfg)")
     refuse_batch_options(opts, f"--sweep-{parameter}")
+    check_settings(opts)
     reporter = Reporter(opts.quiet)
     seed = choose_seed(opts.seed)
     grid_path = Path(opts.output or f"sweep-{parameter}-{seed}-{slugify(opts.prompt)}.png")

@@ -308,8 +308,7 @@ def parse_lora(text: str) -> tuple[str, float]:
     return (path, scale) if path else (text, 1.0)
 
 def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter):
-    """Stable Diffusion on the process's device, with the memory knobs applied."""
-    check_settings(opts)
+    """Stable Diffusion on the process's device, with the memory knobs applied (check_settings first)."""
     quiet_libraries(show_downloads=reporter.interactive)
     from models.sd import MemoryOptions, StableDiffusion, most_steps
 

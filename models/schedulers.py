@@ -79,3 +79,24 @@ def noise_level(scheduler, x, t):
     index = scheduler.step_index if scheduler.step_index is not None else scheduler.index_for_timestep(t)
     sigma = scheduler.sigmas[index].to(device=x.device, dtype=torch.float32)
     return 1 / (1 + sigma.square()), x
+
+
+def to_eps(prediction_type: str, scheduler, output, x, t):
+    """The ε a model output (ε, v or x₀, guidance included) stands for, at this evaluation's noise
+    level (`noise_level`); ε passes through untouched."""
+    if prediction_type == "epsilon":
+        return output
+    a, x_t = noise_level(scheduler, x, t)
+    if prediction_type == "v_prediction":  # ε = √ᾱ v + √(1 − ᾱ) x_t (Salimans & Ho 2022, §4), in float32
+        return a.sqrt() * output.float() + (1 - a).sqrt() * x_t
+    return (x_t - a.sqrt() * output.float()) / (1 - a).sqrt()  # x₀ model: x_t = √ᾱ x₀ + √(1 − ᾱ) ε (DDPM Eq. 4)
+
+
+def from_eps(prediction_type: str, scheduler, eps, x, t):
+    """`to_eps` inverted: the model output, in x's dtype, that stands for ε."""
+    if prediction_type == "epsilon":
+        return eps
+    a, x_t = noise_level(scheduler, x, t)
+    if prediction_type == "v_prediction":  # v = (ε − √(1 − ᾱ) x_t) / √ᾱ, from x̂₀ = (x_t − √(1 − ᾱ) ε) / √ᾱ
+        return ((eps.float() - (1 - a).sqrt() * x_t) / a.sqrt()).to(x.dtype)
+    return ((x_t - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(x.dtype)

@@ -367,18 +367,10 @@ class StableDiffusion:
         return uncond + state.cfg * (cond - uncond)
 
     def to_eps(self, prediction: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
-        if self.prediction_type == "epsilon":
-            return prediction
-        # v-prediction (Salimans & Ho 2022, §4): ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t, in float32.
-        a, x_t = schedulers.noise_level(self.scheduler, x, t)
-        return a.sqrt() * prediction.float() + (1 - a).sqrt() * x_t
+        return schedulers.to_eps(self.prediction_type, self.scheduler, prediction, x, t)
 
     def from_eps(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor:
-        if self.prediction_type == "epsilon":
-            return eps
-        # x̂0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t and v = √ᾱ_t ε − √(1 − ᾱ_t) x̂0, i.e. v = (ε − √(1 − ᾱ_t) x_t) / √ᾱ_t.
-        a, x_t = schedulers.noise_level(self.scheduler, x, t)
-        return ((eps.float() - (1 - a).sqrt() * x_t) / a.sqrt()).to(x.dtype)
+        return schedulers.from_eps(self.prediction_type, self.scheduler, eps, x, t)
 
     def step_noise(self, x: torch.Tensor, t: torch.Tensor, state: SDState) -> torch.Tensor | None:
         """DDIM's η > 0 noise, drawn exactly as `DDIMScheduler.step` draws it (one per item's generator).
