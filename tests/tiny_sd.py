@@ -134,7 +134,7 @@ def save_tiny_sdxl(root: Path, seed: int = 0) -> Path:
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True,
-        cross_attention_dim=64,  # the two encoders' hidden states, concatenated (32 + 32)
+        cross_attention_dim=80,  # the two encoders' hidden states, concatenated (32 + 48)
         addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled text (32) + six size/crop numbers × 8
     )
@@ -145,7 +145,9 @@ def save_tiny_sdxl(root: Path, seed: int = 0) -> Path:
                   num_hidden_layers=3, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=32)
     text_encoder = CLIPTextModel(CLIPTextConfig(**config))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    # Wider and deeper than the first, as in SDXL (768 and 1280 wide, 12 and 32 layers): single-file
+    # loading tells the encoders apart by width and recognises SDXL by the second's tenth layer.
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**{**config, "hidden_size": 48, "num_hidden_layers": 10}))
     # The values of SDXL base 1.0's scheduler_config.json.
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",

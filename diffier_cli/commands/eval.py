@@ -11,7 +11,7 @@ from diffier_cli.commands import tts as tts_options
 from diffier_cli.commands.options import (
     SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
     DIFFIER_OPTIONS, DType, Device, EVAL_REFINER_SWITCH, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, OUTPUT, Offline,
-    Overwrite, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
+    Overwrite, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
     T2I_MODEL, between, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
@@ -106,6 +106,7 @@ def eval_t2i(
     seed: T2ISeed = 0,
     model: T2IModel = T2I_MODEL,
     revision: T2IRevision = None,
+    config: T2IConfig = None,
     offline: Offline = False,
     cache_dir: HubCacheDir = None,
     device: Device = "auto",

@@ -96,20 +96,20 @@ def manifest(
 
 
 def convert(
-    source: Annotated[str, typer.Argument(help="An official StableSR .ckpt (diffusion model or CFW VAE).")],
+    source: Annotated[str, typer.Argument(help="An original .ckpt: StableSR's (diffusion model or CFW VAE) or a Stable Diffusion single file.")],
     destination: Annotated[str, typer.Argument(help="The .safetensors file to write.")],
     overwrite: Overwrite = False,
 ) -> None:
-    """Convert an official StableSR checkpoint to .safetensors once, so later loads unpickle nothing.
+    """Convert an original Lightning checkpoint to .safetensors once, so later loads unpickle nothing.
 
-    `diffier sr --ckpt/--vae-ckpt` take the .safetensors file directly; a `<file>.config.json`
-    beside the source is copied beside the destination.
+    `diffier sr --ckpt/--vae-ckpt` and `diffier t2i --model` take the .safetensors file directly;
+    a `<file>.config.json` beside the source is copied beside the destination.
     """
     import shutil
     from pathlib import Path
 
     from diffier_cli.errors import UsageError
-    from models.stablesr.checkpoints import convert_to_safetensors, neutralised_message
+    from models.lightning import convert_to_safetensors, neutralised_message
 
     src, dst = Path(source), Path(destination)
     if dst.suffix != ".safetensors":

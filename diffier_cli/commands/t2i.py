@@ -9,7 +9,7 @@ import typer
 from diffier_cli.commands.options import (
     SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
     BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MEMORY, Name, OUTPUT,
-    Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IModel, T2INegativePrompt,
+    Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt,
     T2IRevision, T2ISteps, T2IWidth, T2I_MODEL, between, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
@@ -47,6 +47,7 @@ def t2i(
     width: T2IWidth = None,
     model: T2IModel = T2I_MODEL,
     revision: T2IRevision = None,
+    config: T2IConfig = None,
     offline: Offline = False,
     cache_dir: HubCacheDir = None,
     device: Device = "auto",

@@ -18,7 +18,8 @@ from models import untrusted
 from models.errors import ModelUnavailable, UnsupportedSetting, first_line
 from models.checkpoints import sha256_of
 from models.stablesr.cfw import CFWAutoencoder, load_cfw
-from models.stablesr.checkpoints import PREFIXES, read_official_checkpoint, split_by_prefix
+from models.lightning import read_official_checkpoint
+from models.stablesr.checkpoints import PREFIXES, split_by_prefix
 from models.stablesr.colorfix import adain_color_fix, wavelet_color_fix
 from models.stablesr.schedule import QuirkyDDIM, RespacedDDPM
 from models.stablesr.struct_encoder import TimeAwareEncoder

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from models.errors import ModelUnavailable
 from models.stablesr.cfw import CFWAutoencoder, FuseSftBlockRRDB, load_cfw
-from models.stablesr.checkpoints import convert_to_safetensors, read_official_checkpoint, split_by_prefix
+from models.lightning import convert_to_safetensors, read_official_checkpoint
+from models.stablesr.checkpoints import split_by_prefix
 from tests.tiny_stablesr import TINY_VAE, TINY_WIDTHS, HarmlessCallback, official_cfw_state_dict
 
 
