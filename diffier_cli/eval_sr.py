@@ -17,6 +17,7 @@ from diffier_cli import __version__
 from diffier_cli.errors import UsageError
 from diffier_cli.iqa import load_scorers
 from diffier_cli.jobs import job_id
+from diffier_cli.metadata import located
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
 from diffier_cli.runtime import Reporter, RunOptions, require, resolve_device
 from diffier_cli.scores import compared_modes, mean, print_json, print_table, write_csv
@@ -165,7 +166,7 @@ def run_eval(opts: EvalSROptions, degradation: Degradation, metrics, csv_path: s
                 table, opts.quiet)
     if opts.json:
         print_json({"summary": {"images": len(images), "seed": opts.seed, "mean": means, "degradation": degradation.record(),
-                                "metrics": metric_versions(metrics), "preset": opts.preset, "model": model.info,
+                                "metrics": metric_versions(metrics), "preset": opts.preset, "model": located(model.info, opts.record_paths),
                                 "refiner": opts.refiner.settings(), "job": job["id"]}})
     if csv_path is not None:
         mean_rows = [{"image": "mean", "hr": "", "seed": "", "mode": mode, **means[mode], "path": ""} for mode in modes]

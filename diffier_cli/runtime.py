@@ -29,6 +29,7 @@ class RunOptions:
     overwrite: bool = False
     json: bool = False
     quiet: bool = False
+    record_paths: bool = False  # --record-paths: local model files' absolute paths in the records
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, first_line, numerical_overflow
 from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job
+from diffier_cli.metadata import located
 from diffier_cli.limits import MAX_ITEMS
 from diffier_cli.outputs import png_bytes, slugify
 from diffier_cli.refiners import a1111_pairs, refinement
@@ -405,7 +406,7 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRS
 
 def record(opts: SRSettings, model, negative, item: Picture, input_size: tuple[int, int], output_size: tuple[int, int],
            details: dict, job: dict, orientation: int = 1) -> dict:
-    """What made one upscaled image, as its PNG and `--json` carry it."""
+    """What made one upscaled image, as its PNG and `--json` carry it (`opts` a run's options: RunOptions too)."""
     import torch
 
     seed, per_patch = item.seed, details["per_patch"]
@@ -428,7 +429,7 @@ def record(opts: SRSettings, model, negative, item: Picture, input_size: tuple[i
                    "negative_prompt": opts.negative_prompt, "cfg": None if negative is None else negative[2],
                    "working_size": details["working_size"], "device": str(model.device),
                    "dtype": str(model.dtype).removeprefix("torch.")},
-        "model": model.info,
+        "model": located(model.info, opts.record_paths),
         "rng": {"posterior_x_T_and_sampler_noise": f"cpu torch.Generator seeded {seed}",
                 "refinement": f"{model.device.type} torch.Generator seeded {seed ^ REFINE_SEED_MIX}"},
         "refiner": refiner_settings(opts.refiner),

@@ -16,7 +16,8 @@ from diffier_cli import __version__
 from diffier_cli.errors import UsageError, excerpt
 from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
-from diffier_cli.metadata import library_versions, png_text
+from diffier_cli.metadata import a1111_parameters, library_versions, png_text
+from diffier_cli.refiners import a1111_pairs
 from diffier_cli.outputs import png_bytes, preflight, slugify, write_atomically
 from diffier_cli.limits import MAX_CFG, MAX_ETA, MAX_REFINE_ITERS, MAX_SWEEP_VALUES
 from diffier_cli.runtime import Reporter, choose_seed
@@ -68,6 +69,16 @@ def _cell_options(opts, parameter: str, value: float, refined: bool):
     return replace(opts, refiner=replace(opts.refiner, **{field: int(value) if parameter == "iters" else value}))
 
 
+def grid_axes(refined: dict, parameter: str, values: list[float], modes: tuple[str, str]) -> dict[str, str]:
+    """A grid's axes as AUTOMATIC1111's X/Y/Z plot script writes them into its grid's infotext
+    (scripts/xyz_grid.py: Script, X Type, X Values, Y Type, Y Values); the rest of the text is the
+    first refined cell's, so a reader shows the grid's prompt, seed and model."""
+    refiner = next(iter(a1111_pairs(refined["refiner"], refined["mode"])))  # the headline key: DiffIER, IEC
+    label = {"cfg": "CFG Scale", "eta": f"{refiner} eta", "iters": f"{refiner} max iters"}[parameter]
+    return {"Script": "X/Y/Z plot", "X Type": label, "X Values": ", ".join(f"{value:g}" for value in values),
+            "Y Type": refiner, "Y Values": ", ".join(modes)}
+
+
 def cell_paths(grid_path: Path, parameter: str, values: list[float], modes: tuple[str, str]) -> dict[tuple[float | None, str], Path]:
     """Where each cell of a grid is written, beside the grid. The baseline depends on ω but not
     on the refiner's η or iterations, so an η or iterations sweep has one baseline cell (value None)."""
@@ -85,15 +96,15 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt, grid
     grid; return the images by (value, mode) and the cells' records."""
     import torch
 
-    from diffier_cli.t2i import generate, record, single_file_record
+    from diffier_cli.t2i import generate, model_identity, record
 
     modes = compared_modes(opts.refiner, f"--sweep-{parameter}")
     paths = cell_paths(grid_path, parameter, values, modes)
     height, width = opts.height or backbone.native_size, opts.width or backbone.native_size
     settings = {"seed": prompt.seed, "prompt": prompt.prompt, "negative_prompt": prompt.negative_prompt,
                 "parameter": parameter, "values": values, **({} if parameter == "cfg" else {"cfg": opts.cfg}),
-                "steps": opts.steps, "model": backbone.resolved.model_id, "revision": backbone.resolved.revision,
-                **single_file_record(backbone.resolved), "refiner": opts.refiner.settings()}
+                "steps": opts.steps, **model_identity(backbone, keep_paths=False),
+                "refiner": opts.refiner.settings()}
     job = {"id": job_id("t2i-sweep", [prompt.prompt], settings), "count": len(paths)}
     images, records = {}, []
     with torch.no_grad():
@@ -112,8 +123,11 @@ def draw_sweep(backbone, opts, parameter: str, values: list[float], prompt, grid
             [images[value, modes[1]] for value in values]]
     grid = compose(rows, [f"{parameter} {value:g}" for value in values], list(modes))  # ASCII: Pillow's built-in font has no Greek
     grid_record = {"tool": "diffier", "version": __version__, "command": "t2i", "sweep": settings,
-                   "cells": [{"mode": mode, "value": value, "path": str(path)} for (value, mode), path in paths.items()]}
-    write_atomically({grid_path: png_bytes(grid, {"diffier": json.dumps(grid_record, ensure_ascii=False)})}, overwrite)
+                   "cells": [{"mode": mode, "value": value, "file": path.name} for (value, mode), path in paths.items()]}
+    first_refined = next(cell for cell in records if cell["mode"] == modes[1])
+    text = {"parameters": a1111_parameters(first_refined, grid_axes(first_refined, parameter, values, modes)),
+            "diffier": json.dumps(grid_record, ensure_ascii=False)}
+    write_atomically({grid_path: png_bytes(grid, text)}, overwrite)
     reporter.message(f"wrote {grid_path} (2 rows × {len(values)} columns)")
     return images, records
 

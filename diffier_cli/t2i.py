@@ -193,15 +193,21 @@ def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str 
     return items
 
 
-def single_file_record(resolved) -> dict:
-    """Where a single-file model's configs came from: they decide its scheduler and sizes."""
-    if resolved.weights is None:
-        return {}
-    return {"single_file": {"config": resolved.config, "config_revision": resolved.config_revision}}
+def model_identity(backbone, keep_paths: bool) -> dict:
+    """Which weights made an image: the hub id (and commit) or the local name, the weights' hash,
+    and for a single file where its configs came from (they decide its scheduler and sizes)."""
+    resolved = backbone.resolved
+    identity = {"id": resolved.model_id, "revision": resolved.revision, "sha256": backbone.sha256, "hashed": backbone.hashed}
+    if keep_paths and resolved.path is not None:
+        identity["path"] = str(resolved.path)
+    if resolved.weights is not None:
+        identity["single_file"] = {"config": resolved.config, "config_revision": resolved.config_revision,
+                                   **({"config_path": str(resolved.folder)} if keep_paths and resolved.config_revision is None else {})}
+    return identity
 
 
 def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int, per_step: dict, versions: dict, job: dict) -> dict:
-    """What made one image, as its PNG and `--json` carry it."""
+    """What made one image, as its PNG and `--json` carry it (`opts` a run's options: RunOptions too)."""
     return {
         "tool": "diffier",
         "version": __version__,
@@ -213,12 +219,10 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
         "mode": item.mode,
         "job": {**job, "index": item.index, "line": item.line},
         "model": {
-            "id": backbone.resolved.model_id,
-            "revision": backbone.resolved.revision,
+            **model_identity(backbone, opts.record_paths),
             "prediction_type": backbone.prediction_type,
             "pipeline": type(backbone.pipe).__name__,
             "loras": backbone.loras,
-            **single_file_record(backbone.resolved),
         },
         "params": {
             "cfg": opts.cfg,
@@ -377,8 +381,7 @@ class TextToImage:
         self.height = opts.height or self.backbone.native_size
         self.width = opts.width or self.backbone.native_size
         self.versions = library_versions()
-        settings = {"seed": self.seed, "mode": self.mode, "model": self.backbone.resolved.model_id,
-                    "revision": self.backbone.resolved.revision, **single_file_record(self.backbone.resolved), "cfg": opts.cfg, "steps": opts.steps,
+        settings = {"seed": self.seed, "mode": self.mode, **model_identity(self.backbone, keep_paths=False), "cfg": opts.cfg, "steps": opts.steps,
                     "ddim_eta": opts.ddim_eta, "num_images": opts.num_images, "size": [self.width, self.height],
                     "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
                     "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, excerpt, first_line, numerical_overflow
 from diffier_cli.jobs import Item, Plan, Planned, Shard, job_id, plan_job, split_lines
+from diffier_cli.metadata import located
 from diffier_cli.limits import MAX_AUDIO_SECONDS
 from diffier_cli.outputs import slugify
 from diffier_cli.refiners import refinement
@@ -296,7 +297,7 @@ def record(opts: TTSOptions, voice: Voice, item: Speech, per_utterance: list[dic
         "seed": item.seed,
         "mode": item.mode,
         "job": {**job, "index": item.index},
-        "checkpoint": voice.checkpoint,
+        "checkpoint": located(voice.checkpoint, opts.record_paths),
         "vocoder": voice.vocoder_info,
         "params": {
             "steps": opts.steps,

@@ -71,10 +71,11 @@ class MemoryOptions:
 @dataclass(frozen=True)
 class ResolvedModel:
     folder: Path  # the diffusers folder; for a single file, the folder of its components' configs
-    model_id: str
+    model_id: str  # the hub id, or the local folder's or file's name: never a path, which outputs would leak
     revision: str | None  # the hub commit; None for a local folder or file
+    path: Path | None = None  # the local folder or file
     weights: Path | None = None  # a single-file checkpoint, whose weights replace the folder's
-    config: str | None = None  # where a single file's configs came from: a hub id or a folder
+    config: str | None = None  # where a single file's configs came from: a hub id or a folder's name
     config_revision: str | None = None  # their hub commit
 
 
@@ -88,7 +89,7 @@ def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: s
     if config is not None:
         raise UnsupportedSetting(f"--config gives the configs of a single-file checkpoint; {source} is not a file")
     if local.exists():
-        return ResolvedModel(folder=local.resolve(), model_id=str(local.resolve()), revision=None)
+        return ResolvedModel(folder=local.resolve(), model_id=local.resolve().name, revision=None, path=local.resolve())
     if not _HUB_ID.match(source):
         raise ModelUnavailable(f"no model folder at {source}; pass a diffusers folder or a hub id like {DEFAULT_MODEL}")
 
@@ -123,7 +124,41 @@ def _resolve_single_file(path: Path, config: str | None, revision: str | None, o
         raise ModelUnavailable(f"{path.name} is an {expected.name} checkpoint but the configs in {source} are a {family}'s; "
                                f"pass --config with an {expected.name} diffusers folder or hub id")
     single_file.check_parts(path, layout, family)
-    return ResolvedModel(folder=folder, model_id=str(path), revision=None, weights=path, config=source, config_revision=commit)
+    return ResolvedModel(folder=folder, model_id=path.name, revision=None, path=path, weights=path,
+                         config=Path(source).name if commit is None else source, config_revision=commit)
+
+
+def weights_sha256(resolved: ResolvedModel) -> tuple[str, str]:
+    """The SHA-256 that identifies the model's weights, and what it is the hash of.
+
+    AUTOMATIC1111's `Model hash` is the first 10 digits of the checkpoint file's SHA-256
+    (modules/hashes.py, sha256 then shorthash), so a single file is hashed whole. A diffusers
+    folder has no one checkpoint; its UNet weights stand for it (the VAE and text encoders are
+    shared across fine-tunes): that file's SHA-256, or of its shards' hashes when it is sharded.
+    A hub snapshot's files link to blobs named by their SHA-256, so those cost nothing.
+    """
+    from models.checkpoints import sha256_of
+
+    if resolved.weights is not None:
+        return sha256_of(resolved.weights), resolved.weights.name
+    files = sorted((resolved.folder / "unet").glob("diffusion_pytorch_model*.safetensors")) or sorted(
+        (resolved.folder / "unet").glob("diffusion_pytorch_model*.bin"))
+    if not files:
+        raise ModelUnavailable(f"{resolved.model_id} has no unet/diffusion_pytorch_model weights")
+    digests = [_blob_sha256(file) or sha256_of(file) for file in files]
+    if len(files) == 1:
+        return digests[0], f"unet/{files[0].name}"
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest(), f"unet/ ({len(files)} shards)"
+
+
+def _blob_sha256(file: Path) -> str | None:
+    """A hub cache file is a link to a blob named by its content's SHA-256 (for LFS files)."""
+    if not file.is_symlink():
+        return None
+    name = file.resolve().name
+    return name if re.fullmatch(r"[0-9a-f]{64}", name) else None
 
 
 FAMILIES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -211,6 +246,7 @@ class StableDiffusion:
         self.karras = karras
         self.xl = type(pipe).__name__ == "StableDiffusionXLPipeline"
         self.loras: list[dict] = []  # what apply_loras loaded: file, hashes, scale
+        self.sha256, self.hashed = weights_sha256(resolved)
         self.scheduler = schedulers.build(sampler, pipe.scheduler.config, karras)
         pipe.scheduler = self.scheduler
         # What StableDiffusionPipeline.prepare_extra_step_kwargs passes: eta and generator where `step` takes them.

@@ -11,7 +11,7 @@ from diffier_cli.commands import tts as tts_options
 from diffier_cli.commands.options import (
     SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
     DIFFIER_OPTIONS, DType, Device, EVAL_REFINER_SWITCH, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, OUTPUT, Offline,
-    Overwrite, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
+    Overwrite, RecordPaths, Quiet, SAMPLING, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt, T2IRevision, T2ISteps, T2IWidth,
     T2I_MODEL, between, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
@@ -66,6 +66,7 @@ def eval_tts(
     device: Device = "auto",
     dtype: tts_options.FullPrecision = DType.auto,
     overwrite: Overwrite = False,
+    record_paths: RecordPaths = False,
     json_lines: Annotated[bool, json_option("utterance")] = False,
     quiet: Quiet = False,
     **shared,
@@ -112,6 +113,7 @@ def eval_t2i(
     device: Device = "auto",
     dtype: HalfOnCuda = DType.auto,
     overwrite: Overwrite = False,
+    record_paths: RecordPaths = False,
     json_lines: Annotated[bool, json_option("image")] = False,
     quiet: Quiet = False,
     **shared,
@@ -163,6 +165,7 @@ def eval_sr(
     device: Device = "auto",
     dtype: HalfOnCuda = DType.auto,
     overwrite: Overwrite = False,
+    record_paths: RecordPaths = False,
     json_lines: Annotated[bool, json_option("result")] = False,
     quiet: Quiet = False,
     **shared,

@@ -94,6 +94,7 @@ HalfOnCuda = Annotated[DType, typer.Option("--dtype", envvar="DIFFIER_DTYPE", he
 
 # Outputs and batch jobs.
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (refused by default).", rich_help_panel=OUTPUT)]
+RecordPaths = Annotated[bool, typer.Option("--record-paths", envvar="DIFFIER_RECORD_PATHS", help="Also store the absolute paths of local model files in each output's record (by default their names and hashes only, so a shared output does not reveal your folders).", rich_help_panel=OUTPUT)]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No messages or progress on stderr (errors still).", rich_help_panel=OUTPUT)]
 JsonRecords = Annotated[bool, typer.Option("--json", help="Print one JSON record per output on stdout.", rich_help_panel=OUTPUT)]
 Name = Annotated[Optional[str], typer.Option("--name", help="File-name template inside the -o folder, with {index} {seed} {stem} {slug} {mode}, e.g. '{index:05d}-{seed}'.", rich_help_panel=BATCH)]

@@ -9,7 +9,7 @@ import typer
 from diffier_cli.commands.options import (
     SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
     BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MEMORY, Name, OUTPUT,
-    Offline, Overwrite, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt,
+    Offline, Overwrite, RecordPaths, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt,
     T2IRevision, T2ISteps, T2IWidth, T2I_MODEL, between, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
@@ -59,6 +59,7 @@ def t2i(
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="A .png file for one image, or a folder (existing or ending in /) for many (default: the current folder, named {index:05d}-{seed}-{mode}-{slug}.png).", rich_help_panel=OUTPUT)] = None,
     name: Name = None,
     overwrite: Overwrite = False,
+    record_paths: RecordPaths = False,
     **shared,
 ) -> None:
     """Text to image on Stable Diffusion 2.1, refined by DiffIER at every step (or IEC with --refiner iec, or --baseline)."""

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, IEC_OPTIONS, MODEL, Name, OUTPUT, Offline, Overwrite,
+    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, IEC_OPTIONS, MODEL, Name, OUTPUT, Offline, Overwrite, RecordPaths,
     REFINER_SWITCH, SAMPLING, between, choices, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
@@ -61,6 +61,7 @@ def tts(
     subtype: Annotated[Subtype, typer.Option("--subtype", help="WAV sample format.", rich_help_panel=OUTPUT)] = Subtype.PCM_16,
     compare: Annotated[bool, typer.Option("--compare", help="Baseline and refined from one text on one seed: {stem}-{seed}-baseline.wav and -refined.wav (each with its .json) and {stem}-{seed}-compare.png, their mel spectrograms and the difference; -o is a folder (needs matplotlib, the package's plot extra).", rich_help_panel=OUTPUT)] = False,
     overwrite: Overwrite = False,
+    record_paths: RecordPaths = False,
     **shared,
 ) -> None:
     """Text to speech on Grad-TTS + HiFi-GAN (22050 Hz), refined by DiffIER at every reverse step (or IEC with --refiner iec, or --baseline).

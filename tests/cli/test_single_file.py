@@ -5,10 +5,12 @@ hub cache, never from the network when offline; what cannot be loaded exits 3 na
 from __future__ import annotations
 
 import datetime
+import hashlib
 import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers import assert_one_line_error, pixels, run_cli
 from tests.ldm_export import save_single_file
@@ -41,8 +43,10 @@ def test_a_single_file_gives_the_pixels_of_its_folder(tiny_sd, tiny_sdxl, tmp_pa
         assert from_folder.returncode == 0 and from_file.returncode == 0, from_folder.stderr + from_file.stderr
         assert np.array_equal(pixels(tmp_path / "file.png"), pixels(tmp_path / "folder.png")), extra
     (record,) = from_file.records
-    assert record["model"]["id"] == str(path.resolve())
-    assert record["model"]["single_file"] == {"config": str(folder.resolve()), "config_revision": None}
+    assert record["model"]["id"] == path.name and record["model"]["hashed"] == path.name
+    assert record["model"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # A1111's Model hash: the file's
+    assert record["model"]["single_file"] == {"config": folder.name, "config_revision": None}
+    assert f"Model hash: {record['model']['sha256'][:10]}, Model: model," in Image.open(tmp_path / "file.png").text["parameters"]
     assert record["model"]["pipeline"] == ("StableDiffusionXLPipeline" if case == "sdxl" else "StableDiffusionPipeline")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,9 @@ def test_refined_differs_reproduces_and_keeps_provenance(tiny, images, tmp_path)
     assert record["params"]["dec_w"] == 0.5 and record["params"]["color_fix"] == "adain"
     assert record["refinement"]["per_step"]["iterations"] == [1, 1, 1]
     assert len(record["model"]["checkpoint"]["sha256"]) == 64
+    # Names, never the user's folders (--record-paths keeps them: tests/cli/test_t2i_cli.py).
+    assert record["model"]["checkpoint"]["file"] == Path(tiny["ckpt"]).name and "path" not in record["model"]["checkpoint"]
+    assert str(Path(tiny["ckpt"]).parent) not in text["diffier"]
 
 
 def test_alpha_and_grayscale_are_kept(tiny, images, tmp_path):

@@ -38,6 +38,12 @@ def test_cfg_grid_cells_are_the_single_runs_and_sit_in_the_grid(tiny_sd, tmp_pat
             assert np.array_equal(image[top : top + size, left : left + size], pixels(tmp_path / f"grid-cfg{value}-{mode}.png"))
     record = json.loads(Image.open(grid).text["diffier"])
     assert record["sweep"]["parameter"] == "cfg" and len(record["cells"]) == 4
+    assert record["cells"][0]["file"] == "grid-cfg1-baseline.png"  # beside the grid: names, not paths
+    # The grid's infotext: the first refined cell's, with the axes as A1111's X/Y/Z plot writes them.
+    cell_text = Image.open(tmp_path / "grid-cfg1-refined.png").text["parameters"]
+    grid_text = Image.open(grid).text["parameters"]
+    axes = 'Script: X/Y/Z plot, X Type: CFG Scale, X Values: "1, 3", Y Type: DiffIER, Y Values: "baseline, refined", '
+    assert grid_text == cell_text.replace("Version: ", axes + "Version: ")
     assert json.loads(Image.open(tmp_path / "grid-cfg3-refined.png").text["diffier"])["params"]["cfg"] == 3.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -114,8 +115,12 @@ def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
     assert {k: v for k, v in printed.items() if k not in ("path", "wall_time_s")} == record
     assert record["prompt"] == prompt and record["negative_prompt"] == "dark"
     assert record["seed"] == 7 and record["params"]["cfg"] == 5.0 and record["params"]["steps"] == int(STEPS)
-    assert record["model"] == {"id": str(tiny_sd["epsilon"]), "revision": None, "prediction_type": "epsilon",
+    unet_sha256 = hashlib.sha256((tiny_sd["epsilon"] / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+    # The folder's name, never its path; the UNet weights' hash stands for a diffusers folder.
+    assert record["model"] == {"id": "tiny-sd-eps", "revision": None, "sha256": unet_sha256,
+                               "hashed": "unet/diffusion_pytorch_model.safetensors", "prediction_type": "epsilon",
                                "pipeline": "StableDiffusionPipeline", "loras": []}
+    assert str(tmp_path.parent) not in text["diffier"] + text["parameters"]
     assert set(record["versions"]) == {"python", "torch", "diffusers", "transformers"}
     assert record["version"] and record["tool"] == "diffier"
 
@@ -123,8 +128,20 @@ def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
 
     first, negative, pairs = text["parameters"].split("\n")
     assert first == prompt and negative == "Negative prompt: dark"
-    assert pairs.startswith("Steps: 6, Sampler: DDIM, CFG scale: 5.0, Seed: 7, Size: 32x32, Model: ")
+    assert pairs.startswith(f"Steps: 6, Sampler: DDIM, CFG scale: 5.0, Seed: 7, Size: 32x32, Model hash: {unet_sha256[:10]}, "
+                            "Model: tiny-sd-eps, RNG: CPU, DiffIER: refined")
+    assert "Eta" not in pairs.replace("DiffIER eta", "")  # DDIM's η is 0: A1111 writes `Eta DDIM` only when it is not
     assert "DiffIER: refined" in pairs and "DiffIER eta: 0.05" in pairs and "RNG: CPU" in pairs
+
+
+def test_ddim_eta_is_written_as_a1111_eta_ddim_and_paths_only_when_asked(tiny_sd, tmp_path):
+    out = tmp_path / "eta.png"
+    result = t2i(tiny_sd["epsilon"], out, "--seed", "7", "--ddim-eta", "0.3", "--record-paths", "--baseline")
+    assert result.returncode == 0, result.stderr
+    pairs = Image.open(out).text["parameters"].splitlines()[-1]
+    assert "Eta DDIM: 0.3, " in pairs and "Eta: " not in pairs
+    (record,) = result.records
+    assert record["model"]["path"] == str(tiny_sd["epsilon"].resolve()) and record["model"]["id"] == "tiny-sd-eps"
 
 
 def test_seed_is_random_when_unset_and_always_reported(tiny_sd, tmp_path):

