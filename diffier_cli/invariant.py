@@ -97,7 +97,7 @@ class _PerItemMode(TorchFunctionMode):
 
 
 @contextmanager
-def batch_invariant(items: int, enabled: bool = True) -> Iterator[None]:
+def batch_invariant(items: int, enabled: bool) -> Iterator[None]:
     """Run the enclosed model calls on a batch of `items` items as `items` one-item runs would.
 
     Every batched tensor inside must be laid out item by item along its first dimension."""

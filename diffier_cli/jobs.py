@@ -9,6 +9,7 @@ writes the same files as one uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -179,14 +180,20 @@ class Planned:
     item: Item
     paths: list[Path]
     replace: bool = False
+    recompute_only: bool = False  # written already (--skip-existing): made again only for its batch-mates
 
 
 @dataclass
 class Plan:
-    pending: list[Planned]
+    pending: list[Planned]  # in index order, whole batches
     total: int
     shard: Shard
     skipped: int
+    batch_size: int = 1
+
+    @property
+    def to_write(self) -> list[Planned]:
+        return [planned for planned in self.pending if not planned.recompute_only]
 
 
 def plan_job(
@@ -200,9 +207,15 @@ def plan_job(
     overwrite: bool,
     seed_given: bool,
     companions: Callable[[Path], list[Path]] = lambda path: [],
+    batch_size: int = 1,
 ) -> Plan:
     """Names for all items, then this shard's part, minus what exists (with --skip-existing);
-    checks the rest for clobbering before any model loads."""
+    checks the rest for clobbering before any model loads.
+
+    Batches are a property of the job, not of the process: batch k holds the items kB … kB+B−1 by
+    global index, shards take whole batches, and a resumed batch that is partly written is made
+    whole again, writing only what is missing. So with batched kernels, whose rounding depends on
+    what shares a batch, a plain, a sharded and a resumed run give the same bytes."""
     if skip_existing and overwrite:
         raise UsageError("--skip-existing keeps existing outputs and --overwrite replaces them; choose one")
     # Seeds come from --seed + index: processes that drew their own random seeds would not make one run.
@@ -211,20 +224,24 @@ def plan_job(
     if skip_existing and not seed_given:
         raise UsageError("--skip-existing resumes a run: pass its --seed (printed when it started, and stored in every output)")
     paths = plan_outputs(output, items, default_name, name)
-    mine = shard.select(len(items))
+    batches = shard.select(-(-len(items) // batch_size))
     pending, skipped = [], 0
-    for index in mine:
-        files = [paths[index], *companions(paths[index])]
-        if skip_existing and all(path.is_file() for path in files):
-            skipped += 1
-            continue
-        pending.append(Planned(items[index], files, replace=overwrite or skip_existing))
+    for start in range(batches.start * batch_size, min(batches.stop * batch_size, len(items)), batch_size):
+        batch = [Planned(items[index], [paths[index], *companions(paths[index])], replace=overwrite or skip_existing)
+                 for index in range(start, min(start + batch_size, len(items)))]
+        for planned in batch:
+            planned.recompute_only = skip_existing and all(path.is_file() for path in planned.paths)
+        skipped += sum(planned.recompute_only for planned in batch)
+        if not all(planned.recompute_only for planned in batch):
+            pending.extend(batch)
+    plan = Plan(pending=pending, total=len(items), shard=shard, skipped=skipped, batch_size=batch_size)
     for replacing in (False, True):
-        preflight([path for planned in pending if planned.replace == replacing for path in planned.paths], overwrite=replacing, resumable=True)
-    for planned in pending:
+        preflight([path for planned in plan.to_write if planned.replace == replacing for path in planned.paths],
+                  overwrite=replacing, resumable=True)
+    for planned in plan.to_write:
         for path in planned.paths:
             remove_stale_parts(path)
-    return Plan(pending=pending, total=len(items), shard=shard, skipped=skipped)
+    return plan
 
 
 REPEAT_WINDOW_S = 1.0
@@ -266,7 +283,9 @@ class JobRun:
             return
         shard = "" if plan.shard.count == 1 else f" (shard {plan.shard}, from {plan.shard.source})"
         skipped = f", {plan.skipped} already done" if plan.skipped else ""
-        self.reporter.message(f"{len(plan.pending)} of {plan.total} item(s) to make{shard}{skipped}")
+        again = len(plan.pending) - len(plan.to_write)
+        again = f", {again} made again for their batch" if again else ""
+        self.reporter.message(f"{len(plan.to_write)} of {plan.total} item(s) to make{shard}{skipped}{again}")
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -293,28 +312,24 @@ class JobRun:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def batches(self, size: int, alone: Callable[[Item], bool] = lambda item: False) -> Iterator[list[Planned]]:
-        """Pending items in order, `size` at a time; an item for which `alone` is true (a bad input
-        line) comes as a batch of its own, so it fails in its turn without taking others with it."""
-        batch: list[Planned] = []
-        for planned in self.plan.pending:
-            if alone(planned.item):
-                if batch:
-                    yield from self._checked(batch)
-                    batch = []
-                yield from self._checked([planned])
-            else:
-                batch.append(planned)
-                if len(batch) == size:
-                    yield from self._checked(batch)
-                    batch = []
-        if batch:
-            yield from self._checked(batch)
+    def batches(self, alone: Callable[[Item], bool] = lambda item: False) -> Iterator[list[Planned]]:
+        """The plan's batches in order (items kB … kB+B−1 by global index); an item for which `alone`
+        is true (a bad input line) comes as a batch of its own, so it fails in its turn without
+        taking others with it, and its batch-mates stay together."""
+        size = self.plan.batch_size
+        for key, group in itertools.groupby(self.plan.pending, key=lambda planned: planned.item.index // size):
+            group = list(group)
+            for planned in group:
+                if alone(planned.item):
+                    yield from self._checked([planned])
+            batch = [planned for planned in group if not alone(planned.item)]
+            if batch:
+                yield from self._checked(batch)
 
     def _checked(self, batch: list[Planned]) -> Iterator[list[Planned]]:
         if self._stop_requested_at is not None:
             done = self.written + len(self.failures)
-            raise Interrupted(f"interrupted after {done} of {len(self.plan.pending)} item(s); rerun {self.resume} to resume")
+            raise Interrupted(f"interrupted after {done} of {len(self.plan.to_write)} item(s); rerun {self.resume} to resume")
         yield batch
 
     @contextmanager
@@ -336,7 +351,7 @@ class JobRun:
                 if error is exc:
                     raise
                 raise error from exc
-            for planned in batch:
+            for planned in (planned for planned in batch if not planned.recompute_only):  # those stay written
                 self.failures.append((planned.item, str(error)))
                 self.reporter.message(f"failed: {label(planned.item)}: {error}")
                 if self.json_lines:
@@ -354,7 +369,7 @@ class JobRun:
         listed = "; ".join(f"{label(item)}: {message}" for item, message in self.failures[:10])
         more = f"; and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
         raise PartialFailure(
-            f"{len(self.failures)} of {len(self.plan.pending)} item(s) failed ({self.written} written): {listed}{more}"
+            f"{len(self.failures)} of {len(self.plan.to_write)} item(s) failed ({self.written} written): {listed}{more}"
         )
 
 

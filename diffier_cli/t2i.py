@@ -61,7 +61,7 @@ class T2ISettings(Hardware):
     karras: bool = False
     loras: tuple[tuple[str, float], ...] = ()  # (.safetensors file, scale), applied in order
     config: str | None = None  # a single-file model's component configs: a folder or hub id
-    batch_invariant: bool = True
+    batch_invariant: bool = False  # batches are the job's (jobs.plan_job), so the plain kernels reproduce too
     cpu_offload: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
@@ -370,7 +370,8 @@ class TextToImage:
     def plan(self, items: list[Prompted], shard: Shard) -> Plan:
         opts = self.options
         return plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME, shard=shard,
-                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
+                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
+                        batch_size=opts.batch_size)
 
     def check(self, item: Prompted, reporter: Reporter, several: bool) -> None:
         """A prompt line's problems are known when it is read."""
@@ -388,7 +389,8 @@ class TextToImage:
                     **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {}),
                     **({"loras": [(lora["sha256"], lora["scale"]) for lora in self.backbone.loras]} if self.backbone.loras else {})}
         inputs = [(line.prompt, line.negative_prompt, line.seed, line.name) for line in self.prompts]
-        self.job = {"id": job_id("t2i", inputs, settings), "count": len(self.prompts) * opts.num_images}
+        self.job = {"id": job_id("t2i", inputs, settings), "count": len(self.prompts) * opts.num_images,
+                    "batch_size": opts.batch_size}
 
     def progress(self, reporter: Reporter, pending: list, mode: str):
         return reporter.progress(total=len(pending) * self.options.steps, description=mode)

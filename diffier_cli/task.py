@@ -88,7 +88,7 @@ def run(task: Task) -> None:
         task.load(shard.local_rank, reporter)
 
     with job.running(), task.progress(reporter, plan.pending, mode):
-        for batch in job.batches(task.batch_size, alone=lambda item: bool(item.error)):
+        for batch in job.batches(alone=lambda item: bool(item.error)):
             made = None
             with job.attempt(batch, task.label):
                 if batch[0].item.error:
@@ -97,6 +97,8 @@ def run(task: Task) -> None:
                 made = task.make([planned.item for planned in batch], reporter, plan)
                 seconds = (time.perf_counter() - started) / len(batch)
             for planned, output in zip(batch, made or []):
+                if planned.recompute_only:
+                    continue
                 with job.attempt([planned], task.label):  # each write on its own: one full disk fails one item
                     deliver(planned, output, seconds, mode, opts.json, reporter)
                     job.wrote()

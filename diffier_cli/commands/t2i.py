@@ -42,7 +42,7 @@ def t2i(
     sweep_cfg: Annotated[Optional[str], typer.Option("--sweep-cfg", help="A grid instead of one image: rows baseline and refined, one column per ω (e.g. 3,5,7.5,10), same seed; -o names the grid, the cells are written beside it.", rich_help_panel=SWEEP)] = None,
     sweep_eta: Annotated[Optional[str], typer.Option("--sweep-eta", help="The same grid over the method's η (e.g. 0.01,0.05,0.1).", rich_help_panel=SWEEP)] = None,
     sweep_iters: Annotated[Optional[str], typer.Option("--sweep-iters", help="The same grid over --max-iters (e.g. 1,3,10).", rich_help_panel=SWEEP)] = None,
-    batch_invariant: Annotated[bool, typer.Option("--batch-invariant/--no-batch-invariant", help="Run every batch-dependent kernel at one image's shape, so --batch-size never changes a pixel (and batching gains nothing); --no-batch-invariant batches the kernels for speed, and they round differently (about 1/255).", rich_help_panel=BATCH)] = True,
+    batch_invariant: Annotated[bool, typer.Option("--batch-invariant/--no-batch-invariant", help="Run every batch-dependent kernel at one image's shape, so even a different --batch-size never changes a pixel (and batching gains nothing). Off, batches run the batched kernels: the same --batch-size gives the same bytes plain, sharded or resumed, and another batch size rounds differently (about 1/255).", rich_help_panel=BATCH)] = False,
     height: T2IHeight = None,
     width: T2IWidth = None,
     model: T2IModel = T2I_MODEL,

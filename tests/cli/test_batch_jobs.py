@@ -51,10 +51,11 @@ def prompts_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def whole_run(tiny_sd, prompts_file, tmp_path_factory) -> Path:
-    """One unsharded refined run over all prompts, batched by 4: the reference."""
+    """One unsharded refined run over all prompts, batched by 4 with batch-invariant kernels: the
+    reference for runs at other batch sizes."""
     folder = tmp_path_factory.mktemp("whole")
     result = run_cli(*t2i_args(tiny_sd["v_prediction"], "--prompts-file", str(prompts_file), "-o", f"{folder}/",
-                               "--batch-size", "4"), env=ONE_THREAD)
+                               "--batch-size", "4", "--batch-invariant"), env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     return folder
 
@@ -65,8 +66,8 @@ def test_three_shards_equal_one_run_file_for_file(tiny_sd, prompts_file, whole_r
     for k in range(3):
         how = ["--shard", f"{k}/3"] if k != 1 else []
         env = {**ONE_THREAD, **({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "0"} if k == 1 else {})}
-        result = run_cli(*t2i_args(model, "--prompts-file", str(prompts_file), "-o", f"{tmp_path}/", *how), env=env,
-                         in_process=False)
+        result = run_cli(*t2i_args(model, "--prompts-file", str(prompts_file), "-o", f"{tmp_path}/", "--batch-invariant",
+                                   *how), env=env, in_process=False)
         assert result.returncode == 0, result.stderr
         assert f"of 5 item(s) to make (shard {k}/3" in result.stderr
     assert_same_files(outputs(tmp_path), outputs(whole_run))
@@ -83,7 +84,8 @@ def test_three_shards_equal_one_run_file_for_file(tiny_sd, prompts_file, whole_r
 def test_torchrun_two_processes_equal_one_run(tiny_sd, prompts_file, whole_run, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "diffier_cli",
-               *t2i_args(tiny_sd["v_prediction"], "--prompts-file", str(prompts_file), "-o", f"{tmp_path}/", "-q")]
+               *t2i_args(tiny_sd["v_prediction"], "--prompts-file", str(prompts_file), "-o", f"{tmp_path}/", "-q",
+                         "--batch-invariant")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **ONE_THREAD}
     done = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -95,11 +97,41 @@ def test_baseline_batch_sizes_one_and_four_give_identical_pixels(tiny_sd, prompt
     for size in ("1", "4"):
         folder = tmp_path / size
         result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts_file), "--baseline",
-                                   "-o", f"{folder}/", "--batch-size", size, "--num-images", "2"), env=ONE_THREAD)
+                                   "-o", f"{folder}/", "--batch-size", size, "--num-images", "2", "--batch-invariant"),
+                         env=ONE_THREAD)
         assert result.returncode == 0, result.stderr
         runs[size] = outputs(folder)
     assert len(runs["1"]) == 10
     assert_same_files(runs["1"], runs["4"])
+
+
+def test_batched_kernels_give_the_same_bytes_plain_sharded_and_resumed(tiny_sd, prompts_file, tmp_path):
+    """The default kernels round by batch, so batches belong to the job: batch k is items 2k, 2k+1
+    here, shards take whole batches, and a resume remakes a partly written batch whole."""
+    model = tiny_sd["v_prediction"]
+    common = ("--prompts-file", str(prompts_file), "--batch-size", "2")
+    plain = run_cli(*t2i_args(model, *common, "-o", f"{tmp_path / 'plain'}/", "--json"), env=ONE_THREAD)
+    assert plain.returncode == 0, plain.stderr
+    assert {r["job"]["batch_size"] for r in plain.records} == {2}
+    reference = {path.name: path.read_bytes() for path in (tmp_path / "plain").glob("*.png")}
+    assert len(reference) == 5
+
+    for k, made in ((0, 4), (1, 1)):  # 3 batches: shard 0/2 takes batches 0 and 1, shard 1/2 batch 2
+        shard = run_cli(*t2i_args(model, *common, "-o", f"{tmp_path / 'sharded'}/", "--shard", f"{k}/2"), env=ONE_THREAD)
+        assert shard.returncode == 0 and f"{made} of 5 item(s) to make (shard {k}/2" in shard.stderr, shard.stderr
+    assert {path.name: path.read_bytes() for path in (tmp_path / "sharded").glob("*.png")} == reference
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name, data in reference.items():
+        if not name.startswith("00001-"):  # item 1 missing: its batch-mate item 0 is made again, not rewritten
+            (resumed / name).write_bytes(data)
+    kept = next(resumed.glob("00000-*.png")).stat()
+    again = run_cli(*t2i_args(model, *common, "-o", f"{resumed}/", "--skip-existing"), env=ONE_THREAD)
+    assert again.returncode == 0, again.stderr
+    assert "1 of 5 item(s) to make, 4 already done, 1 made again for their batch" in again.stderr
+    assert {path.name: path.read_bytes() for path in resumed.glob("*.png")} == reference
+    assert next(resumed.glob("00000-*.png")).stat().st_mtime_ns == kept.st_mtime_ns
 
 
 # --- resuming and failures --------------------------------------------------------------------

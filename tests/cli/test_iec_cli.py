@@ -50,7 +50,8 @@ def test_t2i_iec_records_its_settings_and_counts(tiny_sd, tmp_path, monkeypatch)
 
 
 def test_t2i_iec_items_do_not_depend_on_the_batch(tiny_sd, tmp_path):
-    iec = ("--refiner", "iec", "--iec-variant", "ddpm", "--iec-iters", "4", "--iec-tol", "3e-3", "--seed", "20", "--num-images", "2")
+    iec = ("--refiner", "iec", "--iec-variant", "ddpm", "--iec-iters", "4", "--iec-tol", "3e-3", "--seed", "20", "--num-images", "2",
+           "--batch-invariant")
     one = t2i(tiny_sd["epsilon"], f"{tmp_path / 'b1'}/", *iec)
     both = t2i(tiny_sd["epsilon"], f"{tmp_path / 'b2'}/", *iec, "--batch-size", "2")
     assert one.returncode == 0 and both.returncode == 0, one.stderr + both.stderr

@@ -48,7 +48,7 @@ CASES = [(name, False) for name in SAMPLERS] + [(name, True) for name in ("euler
 def test_baseline_equals_the_pipeline_with_that_scheduler(tiny_sd, tmp_path, prediction, name, karras):
     extra = ("--scheduler", name, *(("--karras",) if karras else ()))
     plain = t2i(tiny_sd[prediction], tmp_path / "plain.png", "--baseline", "--no-batch-invariant", *extra)
-    invariant = t2i(tiny_sd[prediction], tmp_path / "invariant.png", "--baseline", *extra)
+    invariant = t2i(tiny_sd[prediction], tmp_path / "invariant.png", "--baseline", "--batch-invariant", *extra)
     assert plain.returncode == 0 and invariant.returncode == 0, plain.stderr + invariant.stderr
     theirs = pipeline_image(tiny_sd[prediction], name, karras)
     assert np.abs(pixels(tmp_path / "plain.png") - theirs).max() == 0

@@ -56,7 +56,8 @@ def test_refiners_run_and_an_item_does_not_depend_on_its_batch(tiny_sdxl, tmp_pa
     absent negative prompt is zeros (force_zeros_for_empty_prompt) whatever else is in the batch."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a red bicycle"}\n{"prompt": "a blue door", "negative_prompt": "blurry"}\n')
-    common = ("t2i", "--prompts-file", str(prompts), "--model", str(tiny_sdxl), "--steps", str(STEPS), "--seed", "5")
+    common = ("t2i", "--prompts-file", str(prompts), "--model", str(tiny_sdxl), "--steps", str(STEPS), "--seed", "5",
+              "--batch-invariant")
     one = run_cli(*common, "--batch-size", "1", "-o", f"{tmp_path}/one/")
     two = run_cli(*common, "--batch-size", "2", "-o", f"{tmp_path}/two/")
     iec = run_cli(*common, "--refiner", "iec", "-o", f"{tmp_path}/iec/")

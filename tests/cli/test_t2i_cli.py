@@ -88,12 +88,12 @@ def test_image_i_of_a_run_equals_a_single_run_at_seed_plus_i(tiny_sd, tmp_path):
     assert not np.array_equal(pixels(tmp_path / "many" / "img-0.png"), pixels(tmp_path / "single.png"))
 
 
-def test_batch_size_changes_speed_not_pixels(tiny_sd, tmp_path):
+def test_with_batch_invariant_kernels_batch_size_changes_speed_not_pixels(tiny_sd, tmp_path):
     model = tiny_sd["epsilon"]
     # a threshold that stops items after different numbers of iterations, to check they stay per item
     refine = ("--max-iters", "8", "--threshold", "0.05")
-    one = t2i(model, f"{tmp_path / 'b1'}/", "--seed", "20", "--num-images", "3", *refine)
-    three = t2i(model, f"{tmp_path / 'b3'}/", "--seed", "20", "--num-images", "3", "--batch-size", "3", *refine)
+    one = t2i(model, f"{tmp_path / 'b1'}/", "--seed", "20", "--num-images", "3", "--batch-invariant", *refine)
+    three = t2i(model, f"{tmp_path / 'b3'}/", "--seed", "20", "--num-images", "3", "--batch-size", "3", "--batch-invariant", *refine)
     assert one.returncode == 0 and three.returncode == 0, one.stderr + three.stderr
     for a, b in zip(one.records, three.records):
         assert a["seed"] == b["seed"]

@@ -82,9 +82,9 @@ def test_batch_invariant_mode_computes_what_one_item_runs_compute(rows_per_item)
 
     x = torch.randn(5 * rows_per_item, 8, 12, 11)
     with torch.no_grad():
-        with batch_invariant(1):
+        with batch_invariant(1, True):
             alone = torch.cat([block(part) for part in x.split(rows_per_item)])
-        with batch_invariant(5):
+        with batch_invariant(5, True):
             together = block(x)
         plain = block(x)
     assert torch.equal(together, alone)
@@ -108,7 +108,7 @@ def test_batch_invariant_mode_keeps_broadcasting_masks_and_in_place_calls():
             F.scaled_dot_product_attention(q, shared_kv, shared_kv, attn_mask=broadcast_mask),
             F.linear(input=x.t(), weight=torch.ones(3, 6)),
         ]
-        with batch_invariant(3):
+        with batch_invariant(3, True):
             got = [
                 F.scaled_dot_product_attention(q, shared_kv, shared_kv),
                 F.scaled_dot_product_attention(q, shared_kv, shared_kv, per_item_mask),
