@@ -1,5 +1,6 @@
 """What a WAV carries inside: the samples libsndfile wrote, an INFO chunk (ISFT, ICMT) ahead of
-`data` that FFmpeg's demuxer (what ffprobe prints) and libsndfile read."""
+`data` that FFmpeg's demuxer (what ffprobe prints) and libsndfile read, and for IEEE float a fmt
+chunk that SoX reads without a warning."""
 
 from __future__ import annotations
 
@@ -46,6 +47,30 @@ def info_strings(payload: bytes) -> dict[bytes, bytes]:
         strings[cid] = payload[pos + 8:pos + 8 + size].rstrip(b"\0")
         pos += 8 + size + (size & 1)
     return strings
+
+
+def sox_fmt_problem(fmt: bytes, newer: bool) -> str | None:
+    """SoX's reading of a fmt chunk (src/wav.c): 14.4.2, the release Debian and Ubuntu ship as
+    14.4.2+git20190427, or the code from 2020 on (`newer`). None when it reads it silently."""
+    tag = struct.unpack_from("<H", fmt, 0)[0]
+    rest = fmt[16:]
+    if not newer and tag == 0xFFFE:  # 14.4.2 reads the extension, then goes on with its subformat
+        if len(rest) < 24 or struct.unpack_from("<H", rest, 0)[0] < 22:
+            return "WAVE file fmt chunk is too short"
+        tag, rest = struct.unpack_from("<H", rest, 8)[0], rest[24:]
+    needs_extension = tag not in (1, 6, 7)  # PCM, A-law, µ-law
+    if newer:
+        if needs_extension and len(rest) < 2:
+            return "WAVE file missing extended part of fmt chunk"
+        if len(rest) >= 2 and struct.unpack_from("<H", rest, 0)[0] != len(rest) - 2:
+            return "WAVE header error: cbSize inconsistent with fmt size"
+        return None
+    if needs_extension:
+        if len(rest) < 2:
+            return "wave header missing extended part of fmt chunk"
+        if struct.unpack_from("<H", rest, 0)[0] > len(rest) - 2:
+            return "wave header error: wExtSize inconsistent with wFmtLen"
+    return None
 
 
 def plain(subtype: str, format: str = "WAV") -> bytes:
@@ -108,6 +133,21 @@ def test_ffmpegs_demuxer_shows_software_and_comment_also_from_a_pipe(subtype):
         with av.open(source, format="wav") as container:
             assert container.metadata == {"encoder": LIBSNDFILE_SOFTWARE, "comment": comment}
             assert container.streams.audio[0].codec_context.name == {"PCM_16": "pcm_s16le", "PCM_24": "pcm_s24le", "FLOAT": "pcm_f32le"}[subtype]
+
+
+def test_a_float_wav_has_the_fmt_and_fact_chunks_sox_reads_without_a_warning():
+    data = wav_bytes(WAVEFORM, RATE, "FLOAT")
+    found = dict(chunks(data))
+    fmt = found[b"fmt "]
+    assert len(fmt) == 18 and struct.unpack("<HHIIHHH", fmt) == (3, 1, RATE, 4 * RATE, 4, 32, 0)
+    assert struct.unpack("<I", found[b"fact"]) == (len(WAVEFORM),)
+    assert [sox_fmt_problem(fmt, newer) for newer in (False, True)] == [None, None]
+    # what libsndfile writes by itself, as WAV or as WAVEX, is what SoX 14.4.2 warns about
+    for format in ("WAV", "WAVEX"):
+        assert sox_fmt_problem(dict(chunks(plain("FLOAT", format)))[b"fmt "], newer=False) == "wave header missing extended part of fmt chunk"
+    for subtype in ("PCM_16", "PCM_24"):  # PCM needs no extension: its fmt stays libsndfile's 16 bytes
+        fmt = dict(chunks(wav_bytes(WAVEFORM, RATE, subtype)))[b"fmt "]
+        assert len(fmt) == 16 and [sox_fmt_problem(fmt, newer) for newer in (False, True)] == [None, None]
 
 
 def test_libsndfile_reads_a_comment_up_to_the_bound_and_longer_ones_are_refused_before_writing():
