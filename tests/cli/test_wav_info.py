@@ -1,6 +1,7 @@
 """What a WAV carries inside: the samples libsndfile wrote, an INFO chunk (ISFT, ICMT) ahead of
 `data` that FFmpeg's demuxer (what ffprobe prints) and libsndfile read, and for IEEE float a fmt
-chunk that SoX reads without a warning."""
+chunk that SoX reads without a warning. `.ci/check_wav_readers.py` checks the same files with sox, ffprobe
+and exiftool themselves."""
 
 from __future__ import annotations
 
