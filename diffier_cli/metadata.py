@@ -106,7 +106,7 @@ class NoRecord(UsageError):
 
 def read_record(path) -> dict | str:
     """The record stored with an output: a PNG's `diffier` chunk (else its A1111 `parameters`
-    text), or a WAV's `<stem>.json` sidecar.
+    text), or a WAV's `<stem>.json` sidecar (else the record in brief in its INFO chunk).
 
     The file may come from anywhere, so nothing in it is trusted: every failure is a UsageError
     whose one-line message starts with the path ("PATH: why"), and the JSON goes through the one
@@ -139,10 +139,11 @@ def _parse_record(text: str | bytes, where: str) -> dict:
 
 
 def _sidecar_record(path: Path) -> dict:
-    """A WAV's record: its `<stem>.json` sidecar, read at most MAX_RECORD_BYTES of."""
+    """A WAV's record: its `<stem>.json` sidecar, read at most MAX_RECORD_BYTES of; without one,
+    the record in brief in the WAV's INFO comment."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        raise NoRecord(f"{path}: no sidecar {sidecar.name} beside it, so no diffier record")
+        return _wav_info_record(path, sidecar)
     try:
         with sidecar.open("rb") as stream:
             data = untrusted.read_bytes(stream, MAX_RECORD_BYTES, "MAX_RECORD_BYTES")
@@ -151,6 +152,21 @@ def _sidecar_record(path: Path) -> dict:
     except untrusted.Refused as exc:
         raise UsageError(f"{path}: its sidecar {sidecar.name} {exc}; {NOT_OURS}") from None
     return _parse_record(data, f"{path}: its sidecar {sidecar.name}")
+
+
+def _wav_info_record(path: Path, sidecar: Path) -> dict:
+    """The record in brief that diffier writes into a WAV's INFO chunk (ISFT `diffier ...`, ICMT
+    the JSON; see wavinfo.py and tts.wav_comment). A WAV without them, or one libsndfile cannot
+    read, carries no diffier record; one whose software says diffier must hold a good record."""
+    from diffier_cli.wavinfo import read_info
+
+    try:
+        software, comment = read_info(path)
+    except ValueError as exc:
+        raise NoRecord(f"{path}: no sidecar {sidecar.name} beside it, and {exc}") from None
+    if not software.startswith("diffier "):
+        raise NoRecord(f"{path}: no sidecar {sidecar.name} beside it and no diffier record in its INFO chunk")
+    return _parse_record(comment, f"{path}: its INFO comment (ICMT)")
 
 
 def _png_text(path: Path) -> dict[str, str]:

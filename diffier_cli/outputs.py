@@ -28,10 +28,32 @@ SLUG_MAX = 60
 
 
 def slugify(text: str, limit: int = SLUG_MAX) -> str:
-    """A filesystem-safe, lower-case ASCII rendering of a prompt, capped so names stay legal."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    """A filesystem-safe, lower-case ASCII rendering of a prompt, capped so names stay legal:
+    `кот` → `kot`, `一只猫` → `yi-zhi-mao`, `untitled` only when no letter or digit is left.
+
+    Accents come off by NFKD decomposition, as they always have; a letter or digit with no ASCII
+    form then (Cyrillic, Greek, CJK, ß, ...) is transliterated by Unidecode, and anything else that
+    is not ASCII (punctuation, symbols, emoji) is dropped. So a prompt's name changes from before
+    only where it held such a letter or digit, which earlier versions dropped, and never for an
+    ASCII prompt: `--skip-existing` still finds the outputs of earlier runs by name.
+    """
+    ascii_text = "".join(_ascii_char(char) for char in unicodedata.normalize("NFKD", text))
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
     return slug[:limit].rstrip("-") or "untitled"
+
+
+def _ascii_char(char: str) -> str:
+    """A character of an NFKD-decomposed text as ASCII: itself, the letters and digits of its
+    transliteration (a letter or digit), or nothing. Unidecode ends a syllable it reads for a CJK
+    ideograph with a space (`猫` → `Mao `); a space before it too keeps `猫cat` apart (`mao-cat`)."""
+    if char.isascii():
+        return char
+    if unicodedata.category(char)[0] not in "LN":
+        return ""
+    from unidecode import unidecode  # only for the letters and digits that NFKD left non-ASCII
+
+    spelled = unidecode(char)
+    return re.sub(r"[^A-Za-z0-9 ]", "", " " + spelled if spelled.endswith(" ") else spelled)
 
 
 # Names Windows reserves for devices, with any extension: an output shared to such a machine

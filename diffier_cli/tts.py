@@ -9,7 +9,7 @@ shard or restart.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import re
 import sys
@@ -37,6 +37,7 @@ from diffier_cli.runtime import (
     resolve_dtype,
 )
 from diffier_cli.task import Made
+from diffier_cli.wavinfo import INFO_MAX_BYTES, wav_bytes
 from models import untrusted
 from models.errors import ModelUnavailable, NumericalOverflow
 
@@ -117,23 +118,6 @@ def split_utterances(text: str) -> list[str]:
         if words:
             utterances.append(" ".join(words))
     return utterances
-
-
-def wav_bytes(waveform, sample_rate: int, subtype: str) -> bytes:
-    """A complete WAV in memory (a pipe cannot be seeked to patch the header later).
-
-    PCM_16 is written from int16 scaled by 32767 and rounded: the official inference scales by
-    32768 and truncates, which wraps +1.0 to −32768. No normalisation, so A/B comparisons stay honest.
-    """
-    import numpy as np
-    import soundfile
-
-    buffer = io.BytesIO()
-    samples = np.clip(waveform, -1.0, 1.0)
-    if subtype == "PCM_16":
-        samples = np.round(samples * 32767).astype(np.int16)
-    soundfile.write(buffer, samples, sample_rate, subtype=subtype, format="WAV")
-    return buffer.getvalue()
 
 
 @dataclass(kw_only=True)
@@ -330,13 +314,62 @@ def record(opts: TTSOptions, voice: Voice, item: Speech, per_utterance: list[dic
     }
 
 
+# Bytes of a file name in a WAV's comment: the name of a checkpoint or vocoder file, never its folder.
+COMMENT_NAME_BYTES = 100
+
+
+def _ascii_json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+def _ascii_head(text: str, budget: int) -> str:
+    """The longest beginning of `text` whose ASCII JSON form (\\uXXXX for the rest) fits `budget` bytes."""
+    used = 0
+    for end, char in enumerate(text):
+        used += len(_ascii_json(char))
+        if used > budget:
+            return text[:end]
+    return text
+
+
+def wav_comment(record: dict) -> str:
+    """The record in brief, as a WAV's INFO comment (ICMT): one line of ASCII JSON of at most
+    INFO_MAX_BYTES, so that a WAV on stdout, or parted from its sidecar, still says what made it.
+
+    Keys as in the record where they mean the same, and `compact: true`; the checkpoint and the
+    vocoder by file name (no folder) and SHA-256; the refiner's scalar settings (IEC's weights
+    follow from them); `text_sha256` (of the UTF-8 text) always, and last the text whole, or when
+    it does not fit its beginning as `text_head`.
+    """
+    checkpoint, vocoder, refiner = record["checkpoint"], record["vocoder"], record["refiner"]
+    brief = {
+        "tool": record["tool"], "version": record["version"], "command": record["command"], "compact": True,
+        "seed": record["seed"], "mode": record["mode"], "index": record["index"],
+        **({"line": record["line"]} if "line" in record else {}),
+        "job": record["job"],
+        "checkpoint": {"file": _ascii_head(Path(checkpoint["path"]).name, COMMENT_NAME_BYTES), "sha256": checkpoint["sha256"],
+                       "n_spks": checkpoint["n_spks"], "pe_scale": checkpoint["pe_scale"]},
+        "vocoder": {"id": _ascii_head(Path(vocoder["id"]).name, COMMENT_NAME_BYTES), "sha256": vocoder["sha256"]},
+        "params": record["params"],
+        "refiner": None if refiner is None else {k: v for k, v in refiner.items() if not isinstance(v, (list, dict))},
+        "text_sha256": hashlib.sha256(record["text"].encode("utf-8", "surrogateescape")).hexdigest(),
+    }
+    fixed = json.dumps(brief, separators=(",", ":"))
+    if len(fixed) + len(',"text":""') + len(_ascii_json(record["text"])) <= INFO_MAX_BYTES:
+        brief["text"] = record["text"]
+    else:
+        brief["text_head"] = _ascii_head(record["text"], INFO_MAX_BYTES - len(fixed) - len(',"text_head":""'))
+    return json.dumps(brief, separators=(",", ":"))
+
+
 def speak(voice: Voice, opts: TTSOptions, item: Speech, job: dict, on_step=None,
           mels: list | None = None) -> tuple[bytes, dict, float]:
-    """One checked item → (its WAV, its record, seconds of synthesis)."""
+    """One checked item → (its WAV, with the record in brief inside, its record, seconds of synthesis)."""
     started = time.perf_counter()
     waveform, per_utterance = synthesize(voice, opts, item.spoken, item.seed, on_step=on_step, mels=mels)
     seconds = time.perf_counter() - started
-    return wav_bytes(waveform, voice.sample_rate, opts.subtype), record(opts, voice, item, per_utterance, len(waveform), seconds, job), seconds
+    speech_record = record(opts, voice, item, per_utterance, len(waveform), seconds, job)
+    return wav_bytes(waveform, voice.sample_rate, opts.subtype, wav_comment(speech_record)), speech_record, seconds
 
 
 def sidecar_bytes(record: dict) -> bytes:

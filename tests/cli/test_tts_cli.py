@@ -87,6 +87,27 @@ def test_stdin_to_stdout_float_wav_equals_the_file_and_speakers_differ(checkpoin
     assert not np.array_equal(soundfile.read(tmp_path / "s40.wav", dtype="float32")[0][: len(samples)], samples)
 
 
+def test_every_wav_carries_its_record_in_brief_so_piped_audio_keeps_its_provenance(checkpoints, tmp_path):
+    text = "Кот. Good morning."
+    common = ("--checkpoint", checkpoints[1], "--steps", "2", "--seed", "5", "-q")
+    to_folder = run_cli("tts", "--text", text, *common, "-o", f"{tmp_path}/out/")
+    piped = run_cli("tts", "-", *common, "-o", "-", input_text=text)
+    assert to_folder.returncode == 0 and piped.returncode == 0, to_folder.stderr + piped.stderr
+    named = tmp_path / "out" / "kot-good-morning-5-refined.wav"  # the text transliterated, not 'untitled'
+    sidecar = json.loads(named.with_suffix(".json").read_text())
+    saved = tmp_path / "saved.wav"
+    saved.write_bytes(piped.stdout_bytes)  # no sidecar: the WAV alone
+    (brief,) = [line["record"] for line in run_cli("info", "--json", str(saved)).records]
+    assert brief["compact"] is True and brief["text"] == text == sidecar["text"]
+    assert {key: sidecar[key] for key in ("tool", "version", "command", "seed", "mode", "index", "job", "params", "refiner")} == \
+           {key: brief[key] for key in ("tool", "version", "command", "seed", "mode", "index", "job", "params", "refiner")}
+    assert brief["checkpoint"] == {"file": "grad-tts-1.pt", **{k: sidecar["checkpoint"][k] for k in ("sha256", "n_spks", "pe_scale")}}
+    assert brief["vocoder"] == sidecar["vocoder"]
+    with soundfile.SoundFile(named) as sound:  # the file run's WAV carries the same, besides its sidecar
+        assert json.loads(sound.comment) == brief and sound.software.startswith(f"diffier {sidecar['version']} (libsndfile-")
+    assert np.array_equal(soundfile.read(named)[0], soundfile.read(saved)[0])
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [(b"", "empty"), (b"   \n\n  ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8"),
@@ -214,7 +235,7 @@ def test_sentences_split_at_ends_not_at_abbreviations():
 
 
 def test_pcm16_scales_by_32767_without_wrapping():
-    from diffier_cli.tts import wav_bytes
+    from diffier_cli.wavinfo import wav_bytes
 
     data = wav_bytes(np.array([1.0, -1.0, 0.5, 1.2, -0.25], dtype=np.float32), 22050, "PCM_16")
     samples, _ = soundfile.read(io.BytesIO(data), dtype="int16")
