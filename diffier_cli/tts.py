@@ -347,7 +347,7 @@ def wav_comment(record: dict) -> str:
         "seed": record["seed"], "mode": record["mode"], "index": record["index"],
         **({"line": record["line"]} if "line" in record else {}),
         "job": record["job"],
-        "checkpoint": {"file": _ascii_head(Path(checkpoint["path"]).name, COMMENT_NAME_BYTES), "sha256": checkpoint["sha256"],
+        "checkpoint": {"file": _ascii_head(Path(checkpoint.get("path") or checkpoint["file"]).name, COMMENT_NAME_BYTES), "sha256": checkpoint["sha256"],
                        "n_spks": checkpoint["n_spks"], "pe_scale": checkpoint["pe_scale"]},
         "vocoder": {"id": _ascii_head(Path(vocoder["id"]).name, COMMENT_NAME_BYTES), "sha256": vocoder["sha256"]},
         "params": record["params"],
