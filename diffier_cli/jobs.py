@@ -275,6 +275,7 @@ class JobRun:
     written: int = 0
     failures: list[tuple[Item, str]] = field(default_factory=list)
     _stop_requested_at: float | None = None
+    drain: Callable[[], None] = lambda: None  # finish the writes in flight (task.Writer.settle)
 
     def announce(self) -> None:
         """Say what this process will make, unless the run is a single item made from scratch."""
@@ -328,6 +329,7 @@ class JobRun:
 
     def _checked(self, batch: list[Planned]) -> Iterator[list[Planned]]:
         if self._stop_requested_at is not None:
+            self.drain()
             done = self.written + len(self.failures)
             raise Interrupted(f"interrupted after {done} of {len(self.plan.to_write)} item(s); rerun {self.resume} to resume")
         yield batch

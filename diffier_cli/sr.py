@@ -499,7 +499,7 @@ class Upscale:
                                   self.options, reporter, description)
         image_record = record(self.options, self.model, self.negative, item, source.rgb.size, output.size, details,
                               self.job, source.orientation)
-        return [Made(image_record, [png(output, source.text, image_record)], detail=f"{output.width}×{output.height}")]
+        return [Made(image_record, lambda: [png(output, source.text, image_record)], detail=f"{output.width}×{output.height}")]
 
     def label(self, item: Picture) -> str:
         return item.input

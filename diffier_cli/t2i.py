@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -351,6 +352,10 @@ def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter)
     return backbone
 
 
+def encode_png(image, image_record: dict) -> list[bytes]:
+    return [png_bytes(image, png_text(image_record))]
+
+
 class TextToImage:
     """`diffier t2i` as a task: prompt lines → images, `batch_size` at a time."""
 
@@ -407,7 +412,7 @@ class TextToImage:
         made = []
         for item, image, per_step in zip(items, images, stats):
             image_record = record(self.options, self.backbone, item, self.height, self.width, per_step, self.versions, self.job)
-            made.append(Made(image_record, [png_bytes(image, png_text(image_record))]))
+            made.append(Made(image_record, partial(encode_png, image, image_record)))
         return made
 
     def label(self, item: Prompted) -> str:

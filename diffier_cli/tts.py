@@ -435,7 +435,7 @@ class Speak:
     def make(self, items: Sequence[Speech], reporter: Reporter, plan: Plan) -> list[Made]:
         (item,) = items
         data, speech_record, _ = speak(self.voice, self.options, item, self.job, on_step=reporter.advance)
-        return [Made(speech_record, [data, sidecar_bytes(speech_record)], detail=f"{speech_record['audio']['duration_s']:.2f} s of audio", kind="WAV")]
+        return [Made(speech_record, lambda: [data, sidecar_bytes(speech_record)], detail=f"{speech_record['audio']['duration_s']:.2f} s of audio", kind="WAV")]
 
     def label(self, item: Speech) -> str:
         return f"item {item.index}" + (f" (line {item.line})" if item.line is not None else "")
