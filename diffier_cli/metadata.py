@@ -85,11 +85,13 @@ def a1111_parameters(record: dict, extra: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def record_json(record: dict) -> str:
+    """A record as a PNG's `diffier` chunk holds it: compact JSON, UTF-8 as it is."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
 def png_text(record: dict) -> dict[str, str]:
-    return {
-        "parameters": a1111_parameters(record),
-        "diffier": json.dumps(record, ensure_ascii=False, separators=(",", ":")),
-    }
+    return {"parameters": a1111_parameters(record), "diffier": record_json(record)}
 
 
 # The text chunks that hold a record: diffier's own, then AUTOMATIC1111's summary.
