@@ -4,12 +4,13 @@ The format comes from `-o`'s or `--name`'s extension, else `--format`, else PNG;
 are a usage error. A PNG keeps its text chunks (`parameters`, AUTOMATIC1111's infotext, and
 `diffier`, the full JSON record), byte for byte as before formats existed.
 
-JPEG and WebP carry one EXIF block, written by Pillow alone:
+JPEG and WebP carry one EXIF block, written by piexif as AUTOMATIC1111 writes it:
 
 - the infotext where AUTOMATIC1111 puts it (modules/images.py, save_image_with_geninfo): the Exif
-  IFD's UserComment as `piexif.helper.UserComment.dump(text, encoding="unicode")` makes it,
-  b"UNICODE\\0" and the text in UTF-16 big-endian, in a big-endian EXIF block like piexif's (so
-  sd-parsers, which decodes UTF-16 BE whatever the block's byte order, and exiftool agree);
+  IFD's UserComment, `piexif.helper.UserComment.dump(text, encoding="unicode")`, b"UNICODE\\0" and
+  the text in UTF-16 big-endian, typed UNDEFINED as EXIF says, in piexif's big-endian block.
+  Pillow alone would type it BYTE (its tag table lacks UserComment), which piexif.load, and so
+  AUTOMATIC1111's own PNG Info, reads as a tuple of numbers and fails on;
 - the full record in IFD0's ImageDescription, as ASCII JSON (characters past ASCII escaped as
   \\uXXXX: the tag's EXIF type is ASCII), and IFD0's Software `diffier VERSION`, which says whose
   record it is. exiftool shows them as Image Description and Software; `diffier info` and
@@ -137,16 +138,15 @@ def user_comment(text: str) -> bytes:
 
 
 def exif_block(record: dict, infotext: str | None) -> bytes:
-    """The EXIF block of a JPEG or WebP: the record (IFD0 ImageDescription), the producer (IFD0
-    Software) and the infotext (Exif IFD UserComment), big-endian as Pillow writes by default."""
-    from PIL import ExifTags, Image
+    """The EXIF block of a JPEG or WebP ("Exif\\0\\0" and a big-endian TIFF structure, as piexif
+    dumps it): the record (IFD0 ImageDescription), the producer (IFD0 Software) and the infotext
+    (Exif IFD UserComment)."""
+    import piexif
 
-    exif = Image.Exif()
-    exif[ExifTags.Base.ImageDescription] = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
-    exif[ExifTags.Base.Software] = SOFTWARE
-    if infotext is not None:
-        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = user_comment(infotext)
-    return exif.tobytes()
+    description = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    zeroth = {piexif.ImageIFD.ImageDescription: description, piexif.ImageIFD.Software: SOFTWARE}
+    exif = {piexif.ExifIFD.UserComment: user_comment(infotext)} if infotext is not None else {}
+    return piexif.dump({"0th": zeroth, "Exif": exif})
 
 
 def encode(image, spec: ImageFormat, record: dict, chunks: Mapping[str, str], infotext: str | None) -> bytes:
@@ -164,8 +164,8 @@ def encode(image, spec: ImageFormat, record: dict, chunks: Mapping[str, str], in
     buffer = io.BytesIO()
     if spec.name == "jpeg":
         image.save(buffer, format="JPEG", quality=spec.quality, exif=exif)
-    elif spec.lossless:
-        image.save(buffer, format="WEBP", lossless=True, exif=exif)
+    elif spec.lossless:  # exact: keep the colour under fully transparent pixels too, so every pixel is as made
+        image.save(buffer, format="WEBP", lossless=True, exact=True, exif=exif)
     else:
         image.save(buffer, format="WEBP", quality=spec.quality, exif=exif)
     return buffer.getvalue()

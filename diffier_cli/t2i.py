@@ -188,10 +188,10 @@ def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str 
                             negative_prompt=line.negative_prompt if line.negative_prompt is not None else negative_prompt,
                             line=p + 1)
             if line.name:
-                given = next((suffix for suffix in suffixes if line.name.lower().endswith(suffix)), "")
-                base = line.name[:len(line.name) - len(given)]
-                item.name = base if num_images == 1 else f"{base}-{j}"
-                problem = name_problem(item.name + suffixes[0])
+                given = len(next((suffix for suffix in suffixes if line.name.lower().endswith(suffix)), ""))
+                base, extension = line.name[:len(line.name) - given], line.name[len(line.name) - given:]
+                item.name = (base if num_images == 1 else f"{base}-{j}") + extension
+                problem = name_problem(item.name + ("" if extension else suffixes[0]))
                 if problem:  # the line fails alone, in its turn, under the template's name
                     item.error, item.name, item.stem = f"line {p + 1}: name {problem}", None, slug
             items.append(item)

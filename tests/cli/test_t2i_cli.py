@@ -124,7 +124,7 @@ def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
     assert set(record["versions"]) == {"python", "torch", "diffusers", "transformers"}
     assert record["version"] and record["tool"] == "diffier"
 
-    assert run_cli("info", "--json", str(out)).records == [{"path": str(out), "record": record}]
+    assert run_cli("info", "--json", str(out)).records == [{"path": str(out), "kind": "diffier", "record": record}]
 
     first, negative, pairs = text["parameters"].split("\n")
     assert first == prompt and negative == "Negative prompt: dark"
