@@ -66,21 +66,22 @@ def read_record(path) -> dict:
 def record_in(path: Path, found: Embedded) -> dict:
     """diffier's record among an image's metadata, parsed; NoRecord when it has none."""
     if "diffier" in found.text:
-        return _parse_record(found.text["diffier"], f"{path}: its diffier chunk")
+        return json_object(found.text["diffier"], f"{path}: its diffier chunk")
     if found.exif_record is not None:
-        return _parse_record(found.exif_record, f"{path}: its EXIF ImageDescription")
+        return json_object(found.exif_record, f"{path}: its EXIF ImageDescription")
     raise NoRecord(f"{path}: carries no diffier record")
 
 
-def _parse_record(text: str | bytes, where: str) -> dict:
-    """A record's JSON, bounded, as an object: anything else is a usage error naming `where`."""
+def json_object(text: str | bytes, where: str, fix: str = NOT_OURS) -> dict:
+    """JSON from a file, bounded, as an object: anything else is a usage error naming `where`
+    ("PATH: its diffier chunk") and ending in `fix`."""
     try:
-        record = untrusted.loads(text)
+        value = untrusted.loads(text)
     except untrusted.Refused as exc:
-        raise UsageError(f"{where} {exc}; {NOT_OURS}") from None
-    if not isinstance(record, dict):
-        raise UsageError(f"{where} is a JSON {type(record).__name__}, not an object; {NOT_OURS}")
-    return record
+        raise UsageError(f"{where} {exc}; {fix}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} is a JSON {type(value).__name__}, not an object; {fix}")
+    return value
 
 
 def _sidecar_record(path: Path) -> dict:
@@ -96,7 +97,7 @@ def _sidecar_record(path: Path) -> dict:
         raise UsageError(f"{path}: cannot read its sidecar {sidecar.name} ({exc.strerror or exc})") from exc
     except untrusted.Refused as exc:
         raise UsageError(f"{path}: its sidecar {sidecar.name} {exc}; {NOT_OURS}") from None
-    return _parse_record(data, f"{path}: its sidecar {sidecar.name}")
+    return json_object(data, f"{path}: its sidecar {sidecar.name}")
 
 
 def _wav_info_record(path: Path, sidecar: Path) -> dict:
@@ -111,7 +112,7 @@ def _wav_info_record(path: Path, sidecar: Path) -> dict:
         raise NoRecord(f"{path}: no sidecar {sidecar.name} beside it, and {exc}") from None
     if not software.startswith(SOFTWARE_PREFIX):
         raise NoRecord(f"{path}: no sidecar {sidecar.name} beside it and no diffier record in its INFO chunk")
-    return _parse_record(comment, f"{path}: its INFO comment (ICMT)")
+    return json_object(comment, f"{path}: its INFO comment (ICMT)")
 
 
 def embedded(path: Path) -> Embedded:

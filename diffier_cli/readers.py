@@ -23,9 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffier_cli.embedded import Embedded, NoRecord, embedded, read_record, record_in
+from diffier_cli.embedded import Embedded, NoRecord, embedded, json_object, read_record, record_in
 from diffier_cli.errors import DiffierError, ExitCode, UsageError, first_line
-from models import untrusted
 
 KINDS = ("diffier", "a1111", "comfyui", "invokeai", "none")
 LABELS = {"diffier": "diffier", "a1111": "AUTOMATIC1111", "comfyui": "ComfyUI", "invokeai": "InvokeAI", "none": "none"}
@@ -91,9 +90,9 @@ def parse(path: Path, kind: str, found: Embedded) -> dict:
     parameters = dict(found.text)
     if kind == "a1111" and "parameters" not in parameters:
         parameters["parameters"] = found.user_comment
-    for key in JSON_CHUNKS:
+    for key in JSON_CHUNKS:  # through the bounded reader before any parser sees them
         if key in parameters:
-            _check_json(path, key, parameters[key])
+            json_object(parameters[key], f"{path}: its {key} chunk", "the file is damaged or was altered")
     if importlib.util.find_spec("sd_parsers") is None:
         raise UsageError(f"{path}: holds {LABELS[kind]} metadata, which info reads with sd-parsers; pip install 'diffier[{EXTRA}]'")
     from sd_parsers.parsers import AUTOMATIC1111Parser, ComfyUIParser, InvokeAIParser
@@ -105,16 +104,6 @@ def parse(path: Path, kind: str, found: Embedded) -> dict:
         raise UsageError(f"{path}: its {LABELS[kind]} metadata is not in a layout sd-parsers reads "
                          f"({type(exc).__name__}: {first_line(exc) or 'no detail'})") from None
     return fields(info)
-
-
-def _check_json(path: Path, key: str, text: str) -> None:
-    """A JSON chunk through the bounded reader before any parser sees it: an object, or an error."""
-    try:
-        value = untrusted.loads(text)
-    except untrusted.Refused as exc:
-        raise UsageError(f"{path}: its {key} chunk {exc}; the file is damaged or was altered") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{path}: its {key} chunk is a JSON {type(value).__name__}, not an object; the file is damaged or was altered")
 
 
 def _number(value, cast):

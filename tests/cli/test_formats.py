@@ -6,6 +6,7 @@ fresh machine): `.ci/check_with_exiftool.py` checks the same outputs with it whe
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_each_format_carries_the_record_and_a1111_infotext_where_a1111_puts_it(t
     folder, records = three_formats
     png = Image.open(records["png"]["path"]).text
     infotext, png_record = png["parameters"], json.loads(png["diffier"])
-    assert records["webp"]["path"] == str(folder / "webp" / f"00000-7-refined-ein-hundchen-das-isst.webp")
+    assert records["webp"]["path"] == str(folder / "webp" / "00000-7-refined-ein-hundchen-das-isst.webp")
     strip = lambda record: {k: v for k, v in record.items() if k not in ("path", "wall_time_s", "encoding", "job")}
     assert strip(records["jpeg"]) == strip(records["webp"]) == strip(records["lossless"]) == strip(records["png"]) == strip(png_record)
     assert len({record["job"]["id"] for record in records.values()}) == 4  # the encoding is a setting of the job
@@ -160,7 +161,7 @@ def test_a_record_too_large_for_a_jpeg_segment_is_refused_and_png_and_webp_take_
     with pytest.raises(UsageError, match=r"bytes of EXIF, over the 65533 a JPEG metadata segment holds; write PNG or WebP"):
         encode(image, ImageFormat("jpeg", 95), record, {}, "short")
     webp = encode(image, ImageFormat("webp", 95), record, {}, "short")
-    assert json.loads(Image.open(__import__("io").BytesIO(webp)).getexif()[ExifTags.Base.ImageDescription]) == record
+    assert json.loads(Image.open(io.BytesIO(webp)).getexif()[ExifTags.Base.ImageDescription]) == record
     assert encode(image, ImageFormat(), record, {"parameters": "short"}, "short").startswith(b"\x89PNG")
 
 

@@ -17,9 +17,7 @@ The parsing is sd-parsers' (the test extra has it, as `pip install 'diffier[read
 
 from __future__ import annotations
 
-import io
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from diffier_cli.formats import ImageFormat, encode
-from tests.helpers import run_cli
+from tests.helpers import damaged_copies, run_cli
 
 A1111_TEXT = ("a lighthouse at dusk, oil painting\nNegative prompt: blurry, lowres\n"
               "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567890, Size: 512x768, "
@@ -203,16 +201,9 @@ def test_damaged_files_never_escape_as_a_traceback(files, tmp_path, name):
     file is a reading or an error naming it, whichever reader it reaches."""
     from diffier_cli.readers import read
 
-    original, rng, path = files[name].read_bytes(), random.Random(16), tmp_path / files[name].name
-    for trial in range(150):
-        data = bytearray(original)
-        if trial % 3 == 0:
-            data[rng.randrange(2, len(data))] = rng.randrange(256)
-        elif trial % 3 == 1:
-            del data[rng.randrange(2, len(data)):]
-        else:
-            data[rng.randrange(2, len(data)):0] = rng.randbytes(rng.randint(1, 16))
-        path.write_bytes(bytes(data))
+    path = tmp_path / files[name].name
+    for data in damaged_copies(files[name].read_bytes(), seed=16, trials=150, keep=2):
+        path.write_bytes(data)
         reading = read(str(path))
         assert (reading.record is None) == (reading.error is not None)
         if reading.error is not None:

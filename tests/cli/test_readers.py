@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import struct
 import time
 import zlib
@@ -24,7 +23,7 @@ from models import untrusted
 from diffier_cli.limits import MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
 from diffier_cli.manifest import JobAudit
 from diffier_cli.t2i import _jsonl_line
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, damaged_copies, run_cli
 
 HANG_GUARD_S = 10.0
 GOOD = {"tool": "diffier", "command": "t2i", "index": 0, "seed": 5, "job": {"id": "0123456789ab", "count": 1, "index": 0}}
@@ -242,16 +241,9 @@ def test_a_corrupted_png_never_escapes_as_a_traceback(tmp_path):
     info.add_text("diffier", json.dumps(GOOD))
     info.add_text("parameters", "a cat\nSteps: 20", zip=True)
     Image.new("RGB", (16, 16)).save(buffer, "PNG", pnginfo=info)
-    original, rng, path = buffer.getvalue(), random.Random(13), tmp_path / "f.png"
-    for trial in range(300):
-        data = bytearray(original)
-        if trial % 3 == 0:
-            data[rng.randrange(8, len(data))] = rng.randrange(256)
-        elif trial % 3 == 1:
-            del data[rng.randrange(8, len(data)):]
-        else:
-            data[rng.randrange(8, len(data)):0] = rng.randbytes(rng.randint(1, 16))
-        path.write_bytes(bytes(data))
+    path = tmp_path / "f.png"
+    for data in damaged_copies(buffer.getvalue(), seed=13, trials=300, keep=8):
+        path.write_bytes(data)
         try:
             read_record(path)
         except DiffierError as exc:
