@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffier_cli.errors import UsageError, first_line
-from diffier_cli.formats import SOFTWARE_PREFIX, USER_COMMENT_UNICODE
+from diffier_cli.formats import SOFTWARE_PREFIX
 from diffier_cli.limits import MAX_RECORD_BYTES
 from models import untrusted
 from models.untrusted import mib
@@ -27,11 +27,6 @@ TEXT_CHUNKS = ("diffier", "parameters", "prompt", "workflow", "invokeai_metadata
 
 # Formats whose metadata is an EXIF block (a JPEG that holds several pictures opens as MPO).
 EXIF_FORMATS = ("JPEG", "MPO", "WEBP")
-
-# EXIF UserComment's character codes (the first 8 bytes) and how AUTOMATIC1111's reader, piexif's
-# UserComment.load, decodes each; an undefined code is read as UTF-8.
-USER_COMMENT_CODES = {USER_COMMENT_UNICODE: "utf-16-be", b"ASCII\x00\x00\x00": "ascii", b"JIS\x00\x00\x00\x00\x00": "shift_jis",
-                      b"\x00" * 8: "utf-8"}
 
 # The fix offered for a record diffier cannot have written: its own records pass every check.
 NOT_OURS = "not written by diffier, or altered since; move it away"
@@ -179,14 +174,19 @@ def _exif_fields(path: Path, image) -> tuple[str | None, str | None]:
 
 
 def decode_user_comment(raw) -> str | None:
-    """An EXIF UserComment as text, its 8-byte character code read as piexif's UserComment.load
-    reads it (AUTOMATIC1111's reader); None for none, or an empty one."""
+    """An EXIF UserComment as text, read as AUTOMATIC1111's read_info_from_image reads it: piexif's
+    UserComment.load (its 8-byte character code: UNICODE, ASCII or JIS), else the bytes as UTF-8;
+    None for none, or an empty one."""
+    import piexif.helper
+
     if isinstance(raw, str):  # a writer that typed it ASCII
         text = raw
-    elif isinstance(raw, bytes) and len(raw) > 8:
-        encoding = USER_COMMENT_CODES.get(raw[:8])
-        text = raw[8:].decode(encoding, errors="replace") if encoding else raw.decode("utf-8", errors="replace")
+    elif isinstance(raw, bytes):
+        try:
+            text = piexif.helper.UserComment.load(raw)
+        except ValueError:
+            text = raw.decode("utf-8", errors="ignore")
     else:
         return None
-    text = text.rstrip("\x00")
+    text = text.strip("\x00")  # an undefined code's eight NULs, a writer's terminator
     return text or None

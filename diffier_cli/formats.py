@@ -49,7 +49,6 @@ MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}  # the pixels a side
 
 SOFTWARE = f"diffier {__version__}"  # IFD0 Software of every JPEG and WebP diffier writes
 SOFTWARE_PREFIX = "diffier "  # what a reader checks before trusting IFD0's ImageDescription as a record
-USER_COMMENT_UNICODE = b"UNICODE\x00"  # EXIF's character-code prefix of a UserComment in UTF-16
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,9 @@ def refuse_other_than_png(opts, what: str) -> None:
 
 
 def has_alpha(image) -> bool:
-    """Whether a PIL image holds transparency (an alpha channel, or a palette's or a colour's)."""
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    """Whether an image (or an sr input, from its header) has the alpha an output keeps: an alpha
+    channel, or a palette's transparency (sr.read_image keeps both)."""
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
 def size_problem(spec: ImageFormat, width: int, height: int, alpha: bool) -> str | None:
@@ -132,20 +132,16 @@ def size_problem(spec: ImageFormat, width: int, height: int, alpha: bool) -> str
     return None
 
 
-def user_comment(text: str) -> bytes:
-    """AUTOMATIC1111's EXIF UserComment: piexif.helper.UserComment.dump(text, encoding="unicode")."""
-    return USER_COMMENT_UNICODE + text.encode("utf-16-be", errors="replace")
-
-
 def exif_block(record: dict, infotext: str | None) -> bytes:
     """The EXIF block of a JPEG or WebP ("Exif\\0\\0" and a big-endian TIFF structure, as piexif
     dumps it): the record (IFD0 ImageDescription), the producer (IFD0 Software) and the infotext
     (Exif IFD UserComment)."""
     import piexif
+    import piexif.helper
 
     description = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
     zeroth = {piexif.ImageIFD.ImageDescription: description, piexif.ImageIFD.Software: SOFTWARE}
-    exif = {piexif.ExifIFD.UserComment: user_comment(infotext)} if infotext is not None else {}
+    exif = {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(infotext, encoding="unicode")} if infotext is not None else {}
     return piexif.dump({"0th": zeroth, "Exif": exif})
 
 
