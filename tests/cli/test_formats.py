@@ -89,7 +89,7 @@ def test_sd_parsers_reads_every_format_as_automatic1111(three_formats, tiny_sd, 
     (sampler,) = info.samplers
     assert sampler.name == "DDIM"
     assert sampler.parameters == {"steps": STEPS, "cfg_scale": "5.0", "seed": "7"}
-    assert sampler.model.name == str(tiny_sd["epsilon"])
+    assert sampler.model.name == tiny_sd["epsilon"].name and sampler.model.hash == records[name]["model"]["sha256"][:10]
     assert info.metadata["Size"] == "32x32" and info.metadata["DiffIER"] == "refined" and info.metadata["RNG"] == "CPU"
 
 
