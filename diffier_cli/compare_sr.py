@@ -13,6 +13,7 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, excerpt
+from diffier_cli.formats import refuse_other_than_png
 from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.outputs import png_bytes, preflight, write_atomically
@@ -35,12 +36,13 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
 def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
     from PIL import Image
 
-    from diffier_cli.sr import Picture, check_settings, geometry, load_model, png, read_image, record, upscale
+    from diffier_cli.sr import Picture, check_settings, geometry, load_model, output_bytes, read_image, record, upscale
 
     if len(opts.inputs) != 1 or Path(opts.inputs[0]).is_dir():
         raise UsageError("--compare upscales one image file; pass exactly one")
     baseline, refined = compared_modes(opts.refiner, "--compare")
     refuse_batch_options(opts, "--compare")
+    refuse_other_than_png(opts, "--compare")
     check_settings(opts)
     if opts.output is not None and not (opts.output.endswith("/") or Path(opts.output).is_dir()):
         raise UsageError(f"-o {opts.output}: --compare writes three files; pass a folder (ending in /)")
@@ -66,7 +68,7 @@ def run_compare(opts, crop: tuple[int, int, int, int] | None) -> None:
         item = Picture(index=index, seed=seed, mode=mode, stem=source.stem, slug=source.stem, input=str(source))
         output, details = upscale(model, image.rgb, image.alpha, image.mode, seed, negative, run, reporter, mode)
         made = record(run, model, negative, item, image.rgb.size, output.size, details, job, image.orientation)
-        write_atomically({paths[mode]: png(output, image.text, made)}, opts.overwrite)
+        write_atomically({paths[mode]: output_bytes(output, image.text, made)}, opts.overwrite)
         outputs[mode] = output
         if opts.json:
             print(json.dumps({"path": str(paths[mode]), **made}, ensure_ascii=False), flush=True)

@@ -110,7 +110,7 @@ def metric_versions(metrics) -> dict:
 def run_eval(opts: EvalSROptions, degradation: Degradation, metrics, csv_path: str | None) -> None:
     import torch
 
-    from diffier_cli.sr import Picture, check_settings, list_images, load_model, png, read_image, record, refuse_outputs_among_inputs, upscale
+    from diffier_cli.sr import Picture, check_settings, list_images, load_model, output_bytes, read_image, record, refuse_outputs_among_inputs, upscale
 
     modes = compared_modes(opts.refiner, "eval sr")
     hr_dir = Path(opts.hr_dir)
@@ -148,7 +148,7 @@ def run_eval(opts: EvalSROptions, degradation: Degradation, metrics, csv_path: s
             output, details = upscale(model, lr, None, "RGB", item.seed, negative, run, reporter, f"{stem} {mode}")
             made = record(run, model, negative, item, lr.size, output.size, details, job)
             made["eval"] = {"hr": str(source), **degradation.record()}
-            write_atomically({out[mode]: png(output, {}, made)}, opts.overwrite)
+            write_atomically({out[mode]: output_bytes(output, {}, made)}, opts.overwrite)
             with torch.no_grad():
                 candidate = as_tensor(output, device)
                 scores = {m.name: scorers[m.name](candidate, reference) if m.full_reference else scorers[m.name](candidate)

@@ -208,9 +208,11 @@ def plan_job(
     seed_given: bool,
     companions: Callable[[Path], list[Path]] = lambda path: [],
     batch_size: int = 1,
+    suffixes: Sequence[str] = (),
 ) -> Plan:
     """Names for all items, then this shard's part, minus what exists (with --skip-existing);
-    checks the rest for clobbering before any model loads.
+    checks the rest for clobbering before any model loads. `suffixes`: the extensions an output
+    may have (outputs.plan_outputs; default: `default_name`'s).
 
     Batches are a property of the job, not of the process: batch k holds the items kB … kB+B−1 by
     global index, shards take whole batches, and a resumed batch that is partly written is made
@@ -223,7 +225,7 @@ def plan_job(
         raise UsageError(f"shard {shard} of a sharded run needs --seed N, the same in every shard, so the shards make one run")
     if skip_existing and not seed_given:
         raise UsageError("--skip-existing resumes a run: pass its --seed (printed when it started, and stored in every output)")
-    paths = plan_outputs(output, items, default_name, name)
+    paths = plan_outputs(output, items, default_name, name, suffixes)
     batches = shard.select(-(-len(items) // batch_size))
     pending, skipped = [], 0
     for start in range(batches.start * batch_size, min(batches.stop * batch_size, len(items)), batch_size):

@@ -15,9 +15,9 @@ from typing import Iterator
 
 from diffier_cli.errors import DiffierError, UsageError
 from diffier_cli.limits import MAX_JOB_COUNT, MAX_LABEL_CHARS
-from diffier_cli.metadata import NoRecord, read_record
+from diffier_cli.embedded import NoRecord, read_record
 
-OUTPUT_SUFFIXES = (".png", ".wav")
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".wav")  # every format t2i, sr and tts write
 
 # Missing item indices a job's summary line names; the rest are counted.
 SHOWN_MISSING = 20
@@ -140,9 +140,6 @@ def collect(roots: list[str]) -> Collected:
             continue
         except DiffierError as exc:  # its message is "PATH: why"
             found.problems.append(str(exc))
-            continue
-        if not isinstance(record, dict):  # an A1111 `parameters` text from another tool
-            found.foreign.append(str(path))
             continue
         problem = record_problem(record) or _add_to_audit(found, path, record)
         if problem:

@@ -110,17 +110,25 @@ def check_path(path: Path) -> None:
                          "choose a shorter -o")
 
 
-def plan_outputs(output: str | None, items: Sequence[Item], default_name: str, name: str | None = None) -> list[Path]:
+def names_folder(output: str | None) -> bool:
+    """Whether `-o` is a folder (existing, or ending in '/') rather than a file or a name template."""
+    return output is not None and "{" not in output and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+
+
+def plan_outputs(output: str | None, items: Sequence[Item], default_name: str, name: str | None = None,
+                 suffixes: Sequence[str] = ()) -> list[Path]:
     """Resolve `-o` and `--name` into one path per item, for every item of the run (all shards
     compute the same list, so names come from the global index alone).
 
     `-o` is a file for one output, or a folder (existing, or ending in '/') for any number; `--name`
     is the file-name template inside it, with fields {index} {seed} {slug} {mode} {stem}. A template
     given straight to `-o` still works. An item with a `subdir` (sr --recursive) goes in that
-    sub-folder of the output folder. Every path must have the suffix of `default_name`.
+    sub-folder of the output folder. Every path must end in one of `suffixes` (default: the suffix
+    of `default_name`, which a name without one of them gets).
     """
     suffix = Path(default_name).suffix
-    folder_given = output is not None and "{" not in output and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+    suffixes = tuple(suffixes) or (suffix,)
+    folder_given = names_folder(output)
     if name is not None:
         if os.sep in name or "/" in name:
             raise UsageError(f"--name {name} holds a folder; put the folder in -o and the file name in --name")
@@ -156,12 +164,12 @@ def plan_outputs(output: str | None, items: Sequence[Item], default_name: str, n
         raise UsageError(f"bad name template {template!r}: {exc}") from exc
     for i, item in enumerate(items if names_from_template else []):  # an explicit -o FILE is taken as given
         if item.name:  # a name given with the input (a .jsonl line's "name") replaces the template's
-            paths[i] = paths[i].with_name(item.name if Path(item.name).suffix.lower() == suffix else item.name + suffix)
+            paths[i] = paths[i].with_name(item.name if Path(item.name).suffix.lower() in suffixes else item.name + suffix)
         if item.subdir:  # sr --recursive: the input's sub-folder, kept under the output folder
             paths[i] = paths[i].parent / item.subdir / paths[i].name
     for path in paths:
-        if path.suffix.lower() != suffix:
-            raise UsageError(f"output {path} must end in {suffix} (the format this command writes)")
+        if path.suffix.lower() not in suffixes:
+            raise UsageError(f"output {path} must end in {' or '.join(suffixes)} (the format this run writes)")
         check_path(path)
     seen: dict[Path, int] = {}
     for item, path in zip(items, paths):

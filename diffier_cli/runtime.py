@@ -42,6 +42,15 @@ class BatchOptions:
     shard: str | None = None  # --shard K/N; None = from the launcher's environment, else the whole run
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImageOutputOptions:
+    """The file format of the images a run writes (t2i, sr): formats.choose reads them with -o and --name."""
+
+    image_format: str | None = None  # --format; None = -o's or --name's extension, else png
+    quality: int | None = None  # None = formats.DEFAULT_QUALITY for JPEG and lossy WebP
+    lossless: bool = False  # WebP's lossless mode
+
+
 # Refinement draws come from a second generator per item, seeded seed ^ REFINE_SEED_MIX: with the
 # same seed as the initial-noise generator, a CPU run would refine with a copy of x_T's numbers.
 # XOR is a bijection, so distinct item seeds keep distinct refinement streams.

@@ -1,5 +1,5 @@
 """`diffier sr`: list images → plan outputs → load StableSR once → per image: bicubic upscale + pad →
-StableSR (the shared loop) → CFW decode + colour fix → PNG.
+StableSR (the shared loop) → CFW decode + colour fix → PNG, JPEG or WebP.
 
 The geometry follows the official `_canvas_tile` scripts: the LR image is upscaled by
 s = max(scale, tile size / short side), so the latent canvas is at least one tile wide, padded,
@@ -11,7 +11,6 @@ relative path); it uses seed + i, so a shard or a resumed run makes the same pix
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from contextlib import contextmanager, nullcontext
@@ -21,16 +20,18 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, first_line, numerical_overflow
+from diffier_cli.formats import ImageFormat, choose, encode, has_alpha, size_problem
 from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job
 from diffier_cli.metadata import located
 from diffier_cli.limits import MAX_ITEMS
-from diffier_cli.outputs import png_bytes, slugify
+from diffier_cli.outputs import slugify
 from diffier_cli.refiners import a1111_pairs, refinement
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     REFINE_SEED_MIX,
     BatchOptions,
     Hardware,
+    ImageOutputOptions,
     Reporter,
     RunOptions,
     item_generators,
@@ -96,7 +97,7 @@ class SRSettings(Hardware):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SROptions(SRSettings, RunOptions, BatchOptions):
+class SROptions(SRSettings, RunOptions, BatchOptions, ImageOutputOptions):
     """`diffier sr`: the settings, the inputs and how the run is named and split."""
 
     inputs: list[str]
@@ -279,14 +280,15 @@ def geometry(width: int, height: int, opts: SRSettings) -> tuple[tuple[int, int]
     return (out_w, out_h), (work_w, work_h)
 
 
-def problem_with(path: str, opts: SRSettings) -> str | None:
-    """Why an image cannot be upscaled, from its header alone (no pixels decoded), or None."""
+def problem_with(path: str, opts: SRSettings, image_format: ImageFormat = ImageFormat()) -> str | None:
+    """Why an image cannot be upscaled, or written in the run's format (a side too long for it,
+    alpha for JPEG), from its header alone (no pixels decoded), or None."""
     try:
         with open_input(path) as image:
-            geometry(*shown_size(image), opts)
+            (out_w, out_h), _ = geometry(*shown_size(image), opts)
+            return size_problem(image_format, out_w, out_h, has_alpha(image))
     except UsageError as exc:
         return str(exc)
-    return None
 
 
 def fetch_checkpoint(explicit: str | None, filename: str, offline: bool, cache_dir: str | None) -> Path:
@@ -405,11 +407,12 @@ def upscale(model, image, alpha, color_mode: str, seed: int, negative, opts: SRS
 
 
 def record(opts: SRSettings, model, negative, item: Picture, input_size: tuple[int, int], output_size: tuple[int, int],
-           details: dict, job: dict, orientation: int = 1) -> dict:
-    """What made one upscaled image, as its PNG and `--json` carry it (`opts` a run's options: RunOptions too)."""
+           details: dict, job: dict, orientation: int = 1, image_format: ImageFormat = ImageFormat()) -> dict:
+    """What made one upscaled image, as its file and `--json` carry it (`opts` a run's options:
+    RunOptions too; a JPEG's or WebP's record also says how it was encoded)."""
     import torch
 
-    seed, per_patch = item.seed, details["per_patch"]
+    seed, per_patch, encoding = item.seed, details["per_patch"], image_format.encoding()
     return {
         "tool": "diffier",
         "version": __version__,
@@ -435,11 +438,16 @@ def record(opts: SRSettings, model, negative, item: Picture, input_size: tuple[i
         "refiner": refiner_settings(opts.refiner),
         "refinement": {**refinement(opts.refiner, per_patch), **({"per_pixel_tile": per_patch} if len(per_patch) > 1 else {})},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        **({"encoding": encoding} if encoding else {}),
     }
 
 
-def png(output, text: dict, record: dict) -> bytes:
-    """The output with the input's text chunks, an A1111 `postprocessing` line and the record."""
+def output_bytes(output, text: dict, record: dict, image_format: ImageFormat = ImageFormat()) -> bytes:
+    """The output with the input's text chunks, an A1111 `postprocessing` line and the record.
+
+    A JPEG or WebP keeps one infotext, in its EXIF UserComment: the input's A1111 `parameters`
+    when it has them (as a PNG output carries them through), else the `postprocessing` line (what
+    AUTOMATIC1111's extras tab writes into a JPEG)."""
     params = record["params"]
     refinement, mode = next(iter(a1111_pairs(record["refiner"], record["mode"]).items()))  # the headline: "DiffIER: refined", "Refiner: IEC"
     postprocessing = (
@@ -447,8 +455,8 @@ def png(output, text: dict, record: dict) -> bytes:
         f"steps: {params['steps']}, CFW dec_w: {params['dec_w']}, color fix: {params['color_fix']}, "
         f"seed: {record['seed']}, {refinement}: {mode}, Version: diffier {__version__}"
     )
-    chunks = {**text, "postprocessing": postprocessing, "diffier": json.dumps(record, ensure_ascii=False, separators=(",", ":"))}
-    return png_bytes(output, chunks)
+    infotext = text.get("parameters") if isinstance(text.get("parameters"), str) else postprocessing
+    return encode(output, image_format, record, {**text, "postprocessing": postprocessing}, infotext)
 
 
 class Upscale:
@@ -460,6 +468,7 @@ class Upscale:
     def __init__(self, options: SROptions):
         self.options = options
         check_settings(options)
+        self.image_format = choose(options.output, options.name, options.image_format, options.quality, options.lossless)
         self.images = list_images(options.inputs, options.recursive)
 
     def read(self, seed: int, mode: str) -> list[Picture]:
@@ -468,14 +477,16 @@ class Upscale:
 
     def plan(self, items: list[Picture], shard: Shard) -> Plan:
         opts = self.options
-        plan = plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}"),
-                        shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None)
+        default_name = DEFAULT_NAME.replace("{scale}", f"{opts.scale:g}").removesuffix(".png") + self.image_format.suffix
+        plan = plan_job(items, output=opts.output, name=opts.name, default_name=default_name, shard=shard,
+                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
+                        suffixes=self.image_format.suffixes)
         refuse_outputs_among_inputs(opts.inputs, opts.recursive, [planned.paths[0] for planned in plan.pending])
         self.position = {planned.item.index: place for place, planned in enumerate(plan.pending, 1)}  # for "refined 2/3"
         return plan
 
     def check(self, item: Picture, reporter: Reporter, several: bool) -> None:
-        item.error = problem_with(item.input, self.options)
+        item.error = problem_with(item.input, self.options, self.image_format)
 
     def load(self, local_rank: int | None, reporter: Reporter) -> None:
         opts = self.options
@@ -485,7 +496,7 @@ class Upscale:
                     "pixel_stride": opts.pixel_stride, "negative_prompt": opts.negative_prompt,
                     "cfg": None if self.negative is None else self.negative[2],
                     "checkpoints": [self.model.info["checkpoint"]["sha256"], self.model.info["vae_checkpoint"]["sha256"]],
-                    "refiner": refiner_settings(opts.refiner)}
+                    "refiner": refiner_settings(opts.refiner), **self.image_format.encoding()}
         self.job = {"id": job_id("sr", [str(image) for image, _ in self.images], settings), "count": len(self.images)}
 
     def progress(self, reporter: Reporter, pending: list, mode: str):
@@ -498,8 +509,9 @@ class Upscale:
         output, details = upscale(self.model, source.rgb, source.alpha, source.mode, item.seed, self.negative,
                                   self.options, reporter, description)
         image_record = record(self.options, self.model, self.negative, item, source.rgb.size, output.size, details,
-                              self.job, source.orientation)
-        return [Made(image_record, lambda: [png(output, source.text, image_record)], detail=f"{output.width}×{output.height}")]
+                              self.job, source.orientation, self.image_format)
+        return [Made(image_record, lambda: [output_bytes(output, source.text, image_record, self.image_format)],
+                     detail=f"{output.width}×{output.height}")]
 
     def label(self, item: Picture) -> str:
         return item.input

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, excerpt
+from diffier_cli.formats import refuse_other_than_png
 from diffier_cli.grid import compose
 from diffier_cli.jobs import job_id, refuse_batch_options
 from diffier_cli.metadata import a1111_parameters, library_versions, png_text
@@ -141,6 +142,7 @@ def run_sweep(opts, parameter: str, values: list[float]) -> None:
     if parameter != "cfg" and parameter not in opts.refiner.sweepable:
         raise UsageError(f"--sweep-{parameter} sweeps a DiffIER setting; with --refiner {opts.refiner.name} sweep ω (--sweep-cfg)")
     refuse_batch_options(opts, f"--sweep-{parameter}")
+    refuse_other_than_png(opts, f"--sweep-{parameter}")
     check_settings(opts)
     reporter = Reporter(opts.quiet)
     seed = choose_seed(opts.seed)

@@ -17,16 +17,18 @@ from typing import TYPE_CHECKING, Sequence
 
 from diffier_cli import __version__
 from diffier_cli.errors import UsageError, excerpt, numerical_overflow
+from diffier_cli.formats import ImageFormat, choose, encode
 from diffier_cli.jobs import Item, Plan, Shard, job_id, plan_job, split_lines
 from diffier_cli.limits import MAX_ITEMS
-from diffier_cli.metadata import library_versions, png_text
-from diffier_cli.outputs import name_problem, png_bytes, slugify
+from diffier_cli.metadata import a1111_parameters, library_versions
+from diffier_cli.outputs import name_problem, slugify
 from diffier_cli.refiners import refinement
 from diffier_cli.refiners import settings as refiner_settings
 from diffier_cli.runtime import (
     REFINE_SEED_MIX,
     BatchOptions,
     Hardware,
+    ImageOutputOptions,
     Reporter,
     RunOptions,
     item_generators,
@@ -70,7 +72,7 @@ class T2ISettings(Hardware):
 
 
 @dataclass(frozen=True, kw_only=True)
-class T2IOptions(T2ISettings, RunOptions, BatchOptions):
+class T2IOptions(T2ISettings, RunOptions, BatchOptions, ImageOutputOptions):
     """`diffier t2i`: the settings, the prompts and how the run is batched, named and split."""
 
     prompt: str | None
@@ -168,8 +170,10 @@ class Prompted(Item):
     line: int
 
 
-def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str | None, seed: int, mode: str) -> list[Prompted]:
-    """Item p·N + j is image j of prompt p; its seed is the line's seed + j, else seed + index."""
+def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str | None, seed: int, mode: str,
+               suffixes: Sequence[str] = (".png",)) -> list[Prompted]:
+    """Item p·N + j is image j of prompt p; its seed is the line's seed + j, else seed + index. A
+    line's name may end in one of the run's `suffixes` (the first is what it gets otherwise)."""
     if len(prompts) * num_images > MAX_ITEMS:
         raise UsageError(
             f"{len(prompts)} prompt(s) × --num-images {num_images} is over the {MAX_ITEMS} items one run plans; "
@@ -185,9 +189,10 @@ def work_items(prompts: list[PromptLine], num_images: int, negative_prompt: str 
                             negative_prompt=line.negative_prompt if line.negative_prompt is not None else negative_prompt,
                             line=p + 1)
             if line.name:
-                base = line.name[:-4] if line.name.lower().endswith(".png") else line.name
-                item.name = base if num_images == 1 else f"{base}-{j}"
-                problem = name_problem(item.name + ".png")
+                given = len(next((suffix for suffix in suffixes if line.name.lower().endswith(suffix)), ""))
+                base, extension = line.name[:len(line.name) - given], line.name[len(line.name) - given:]
+                item.name = (base if num_images == 1 else f"{base}-{j}") + extension
+                problem = name_problem(item.name + ("" if extension else suffixes[0]))
                 if problem:  # the line fails alone, in its turn, under the template's name
                     item.error, item.name, item.stem = f"line {p + 1}: name {problem}", None, slug
             items.append(item)
@@ -207,8 +212,11 @@ def model_identity(backbone, keep_paths: bool) -> dict:
     return identity
 
 
-def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int, per_step: dict, versions: dict, job: dict) -> dict:
-    """What made one image, as its PNG and `--json` carry it (`opts` a run's options: RunOptions too)."""
+def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int, per_step: dict, versions: dict, job: dict,
+           image_format: ImageFormat = ImageFormat()) -> dict:
+    """What made one image, as its file and `--json` carry it (`opts` a run's options: RunOptions
+    too; a JPEG's or WebP's record also says how it was encoded)."""
+    encoding = image_format.encoding()
     return {
         "tool": "diffier",
         "version": __version__,
@@ -247,6 +255,7 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
         "refiner": refiner_settings(opts.refiner),
         "refinement": refinement(opts.refiner, [per_step]),
         "versions": versions,
+        **({"encoding": encoding} if encoding else {}),
     }
 
 
@@ -352,8 +361,10 @@ def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter)
     return backbone
 
 
-def encode_png(image, image_record: dict) -> list[bytes]:
-    return [png_bytes(image, png_text(image_record))]
+def encode_image(image, image_format, image_record: dict) -> list[bytes]:
+    """The image's file, with A1111's infotext where its format keeps it (on the writer thread)."""
+    infotext = a1111_parameters(image_record)
+    return [encode(image, image_format, image_record, {"parameters": infotext}, infotext)]
 
 
 class TextToImage:
@@ -365,18 +376,19 @@ class TextToImage:
         self.options = options
         self.batch_size = options.batch_size
         check_settings(options)
+        self.image_format = choose(options.output, options.name, options.image_format, options.quality, options.lossless)
         self.prompts = read_prompts(options.prompt, options.prompts_file)
 
     def read(self, seed: int, mode: str) -> list[Prompted]:
         opts = self.options
         self.seed, self.mode = seed, mode
-        return work_items(self.prompts, opts.num_images, opts.negative_prompt, seed, mode)
+        return work_items(self.prompts, opts.num_images, opts.negative_prompt, seed, mode, self.image_format.suffixes)
 
     def plan(self, items: list[Prompted], shard: Shard) -> Plan:
         opts = self.options
-        return plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME, shard=shard,
-                        skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
-                        batch_size=opts.batch_size)
+        return plan_job(items, output=opts.output, name=opts.name, default_name=DEFAULT_NAME.removesuffix(".png") + self.image_format.suffix,
+                        shard=shard, skip_existing=opts.skip_existing, overwrite=opts.overwrite, seed_given=opts.seed is not None,
+                        batch_size=opts.batch_size, suffixes=self.image_format.suffixes)
 
     def check(self, item: Prompted, reporter: Reporter, several: bool) -> None:
         """A prompt line's problems are known when it is read."""
@@ -392,7 +404,8 @@ class TextToImage:
                     "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
                     "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),
                     **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {}),
-                    **({"loras": [(lora["sha256"], lora["scale"]) for lora in self.backbone.loras]} if self.backbone.loras else {})}
+                    **({"loras": [(lora["sha256"], lora["scale"]) for lora in self.backbone.loras]} if self.backbone.loras else {}),
+                    **self.image_format.encoding()}
         inputs = [(line.prompt, line.negative_prompt, line.seed, line.name) for line in self.prompts]
         self.job = {"id": job_id("t2i", inputs, settings), "count": len(self.prompts) * opts.num_images,
                     "batch_size": opts.batch_size}
@@ -411,8 +424,9 @@ class TextToImage:
                                  on_step=lambda n=len(items): reporter.advance(n))
         made = []
         for item, image, per_step in zip(items, images, stats):
-            image_record = record(self.options, self.backbone, item, self.height, self.width, per_step, self.versions, self.job)
-            made.append(Made(image_record, partial(encode_png, image, image_record)))
+            image_record = record(self.options, self.backbone, item, self.height, self.width, per_step, self.versions, self.job,
+                                  self.image_format)
+            made.append(Made(image_record, partial(encode_image, image, self.image_format, image_record)))
         return made
 
     def label(self, item: Prompted) -> str:

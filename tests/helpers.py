@@ -107,3 +107,20 @@ def pixels(path) -> np.ndarray:
 
 # `diffier sr` options that keep a run on the tiny StableSR checkpoints (tiny_stablesr.py) small.
 SR_SMALL = ("--tile-size", "64", "--tile-overlap", "4", "--steps", "3")
+
+
+def damaged_copies(original: bytes, seed: int, trials: int, keep: int):
+    """`trials` copies of a file's bytes, each with one random byte changed, a cut or an insertion
+    after its first `keep` bytes (a fixed seed, so a failure is reproducible)."""
+    import random
+
+    rng = random.Random(seed)
+    for trial in range(trials):
+        data = bytearray(original)
+        if trial % 3 == 0:
+            data[rng.randrange(keep, len(data))] = rng.randrange(256)
+        elif trial % 3 == 1:
+            del data[rng.randrange(keep, len(data)):]
+        else:
+            data[rng.randrange(keep, len(data)):0] = rng.randbytes(rng.randint(1, 16))
+        yield bytes(data)

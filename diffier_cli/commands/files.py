@@ -8,42 +8,40 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import Overwrite, Quiet
-from diffier_cli.errors import DiffierError, ExitCode, one_line, print_error
+from diffier_cli.errors import ExitCode, one_line, print_error
 
 MANIFEST_EPILOG = "Example: diffier manifest out/ -o out/manifest.ndjson . "
 
 
 def info(
-    files: Annotated[list[str], typer.Argument(help="PNGs written by t2i or sr, or WAVs written by tts (their .json sidecar is read).")],
-    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per file on stdout: {path, record}.")] = False,
+    files: Annotated[list[str], typer.Argument(help="Images (PNG, JPEG, WebP) written by diffier t2i or sr, AUTOMATIC1111, ComfyUI or InvokeAI, or WAVs written by tts (their .json sidecar is read).")],
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per file on stdout: {path, kind, record}, kind diffier, a1111, comfyui, invokeai or none (then with error and exit_code).")] = False,
 ) -> None:
-    """Print the record diffier stored with an output: what made it, every parameter, the seed.
+    """Print what made each file: diffier's whole record, or another generator's prompt, seed,
+    steps, sampler, CFG, size and model (AUTOMATIC1111, ComfyUI, InvokeAI; read with sd-parsers,
+    pip install 'diffier[readers]').
 
-    Each file that cannot be read is one error line and the rest are still shown, so one bad file
-    in `diffier info *.png` hides nothing; the exit code is the worst of them (2 for a bad file).
+    Every file is listed; one that cannot be read, or carries no metadata info reads, is also one
+    error line on stderr, and the exit code is the worst of them (2 for a bad file or a missing
+    extra), so one bad file in `diffier info *.png` hides nothing.
     """
     import json
-    from pathlib import Path
 
-    from diffier_cli.metadata import read_record
+    from diffier_cli.readers import LABELS, read
 
     worst = ExitCode.OK
     for name in files:
-        path = Path(name)
-        try:
-            record = read_record(path)
-        except DiffierError as exc:  # its message is "PATH: why"
-            print_error(str(exc))
-            worst = max(worst, exc.code)
-            continue
+        reading = read(name)
+        if reading.error is not None:
+            print_error(str(reading.error))
+            worst = max(worst, reading.code)
         if json_lines:
-            typer.echo(json.dumps({"path": str(path), "record": record}, ensure_ascii=False))
-        else:
-            typer.echo(f"{path}:")
-            typer.echo(json.dumps(record, ensure_ascii=False, indent=2) if isinstance(record, dict) else record)
+            typer.echo(json.dumps(reading.as_json(), ensure_ascii=False))
+        elif reading.record is not None:
+            typer.echo(f"{reading.path}: {LABELS[reading.kind]}")
+            typer.echo(json.dumps(reading.record, ensure_ascii=False, indent=2))
     if worst:
         raise typer.Exit(int(worst))
-
 
 
 def manifest(
@@ -71,7 +69,7 @@ def manifest(
     for problem in found.problems:
         typer.echo(one_line(problem), err=True)
     if not found.lines and not found.problems:
-        raise UsageError(f"no diffier outputs (.png with a diffier record, .wav with its sidecar) under {' '.join(paths)}")
+        raise UsageError(f"no diffier outputs (.png, .jpg or .webp with a diffier record, .wav with its sidecar) under {' '.join(paths)}")
     text = audit.to_ndjson(found.lines)
     if output is None:
         sys.stdout.write(text)

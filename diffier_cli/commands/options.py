@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.errors import UsageError
+from diffier_cli.formats import DEFAULT_QUALITY, FORMATS
 from diffier_cli.iec import IEC, VARIANTS, parse_steps
 from diffier_cli.limits import MAX_ETA, MAX_IEC_ITERS, MAX_REFINE_ITERS, MAX_SIDE, TRAINING_TIMESTEPS
 from diffier_cli.refine import DIRECTIONS, DiffIER
@@ -102,6 +103,12 @@ SkipExisting = Annotated[bool, typer.Option("--skip-existing", help="Leave items
 KeepGoing = Annotated[bool, typer.Option("--keep-going", help="A bad item is reported (stderr, and a --json record with \"error\") and the rest go on; the run then exits 5.", rich_help_panel=BATCH)]
 Shard = Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Make only shard K of N (contiguous by item index). Default: from RANK/WORLD_SIZE (torchrun, accelerate launch), SLURM_PROCID/SLURM_NTASKS (srun) or a Slurm job array.", rich_help_panel=BATCH)]
 
+# The image files of t2i and sr.
+ImageFormatName = choices("ImageFormatName", FORMATS)
+ImageFormat = Annotated[Optional[ImageFormatName], typer.Option("--format", help="png, jpeg or webp (default: the extension of -o or --name, else png; they must agree). JPEG and WebP carry the A1111 infotext in EXIF UserComment and the record in EXIF ImageDescription; grids and comparisons stay PNG.", show_default=False, rich_help_panel=OUTPUT)]
+Quality = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help=f"JPEG and lossy WebP quality, 1-100 (default {DEFAULT_QUALITY}; AUTOMATIC1111 writes 80).", show_default=False, rich_help_panel=OUTPUT)]
+Lossless = Annotated[bool, typer.Option("--lossless", help="WebP's lossless mode (the pixels exactly).", rich_help_panel=OUTPUT)]
+
 # Stable Diffusion, in `t2i` and `eval t2i`.
 T2INegativePrompt = Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (the unconditional branch of CFG).", rich_help_panel=SAMPLING)]
 T2ISteps = Annotated[int, typer.Option("--steps", min=1, max=TRAINING_TIMESTEPS, help="Sampling steps, at most the model's 1000 training timesteps (two-stage samplers evaluate the model about twice a step).", rich_help_panel=SAMPLING)]
@@ -123,6 +130,7 @@ REFINER_SWITCH = {"baseline": (Baseline, False), "refiner_choice": (RefinerChoic
 EVAL_REFINER_SWITCH = {"refiner_choice": (EvalRefinerChoice, None)}
 DIFFIER_OPTIONS = {"eta": (Eta, DiffIER.eta), "threshold": (Threshold, DiffIER.threshold),
                    "max_iters": (MaxIters, DiffIER.max_iters), "direction": (DirectionOption, DIRECTION_DEFAULT)}
+IMAGE_OPTIONS = {"image_format": (ImageFormat, None), "quality": (Quality, None), "lossless": (Lossless, False)}
 BATCH_OPTIONS = {"skip_existing": (SkipExisting, False), "keep_going": (KeepGoing, False), "shard": (Shard, None),
                  "json_lines": (JsonRecords, False), "quiet": (Quiet, False)}
 IEC_OPTIONS = {"iec_iters": (IECIters, None), "iec_gamma": (IECGamma, IEC_DEFAULT.gamma), "iec_tol": (IECTol, None),

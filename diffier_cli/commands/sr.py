@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffier_cli.commands.options import (
-    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, MODEL, Name, OUTPUT,
+    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, IMAGE_OPTIONS, MODEL, Name, OUTPUT,
     Offline, Overwrite, RecordPaths, REFINER_SWITCH, SAMPLING, SWEEP, between, choices, fill, refiner, takes,
 )
 from diffier_cli.errors import EXIT_CODES_HELP
@@ -59,6 +59,7 @@ def settings(params: dict) -> dict:
 
 
 @takes(BATCH_OPTIONS, after="recursive")
+@takes(IMAGE_OPTIONS, after="output")
 @takes(REFINER_SWITCH, DIFFIER_OPTIONS, IEC_OPTIONS, after="seed")
 def sr(
     ctx: typer.Context,
@@ -84,11 +85,11 @@ def sr(
     cache_dir: HubCacheDir = None,
     device: Device = "auto",
     dtype: HalfOnCuda = DType.auto,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="A .png path for one image, or a folder (existing or ending in /) for many (default: the current folder, named {stem}-x4-{mode}.png with the scale in the name).", rich_help_panel=OUTPUT)] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="A .png, .jpg/.jpeg or .webp path for one image, or a folder (existing or ending in /) for many (default: the current folder, named {stem}-x4-{mode}.png with the scale in the name, or the --format's extension).", rich_help_panel=OUTPUT)] = None,
     name: Name = None,
     overwrite: Overwrite = False,
     record_paths: RecordPaths = False,
-    compare: Annotated[bool, typer.Option("--compare", help="One image, baseline and refined on the same seed, written with a side-by-side PNG (input bicubic | baseline | refined).", rich_help_panel=SWEEP)] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="One image, baseline and refined on the same seed, written as PNGs with a side-by-side PNG (input bicubic | baseline | refined).", rich_help_panel=SWEEP)] = False,
     crop: Annotated[Optional[str], typer.Option("--crop", metavar="X,Y,W,H", help="With --compare: add a row with this region (output pixels) of each panel enlarged.", rich_help_panel=SWEEP)] = None,
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Take the images of the input folders' sub-folders too; outputs keep the sub-folders under the -o folder.", rich_help_panel=BATCH)] = False,
     **shared,

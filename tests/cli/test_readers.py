@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import struct
 import time
 import zlib
@@ -24,7 +23,7 @@ from models import untrusted
 from diffier_cli.limits import MAX_JSON_DEPTH, MAX_RECORD_BYTES, MAX_TEXT_BYTES
 from diffier_cli.manifest import JobAudit
 from diffier_cli.t2i import _jsonl_line
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, damaged_copies, run_cli
 
 HANG_GUARD_S = 10.0
 GOOD = {"tool": "diffier", "command": "t2i", "index": 0, "seed": 5, "job": {"id": "0123456789ab", "count": 1, "index": 0}}
@@ -185,8 +184,14 @@ def test_info_shows_the_good_files_and_one_line_per_bad_one(tmp_path):
     result, seconds = timed("info", "--json", *map(str, files))
     assert seconds < HANG_GUARD_S
     assert result.returncode == 2
-    assert result.records == [{"path": str(good), "record": GOOD}, {"path": str(later), "record": {**GOOD, "seed": 6}}]
-    lines = assert_clean_stderr(result)
+    errors = assert_clean_stderr(result)
+    assert result.records == [
+        {"path": str(good), "kind": "diffier", "record": GOOD},
+        *({"path": str(bad), "kind": "none", "record": None, "error": line.removeprefix("diffier: error: "), "exit_code": 2}
+          for bad, line in zip(files[1:5], errors)),
+        {"path": str(later), "kind": "diffier", "record": {**GOOD, "seed": 6}},
+    ]
+    lines = errors
     assert [line.split(": ")[2] for line in lines] == [str(deep), str(tmp_path / "missing.png"), str(bomb), str(listed)]
     assert all(line.startswith("diffier: error: ") for line in lines)
     assert f"{deep}: its diffier chunk nests deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)" in lines[0]
@@ -195,7 +200,7 @@ def test_info_shows_the_good_files_and_one_line_per_bad_one(tmp_path):
     assert f"{listed}: its diffier chunk is a JSON list, not an object" in lines[3]
 
     plain = run_cli("info", str(deep), str(good))
-    assert plain.returncode == 2 and plain.stdout.startswith(f"{good}:\n{{") and len(assert_clean_stderr(plain)) == 1
+    assert plain.returncode == 2 and plain.stdout.startswith(f"{good}: diffier\n{{") and len(assert_clean_stderr(plain)) == 1
 
 
 @pytest.mark.parametrize(("text", "needle"), [(DEEP, "nests deeper than"), ("x" * (50 * 2**20), "Pillow refused it")])
@@ -229,23 +234,16 @@ def test_a_corrupted_png_never_escapes_as_a_traceback(tmp_path):
     """Random byte flips, cuts and insertions in a genuine-looking PNG: each read is a record or a
     one-line usage error (a fixed seed, so a failure is reproducible)."""
     from diffier_cli.errors import DiffierError
-    from diffier_cli.metadata import read_record
+    from diffier_cli.embedded import read_record
 
     buffer = io.BytesIO()
     info = PngInfo()
     info.add_text("diffier", json.dumps(GOOD))
     info.add_text("parameters", "a cat\nSteps: 20", zip=True)
     Image.new("RGB", (16, 16)).save(buffer, "PNG", pnginfo=info)
-    original, rng, path = buffer.getvalue(), random.Random(13), tmp_path / "f.png"
-    for trial in range(300):
-        data = bytearray(original)
-        if trial % 3 == 0:
-            data[rng.randrange(8, len(data))] = rng.randrange(256)
-        elif trial % 3 == 1:
-            del data[rng.randrange(8, len(data)):]
-        else:
-            data[rng.randrange(8, len(data)):0] = rng.randbytes(rng.randint(1, 16))
-        path.write_bytes(bytes(data))
+    path = tmp_path / "f.png"
+    for data in damaged_copies(buffer.getvalue(), seed=13, trials=300, keep=8):
+        path.write_bytes(data)
         try:
             read_record(path)
         except DiffierError as exc:
@@ -266,7 +264,8 @@ def test_a_wav_sidecar_is_read_with_the_same_bounds(tmp_path):
     result, seconds = timed("info", "--json", str(good), str(deep), str(big))
     assert seconds < HANG_GUARD_S
     assert result.returncode == 2
-    assert result.records == [{"path": str(good), "record": GOOD}]
+    assert [(r["path"], r["kind"], r["record"]) for r in result.records] == [(str(good), "diffier", GOOD), (str(deep), "none", None),
+                                                                             (str(big), "none", None)]
     lines = assert_clean_stderr(result)
     assert lines[0] == (f"diffier: error: {deep}: its sidecar deep.json nests deeper than {MAX_JSON_DEPTH} levels "
                         "(MAX_JSON_DEPTH); not written by diffier, or altered since; move it away")
@@ -321,7 +320,7 @@ def test_a_deep_line_among_good_ones_and_the_outputs_audit_as_before(tiny_sd, tm
     (line,) = listing.records
     assert line["path"] == drawn["path"] and line["record"]["job"]["index"] == 0
     assert f"job {drawn['job']['id']} (t2i): 1 of 2 item(s); missing 1" in listing.stderr
-    assert run_cli("info", "--json", drawn["path"]).records == [line]
+    assert run_cli("info", "--json", drawn["path"]).records == [{"path": line["path"], "kind": "diffier", "record": line["record"]}]
 
 
 def test_a_prompts_file_over_the_bound_is_refused_before_it_is_read(tmp_path):

@@ -51,8 +51,9 @@ def test_refined_differs_reproduces_and_keeps_provenance(tiny, images, tmp_path)
     (printed,) = runs["r1"].records
     assert {k: v for k, v in printed.items() if k not in ("path", "wall_time_s")} == record
     png = tmp_path / "r1.png"
-    assert run_cli("info", "--json", str(png)).records == [{"path": str(png), "record": record}]
-    assert "a castle" in run_cli("info", str(images / "rgb.png")).stdout  # an A1111-only PNG shows its text
+    assert run_cli("info", "--json", str(png)).records == [{"path": str(png), "kind": "diffier", "record": record}]
+    assert run_cli("info", "--json", str(images / "rgb.png")).records == [  # an A1111-only PNG, read by sd-parsers
+        {"path": str(images / "rgb.png"), "kind": "a1111", "record": {"prompt": "a castle", "seed": 5, "steps": 20, "sampler": "DDIM"}}]
     missing = run_cli("info", str(tmp_path / "nope.png"))
     assert_one_line_error(missing, 2, "no such file")
     assert record["output_size"] == [48, 32] and record["input_size"] == [12, 8]
@@ -368,7 +369,7 @@ def test_a_folder_tree_keeps_its_layout_and_keeps_going_past_bad_images(tiny, tr
     assert len({r["job"]["id"] for r in records}) == 1
     png = out / "sub" / "b-x4-refined.png"
     shown = run_cli("info", "--json", str(png)).records
-    assert shown == [{"path": str(png), "record": {k: v for k, v in records[1].items() if k not in ("path", "wall_time_s")}}]
+    assert shown == [{"path": str(png), "kind": "diffier", "record": {k: v for k, v in records[1].items() if k not in ("path", "wall_time_s")}}]
 
     stopped = sr_batch(tiny, str(tree), "-o", f"{tmp_path}/", "-q")  # no --keep-going: stops at item 1
     assert_one_line_error(stopped, 2, f"{tree}/bad/cut.png: not a readable image")

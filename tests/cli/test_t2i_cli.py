@@ -124,7 +124,7 @@ def test_png_carries_a1111_parameters_and_the_full_record(tiny_sd, tmp_path):
     assert set(record["versions"]) == {"python", "torch", "diffusers", "transformers"}
     assert record["version"] and record["tool"] == "diffier"
 
-    assert run_cli("info", "--json", str(out)).records == [{"path": str(out), "record": record}]
+    assert run_cli("info", "--json", str(out)).records == [{"path": str(out), "kind": "diffier", "record": record}]
 
     first, negative, pairs = text["parameters"].split("\n")
     assert first == prompt and negative == "Negative prompt: dark"
@@ -188,7 +188,8 @@ def test_bad_values_exit_2_before_any_work(tmp_path, args, needle):
 
 @pytest.mark.parametrize(
     ("output", "needle"),
-    [("out/{nope}.png", "unknown field"), ("out/picture.jpg", ".png"), ("out/fixed-{mode}.png", "would both be written to")],
+    [("out/{nope}.png", "unknown field"), ("out/{index}.gif", "0.gif must end in .png (the format this run writes)"),
+     ("out/fixed-{mode}.png", "would both be written to")],
 )
 def test_bad_output_names_exit_2(tmp_path, output, needle):
     result = run_cli("t2i", "p", "-o", str(tmp_path / output), "--num-images", "2", "-q")

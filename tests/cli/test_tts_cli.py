@@ -52,7 +52,7 @@ def test_wav_sidecar_and_reproducibility(checkpoints, tmp_path):
     sidecar = json.loads((tmp_path / "refined.json").read_text())
     assert {k: v for k, v in record.items() if k not in ("path", "wall_time_s")} == sidecar
     wav = tmp_path / "refined.wav"
-    assert run_cli("info", "--json", str(wav)).records == [{"path": str(wav), "record": sidecar}]
+    assert run_cli("info", "--json", str(wav)).records == [{"path": str(wav), "kind": "diffier", "record": sidecar}]
     assert sidecar["utterances"] == ["Hello there.", "It is 5 o'clock!", "A second line."]
     frames = [u["frames"] for u in sidecar["refinement"]["per_utterance"]]
     pause = round(0.2 * 22050)

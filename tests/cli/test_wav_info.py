@@ -224,9 +224,9 @@ def test_info_reads_the_record_in_brief_when_the_sidecar_is_gone(tmp_path):
     brief = json.loads(wav_comment(a_record("Hello.", DIFFIER)))
     wav = tmp_path / "piped.wav"
     wav.write_bytes(wav_bytes(WAVEFORM, RATE, "FLOAT", json.dumps(brief)))
-    assert run_cli("info", "--json", str(wav)).records == [{"path": str(wav), "record": brief}]
+    assert run_cli("info", "--json", str(wav)).records == [{"path": str(wav), "kind": "diffier", "record": brief}]
     shown = run_cli("info", str(wav))
-    assert shown.returncode == 0 and shown.stdout.startswith(f"{wav}:\n{{") and '"compact": true' in shown.stdout
+    assert shown.returncode == 0 and shown.stdout.startswith(f"{wav}: diffier\n{{") and '"compact": true' in shown.stdout
     audit = run_cli("manifest", str(tmp_path))
     assert audit.returncode == 5 and audit.records == [{"path": str(wav), "record": brief}]  # item 3 of a job of 5
     assert audit.stderr.splitlines()[0] == "job 0123456789ab (tts): 1 of 5 item(s); missing 0, 1, 2, 4"
