@@ -337,15 +337,19 @@ class JobRun:
         yield batch
 
     @contextmanager
-    def attempt(self, batch: list[Planned], label: Callable[[Item], str]) -> Iterator[None]:
+    def attempt(self, batch: list[Planned], label: Callable[[Item], str], earlier: Callable[[], None] = lambda: None
+                ) -> Iterator[None]:
         """Run one batch; a failure stops the run with its own code, or with --keep-going is
-        reported (stderr line, and a `--json` record with "error") and the run goes on."""
+        reported (stderr line, and a `--json` record with "error") and the run goes on. `earlier`
+        first finishes what earlier items still have in flight (their writes), so that reports
+        come in item order."""
         try:
             yield
         except Exception as exc:  # noqa: BLE001 - sorted below: user-facing failures or bugs
             error = exc if isinstance(exc, DiffierError) else as_diffier_error(exc)
             if error is None:
                 raise
+            earlier()
             if error.code == ExitCode.OUT_OF_MEMORY:
                 _release_cached_memory()
             where = ", ".join(label(planned.item) for planned in batch)

@@ -102,7 +102,7 @@ def run(task: Task) -> None:
         with job.running(), task.progress(reporter, plan.pending, mode):
             for batch in job.batches(alone=lambda item: bool(item.error)):
                 made = None
-                with job.attempt(batch, task.label):
+                with job.attempt(batch, task.label, earlier=writer.settle):
                     if batch[0].item.error:
                         raise UsageError(batch[0].item.error)
                     started = time.perf_counter()
