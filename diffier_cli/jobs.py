@@ -234,8 +234,10 @@ def plan_job(
         for planned in batch:
             planned.recompute_only = skip_existing and all(path.is_file() for path in planned.paths)
         skipped += sum(planned.recompute_only for planned in batch)
-        if not all(planned.recompute_only for planned in batch):
+        if any(not (planned.recompute_only or planned.item.error) for planned in batch):
             pending.extend(batch)
+        else:  # nothing to sample: only a bad input left to fail again, alone
+            pending.extend(planned for planned in batch if not planned.recompute_only)
     plan = Plan(pending=pending, total=len(items), shard=shard, skipped=skipped, batch_size=batch_size)
     for replacing in (False, True):
         preflight([path for planned in plan.to_write if planned.replace == replacing for path in planned.paths],
@@ -317,17 +319,17 @@ class JobRun:
 
     def batches(self, alone: Callable[[Item], bool] = lambda item: False) -> Iterator[list[Planned]]:
         """The plan's batches in order (items kB … kB+B−1 by global index); an item for which `alone`
-        is true (a bad input line) comes as a batch of its own, so it fails in its turn without
-        taking others with it, and its batch-mates stay together."""
+        is true (a bad input line) comes after its batch-mates as a batch of its own, so it fails
+        without taking others with it, and they stay together."""
         size = self.plan.batch_size
         for key, group in itertools.groupby(self.plan.pending, key=lambda planned: planned.item.index // size):
             group = list(group)
+            batch = [planned for planned in group if not alone(planned.item)]
+            if any(not planned.recompute_only for planned in batch):
+                yield from self._checked(batch)
             for planned in group:
                 if alone(planned.item):
                     yield from self._checked([planned])
-            batch = [planned for planned in group if not alone(planned.item)]
-            if batch:
-                yield from self._checked(batch)
 
     def _checked(self, batch: list[Planned]) -> Iterator[list[Planned]]:
         if self._stop_requested_at is not None:

@@ -2,8 +2,9 @@
 task.run does the rest).
 
 Item i of a run (prompt p, image j) has its own seed and generators, so which noise an image
-gets depends on nothing but its seed: not on --batch-size, the shard or --baseline; with
---batch-invariant (the default) its pixels do not depend on the batch either.
+gets depends on nothing but its seed: not on --batch-size, the shard or --baseline. Its pixels
+depend on the batch size only (batches are the job's: jobs.plan_job), and with --batch-invariant
+not even on that.
 """
 
 from __future__ import annotations
@@ -402,6 +403,7 @@ class TextToImage:
         settings = {"seed": self.seed, "mode": self.mode, **model_identity(self.backbone, keep_paths=False), "cfg": opts.cfg, "steps": opts.steps,
                     "ddim_eta": opts.ddim_eta, "num_images": opts.num_images, "size": [self.width, self.height],
                     "negative_prompt": opts.negative_prompt, "batch_invariant": opts.batch_invariant,
+                    "batch_size": opts.batch_size,  # the batched kernels round by batch: shards and resumes share it
                     "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),
                     **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {}),
                     **({"loras": [(lora["sha256"], lora["scale"]) for lora in self.backbone.loras]} if self.backbone.loras else {}),

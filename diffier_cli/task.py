@@ -22,7 +22,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -93,10 +92,10 @@ def run(task: Task) -> None:
     for planned in plan.pending:  # a bad item fails as its own item, and alone it loads no model
         if not planned.item.error:
             task.check(planned.item, reporter, plan.total > 1)
-    if any(not planned.item.error for planned in plan.pending):
+    if any(not planned.item.error for planned in plan.to_write):
         task.load(shard.local_rank, reporter)
 
-    writer = Writer(job, task.label)
+    writer = Writer(job, task.label, mode, opts.json, reporter)
     job.drain = writer.settle  # an interrupt counts what is on disk
     try:
         with job.running(), task.progress(reporter, plan.pending, mode):
@@ -111,7 +110,7 @@ def run(task: Task) -> None:
                 writer.settle()
                 for planned, output in zip(batch, made or []):
                     if not planned.recompute_only:
-                        writer.submit(planned, partial(deliver, planned, output, seconds, mode, opts.json, reporter))
+                        writer.submit(planned, output, seconds)
             writer.settle()
     finally:
         writer.close()
@@ -119,24 +118,25 @@ def run(task: Task) -> None:
 
 
 class Writer:
-    """Encodes and writes each output on one background thread; the run's thread accounts for
-    each write in order (counted, or failed on its own under --keep-going: one full disk fails one
-    item)."""
+    """Encodes and writes each output on one background thread, which prints nothing; the run's
+    thread reports each write in item order (the message and the `--json` line) and accounts for
+    it (counted, or failed on its own under --keep-going: one full disk fails one item)."""
 
-    def __init__(self, job: JobRun, label: Callable[[Item], str]):
-        self.job, self.label = job, label
+    def __init__(self, job: JobRun, label: Callable[[Item], str], mode: str, json_lines: bool, reporter: Reporter):
+        self.job, self.label, self.mode, self.json_lines, self.reporter = job, label, mode, json_lines, reporter
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffier-writer")
-        self.queued: deque[tuple[Planned, Future]] = deque()
+        self.queued: deque[tuple[Planned, Made, float, Future]] = deque()
 
-    def submit(self, planned: Planned, write: Callable[[], None]) -> None:
-        self.queued.append((planned, self.pool.submit(write)))
+    def submit(self, planned: Planned, made: Made, seconds: float) -> None:
+        self.queued.append((planned, made, seconds, self.pool.submit(write, planned, made)))
 
     def settle(self) -> None:
-        """Wait for every queued write and account for it, oldest first."""
+        """Wait for every queued write and report it, oldest first."""
         while self.queued:
-            planned, future = self.queued.popleft()
+            planned, made, seconds, future = self.queued.popleft()
             with self.job.attempt([planned], self.label):
-                future.result()
+                size = future.result()
+                report(planned, made, size, seconds, self.mode, self.json_lines, self.reporter)
                 self.job.wrote()
 
     def close(self) -> None:
@@ -144,17 +144,24 @@ class Writer:
         self.pool.shutdown(wait=True)
 
 
-def deliver(planned: Planned, made: Made, seconds: float, mode: str, json_lines: bool, reporter: Reporter) -> None:
-    """Write one item's files (companions first: the main output on disk means the item is done,
-    which --skip-existing trusts), or with no planned path its one output to stdout (`-o -`)."""
-    done = ", ".join(part for part in (made.detail, f"seed {planned.item.seed}", mode, f"{seconds:.1f} s") if part)
+def write(planned: Planned, made: Made) -> int:
+    """Encode and write one item's files (companions first: the main output on disk means the
+    item is done, which --skip-existing trusts), or with no planned path its one output to stdout
+    (`-o -`); the main file's size."""
     files = made.encode()
     if not planned.paths:
         sys.stdout.buffer.write(files[0])
         sys.stdout.buffer.flush()
-        reporter.message(f"wrote {len(files[0])} bytes {f'of {made.kind} ' if made.kind else ''}to stdout ({done})")
+    else:
+        write_atomically(dict(reversed(list(zip(planned.paths, files)))), planned.replace)
+    return len(files[0])
+
+
+def report(planned: Planned, made: Made, size: int, seconds: float, mode: str, json_lines: bool, reporter: Reporter) -> None:
+    done = ", ".join(part for part in (made.detail, f"seed {planned.item.seed}", mode, f"{seconds:.1f} s") if part)
+    if not planned.paths:
+        reporter.message(f"wrote {size} bytes {f'of {made.kind} ' if made.kind else ''}to stdout ({done})")
         return
-    write_atomically(dict(reversed(list(zip(planned.paths, files)))), planned.replace)
     if json_lines:
         print_record(planned.paths[0], seconds, made.record)
     written = " and ".join([str(planned.paths[0]), *(path.name for path in planned.paths[1:])])

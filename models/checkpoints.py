@@ -7,6 +7,9 @@ never run code; anything else it refuses becomes a one-line `ModelUnavailable` (
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +26,42 @@ def sha256_of(path: Path, start: int = 0) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def hash_cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffier" / "sha256.json"
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256_of, remembered by the file's absolute path, size and modification time, as
+    AUTOMATIC1111 keeps its checkpoint hashes (cache.json by mtime): a multi-GB checkpoint is read
+    once to hash, not on every run. An unreadable cache is recomputed; writes are atomic, so
+    processes started together (torchrun ranks) at worst hash twice."""
+    from models import untrusted
+
+    stat, key, cache_file = path.stat(), str(path.resolve()), hash_cache_file()
+    try:
+        cache = untrusted.read_json_file(cache_file)
+    except (OSError, untrusted.Refused):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    known = cache.get(key)
+    if isinstance(known, dict) and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+        return str(known.get("sha256"))
+    digest = sha256_of(path)
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=cache_file.parent, prefix=".sha256.", suffix=".tmp")
+    except OSError:  # a read-only home: the hash is still right, only not remembered
+        return digest
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(cache, stream)
+        os.replace(temp, cache_file)
+    except OSError:
+        Path(temp).unlink(missing_ok=True)
+    return digest
 
 
 def describe(found: object) -> str:

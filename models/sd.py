@@ -84,8 +84,8 @@ def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: s
     """Find the diffusers folder for a hub id or local path, downloading on first use; for a
     single-file checkpoint, the folder of its configs (`config`, else its family's, cached)."""
     local = Path(source).expanduser()
-    if local.is_file():
-        return _resolve_single_file(local.resolve(), config, revision, offline, cache_dir)
+    if local.is_file():  # named as given: a hub cache's file is a link to a blob without a suffix
+        return _resolve_single_file(local.absolute(), config, revision, offline, cache_dir)
     if config is not None:
         raise UnsupportedSetting(f"--config gives the configs of a single-file checkpoint; {source} is not a file")
     if local.exists():
@@ -137,15 +137,15 @@ def weights_sha256(resolved: ResolvedModel) -> tuple[str, str]:
     shared across fine-tunes): that file's SHA-256, or of its shards' hashes when it is sharded.
     A hub snapshot's files link to blobs named by their SHA-256, so those cost nothing.
     """
-    from models.checkpoints import sha256_of
+    from models.checkpoints import cached_sha256
 
     if resolved.weights is not None:
-        return sha256_of(resolved.weights), resolved.weights.name
+        return cached_sha256(resolved.weights), resolved.weights.name
     files = sorted((resolved.folder / "unet").glob("diffusion_pytorch_model*.safetensors")) or sorted(
         (resolved.folder / "unet").glob("diffusion_pytorch_model*.bin"))
     if not files:
         raise ModelUnavailable(f"{resolved.model_id} has no unet/diffusion_pytorch_model weights")
-    digests = [_blob_sha256(file) or sha256_of(file) for file in files]
+    digests = [_blob_sha256(file) or cached_sha256(file) for file in files]
     if len(files) == 1:
         return digests[0], f"unet/{files[0].name}"
     import hashlib

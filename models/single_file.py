@@ -22,7 +22,7 @@ import torch
 
 from models import untrusted
 from models.checkpoints import load_failure_reason, torch_load_weights
-from models.errors import ModelUnavailable, first_line
+from models.errors import ModelUnavailable, UnsupportedSetting, first_line
 
 SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -80,7 +80,7 @@ def _zip_globals(path: Path) -> list[str]:
 def read_layout(path: Path) -> dict[str, SimpleNamespace]:
     """Every tensor's name and shape, without reading the weights of a .safetensors file (its
     header) or running any code of a .ckpt (weights-only, memory-mapped)."""
-    if path.suffix not in SUFFIXES:
+    if path.suffix not in SUFFIXES:  # as diffusers reads them: by the exact suffix
         raise ModelUnavailable(f"{path} is not a checkpoint file diffier reads ({', '.join(SUFFIXES)}); "
                                "--model takes a hub id, a diffusers folder or a single-file checkpoint")
     if path.suffix == ".safetensors":
@@ -152,6 +152,9 @@ def config_folder(path: Path, kind: str, config: str | None, revision: str | Non
                   cache_dir: str | None) -> tuple[Path, str, str | None]:
     """The local folder holding the components' configs, what it came from, and its hub commit:
     `config` (a folder or a hub id), else the configs of the file's family from the cache or the hub."""
+    if config is not None and Path(config).expanduser().is_file():
+        raise UnsupportedSetting(f"--config {config} is a file; it takes a diffusers folder or hub id (model_index.json and "
+                               "each component's config), not an original .yaml")
     if config is not None and Path(config).expanduser().is_dir():
         folder, source, commit = Path(config).expanduser().resolve(), str(Path(config).expanduser().resolve()), None
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from tests.tiny_sd import save_tiny_sd
 
 # As for the `diffier` subprocesses: the hub is never contacted (read before huggingface_hub is imported).
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Caches diffier keeps (models.checkpoints.cached_sha256) go to a folder of the test session's, not the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="diffier-test-cache-")
 
 
 @pytest.fixture(autouse=True)

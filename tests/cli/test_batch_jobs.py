@@ -207,6 +207,12 @@ def test_keep_going_reports_bad_lines_and_exits_5(tiny_sd, tmp_path):
     assert last.startswith("diffier: error: 3 of 5 item(s) failed (2 written)") and "line 2 is empty" in last
     assert sorted(p.name for p in out.iterdir()) == ["00002-13-refined-a-dog.png", "cat.png"]
 
+    # resumed, the bad lines fail again alone: their written batch-mates are not sampled again, no model loads
+    again = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{out}/", "--keep-going",
+                              "--batch-size", "2", "--skip-existing"), env=ONE_THREAD)
+    assert again.returncode == 5, again.stderr
+    assert "3 of 5 item(s) to make, 2 already done\n" in again.stderr and "loading" not in again.stderr
+
     # without --keep-going the first bad line stops the run with its own code, naming the item
     stop = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path / 'stop'}/"),
                    env=ONE_THREAD)
@@ -253,6 +259,7 @@ def test_keep_going_fails_one_write_of_a_batch_without_counting_others_twice(tin
 
     def full_disk_for_item_1(files, replace):
         if any(path.name.startswith("00001-") for path in files):
+            time.sleep(0.3)  # the writer thread would be on to item 2 by now: reports must still come in order
             raise DiffierError("cannot write: No space left on device")
         real_write(files, replace)
 

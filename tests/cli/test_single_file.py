@@ -50,6 +50,25 @@ def test_a_single_file_gives_the_pixels_of_its_folder(tiny_sd, tiny_sdxl, tmp_pa
     assert record["model"]["pipeline"] == ("StableDiffusionXLPipeline" if case == "sdxl" else "StableDiffusionPipeline")
 
 
+def test_a_hub_cache_link_to_a_blob_is_read_by_its_own_name(tiny_sd, tmp_path):
+    """`hf download REPO FILE` leaves snapshots/<commit>/FILE linking to blobs/<sha256>, which has no suffix."""
+    blob = save_single_file(tiny_sd["epsilon"], tmp_path / "blob.safetensors").rename(tmp_path / "0123abcd")
+    link = tmp_path / "snapshot" / "v1-5-pruned.safetensors"
+    link.parent.mkdir()
+    link.symlink_to(blob)
+    result = t2i(link, tmp_path / "x.png", "--config", str(tiny_sd["epsilon"]), "--baseline")
+    assert result.returncode == 0, result.stderr
+    assert result.records[0]["model"]["id"] == "v1-5-pruned.safetensors"
+
+
+def test_config_given_a_file_is_a_usage_error(tiny_sd, tmp_path):
+    path = save_single_file(tiny_sd["epsilon"], tmp_path / "model.safetensors")
+    yaml = tmp_path / "v1-inference.yaml"
+    yaml.write_text("model: {}\n")
+    result = refused(path, tmp_path / "x.png", "--config", str(yaml))
+    assert_one_line_error(result, 2, "is a file; it takes a diffusers folder or hub id")
+
+
 def fake_cache(root, repo: str, folder, leave_out: str | None = None):
     """A Hugging Face hub cache holding `repo`'s config files, as `hf download --include` leaves it."""
     base = root / f"models--{repo.replace('/', '--')}"

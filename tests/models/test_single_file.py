@@ -3,6 +3,7 @@ models/single_file.py refuses what it cannot load safely and completely, before 
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -132,3 +133,24 @@ def test_an_incomplete_config_folder_names_each_missing_file(tiny_sd, tmp_path):
     path = save_single_file(tiny_sd["epsilon"], tmp_path / "model.safetensors")
     with pytest.raises(ModelUnavailable, match=r"lacks tokenizer/tokenizer_config\.json, unet/config\.json, which loading model\.safetensors needs"):
         single_file.config_folder(path, "v1", str(folder), None, True, None)
+
+
+def test_weights_are_hashed_once_per_file_version(tmp_path, monkeypatch):
+    """A multi-GB checkpoint is read to hash once, then again only when it changes (size or mtime)."""
+    import hashlib
+
+    from models import checkpoints
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights v1")
+    assert checkpoints.cached_sha256(path) == hashlib.sha256(b"weights v1").hexdigest()
+    real = checkpoints.sha256_of
+    monkeypatch.setattr(checkpoints, "sha256_of", lambda *args: pytest.fail("hashed again"))
+    assert checkpoints.cached_sha256(path) == hashlib.sha256(b"weights v1").hexdigest()
+    monkeypatch.setattr(checkpoints, "sha256_of", real)
+    path.write_bytes(b"weights v2, longer")
+    assert checkpoints.cached_sha256(path) == hashlib.sha256(b"weights v2, longer").hexdigest()
+    checkpoints.hash_cache_file().write_text("[not a cache")  # damaged: recomputed, then rewritten
+    assert checkpoints.cached_sha256(path) == hashlib.sha256(b"weights v2, longer").hexdigest()
+    assert json.loads(checkpoints.hash_cache_file().read_text())[str(path.resolve())]["size"] == len(b"weights v2, longer")
