@@ -322,7 +322,7 @@ class JobRun:
         is true (a bad input line) comes after its batch-mates as a batch of its own, so it fails
         without taking others with it, and they stay together."""
         size = self.plan.batch_size
-        for key, group in itertools.groupby(self.plan.pending, key=lambda planned: planned.item.index // size):
+        for _, group in itertools.groupby(self.plan.pending, key=lambda planned: planned.item.index // size):
             group = list(group)
             batch = [planned for planned in group if not alone(planned.item)]
             if any(not planned.recompute_only for planned in batch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,6 +17,10 @@ from pathlib import Path
 import torch
 
 from models.errors import ModelUnavailable
+
+
+# What a Hugging Face hub repository id looks like (owner/name), as opposed to a local path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def sha256_of(path: Path, start: int = 0) -> str:

