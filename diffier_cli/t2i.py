@@ -70,6 +70,7 @@ class T2ISettings(Hardware):
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False
+    compile: bool = False  # torch.compile of the UNet and VAE decoder (models/sd.compile_for_speed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,6 +248,7 @@ def record(opts: T2ISettings, backbone, item: Prompted, height: int, width: int,
             "device": str(backbone.device),
             "dtype": str(backbone.dtype).removeprefix("torch."),
             "batch_invariant": opts.batch_invariant,
+            "compile": opts.compile,
             "memory": backbone.memory.enabled(),
         },
         "rng": {
@@ -309,6 +311,9 @@ def check_settings(opts: T2ISettings) -> None:
         raise UsageError(f"--refiner {opts.refiner.name} applies each step again, which {sampler.name}'s scheduler does not "
                          f"allow (it keeps a step counter, a history of outputs or draws its own noise); use --scheduler {usable}")
     require(*sampler.requires, purpose=f"--scheduler {sampler.name}", extra="samplers")
+    if opts.compile and opts.batch_invariant:
+        raise UsageError("--compile fuses the kernels that --batch-invariant runs one image at a time; "
+                         "drop one of them (--compile: fast, the same bytes for the same --batch-size)")
     if opts.config is not None and not Path(opts.model).expanduser().is_file():
         raise UsageError(f"--config gives a single-file checkpoint's configs; --model {excerpt(opts.model)} is not a file "
                          "(a diffusers folder or hub id carries its own)")
@@ -354,6 +359,7 @@ def load_backbone(opts: T2ISettings, local_rank: int | None, reporter: Reporter)
         karras=opts.karras,
         loras=tuple((Path(path), scale) for path, scale in opts.loras),
         config=opts.config,
+        compile=opts.compile,
     )
     usable = most_steps(backbone.scheduler, opts.steps)
     if usable < opts.steps:
@@ -406,6 +412,7 @@ class TextToImage:
                     "batch_size": opts.batch_size,  # the batched kernels round by batch: shards and resumes share it
                     "memory": self.backbone.memory.enabled(), "refiner": refiner_settings(opts.refiner),
                     **({"scheduler": opts.scheduler, "karras": opts.karras} if opts.scheduler != schedulers.DEFAULT or opts.karras else {}),
+                    **({"compile": True} if opts.compile else {}),  # fused kernels round unlike eager ones
                     **({"loras": [(lora["sha256"], lora["scale"]) for lora in self.backbone.loras]} if self.backbone.loras else {}),
                     **self.image_format.encoding()}
         inputs = [(line.prompt, line.negative_prompt, line.seed, line.name) for line in self.prompts]

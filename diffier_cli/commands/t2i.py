@@ -8,7 +8,7 @@ import typer
 
 from diffier_cli.commands.options import (
     SCHEDULER_DEFAULT, T2IKarras, T2ILora, T2IScheduler, parse_loras,
-    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, IMAGE_OPTIONS, MEMORY, Name, OUTPUT,
+    BATCH, BATCH_OPTIONS, DIFFIER_OPTIONS, DType, Device, HalfOnCuda, HubCacheDir, IEC_OPTIONS, IMAGE_OPTIONS, MEMORY, MODEL, Name, OUTPUT,
     Offline, Overwrite, RecordPaths, REFINER_SWITCH, SAMPLING, SWEEP, T2IDDIMEta, T2IHeight, T2IConfig, T2IModel, T2INegativePrompt,
     T2IRevision, T2ISteps, T2IWidth, T2I_MODEL, between, fill, refiner, takes,
 )
@@ -40,7 +40,7 @@ def t2i(
     ddim_eta: T2IDDIMEta = 0.0,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of item 0; item i uses seed+i (a .jsonl line's own seed s gives its images s, s+1, ...). Random when unset; always printed and stored.", rich_help_panel=SAMPLING)] = None,
     num_images: Annotated[int, typer.Option("--num-images", min=1, max=MAX_ITEMS, help="Images per prompt (item index = prompt line × this + image).", rich_help_panel=SAMPLING)] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass. It never changes an image's noise, nor by default its pixels; it gains speed only with --no-batch-invariant.", rich_help_panel=BATCH)] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass: faster per image on most devices. It never changes an image's noise; its pixels round by batch size (the same --batch-size gives the same bytes), unless --batch-invariant.", rich_help_panel=BATCH)] = 1,
     sweep_cfg: Annotated[Optional[str], typer.Option("--sweep-cfg", help="A grid instead of one image: rows baseline and refined, one column per ω (e.g. 3,5,7.5,10), same seed; -o names the grid (a PNG), the cells are written beside it as PNGs.", rich_help_panel=SWEEP)] = None,
     sweep_eta: Annotated[Optional[str], typer.Option("--sweep-eta", help="The same grid over the method's η (e.g. 0.01,0.05,0.1).", rich_help_panel=SWEEP)] = None,
     sweep_iters: Annotated[Optional[str], typer.Option("--sweep-iters", help="The same grid over --max-iters (e.g. 1,3,10).", rich_help_panel=SWEEP)] = None,
@@ -58,6 +58,7 @@ def t2i(
     vae_slicing: Annotated[bool, typer.Option("--vae-slicing", help="Decode the images of a batch one at a time.", rich_help_panel=MEMORY)] = False,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles (blended seams change pixels slightly).", rich_help_panel=MEMORY)] = False,
     attention_slicing: Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices.", rich_help_panel=MEMORY)] = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the UNet and VAE decoder (channels-last): each batch size compiles once (about a minute), then steps run faster; pixels round unlike eager ones but repeat run to run. Pays off on long jobs; see benchmarks/README.md.", rich_help_panel=MODEL)] = False,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="A .png, .jpg/.jpeg or .webp file for one image, or a folder (existing or ending in /) for many (default: the current folder, named {index:05d}-{seed}-{mode}-{slug}.png, or the --format's extension). A sweep writes a .png grid.", rich_help_panel=OUTPUT)] = None,
     name: Name = None,
     overwrite: Overwrite = False,

@@ -227,9 +227,20 @@ def test_memory_knobs_are_recorded_and_cpu_offload_needs_a_gpu(tiny_sd, tmp_path
                                "--attention-slicing", "--json"))
     assert result.returncode == 0, result.stderr
     assert result.records[0]["params"]["memory"] == ["vae_slicing", "vae_tiling", "attention_slicing"]
+    assert result.records[0]["params"]["compile"] is False
     offload = run_cli(*t2i_args(tiny_sd["epsilon"], "a cat", "-o", str(tmp_path / "o.png"), "--cpu-offload",
                                 "--device", "cpu"))
     assert offload.returncode == 2 and "--cpu-offload" in offload.stderr and not (tmp_path / "o.png").exists()
+
+
+def test_compile_with_batch_invariant_is_refused_before_loading(tmp_path):
+    """--compile fuses the very kernels --batch-invariant splits per image: one or the other (the
+    compiled path itself runs in tests/benchmarks/test_gpu_suite.py, a compile being ~30 s here)."""
+    result = run_cli("t2i", "a cat", "--model", str(tmp_path / "no-such-model"), "--compile", "--batch-invariant",
+                     "-o", str(tmp_path / "c.png"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("diffier: error: --compile fuses the kernels that --batch-invariant")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("extra", "needle"), [(("--shard", "1/2"), "needs --seed"), (("--skip-existing",), "pass its --seed")])

@@ -15,7 +15,7 @@ COMMANDS = {
     ("sr",): ("diffier_cli.sr:SROptions", {"refiner", "json", "checkpoint", "vae_checkpoint"}, set()),
     ("tts",): ("diffier_cli.tts:TTSOptions", {"refiner", "json"}, set()),
     ("eval", "t2i"): ("diffier_cli.eval_t2i:EvalT2IOptions", {"refiner", "json", "loras", "cfg"},
-                      {"batch_invariant", "cpu_offload", "vae_slicing", "vae_tiling", "attention_slicing"}),
+                      {"batch_invariant", "cpu_offload", "vae_slicing", "vae_tiling", "attention_slicing", "compile"}),
     ("eval", "sr"): ("diffier_cli.eval_sr:EvalSROptions", {"refiner", "json", "checkpoint", "vae_checkpoint", "scale"}, set()),
     ("eval", "tts"): ("diffier_cli.eval_tts:EvalTTSOptions", {"refiner", "json"}, {"output"}),  # it writes only --csv
 }
