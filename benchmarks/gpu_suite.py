@@ -465,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             ("job", 20 if full else 5, lambda: job_overhead(suite, folder, backbone)),
             ("invariant", 20 if full else 5, lambda: invariant_mode(suite, backbone)),
             ("tts", 30 if full else 10, lambda: speech(suite)),
-            ("sr", 90 if full else 10, lambda: super_resolution(suite, build_stablesr(suite))),
             ("compile", 150 if full else 40, lambda: compiled(suite, folder, backbone, pipe)),
+            ("sr", 90 if full else 10, lambda: super_resolution(suite, build_stablesr(suite))),
         ]
         for name, estimate, run in sections:
             if name in skip:
