@@ -12,9 +12,9 @@ with HiFi-GAN V1. Then, in one process, float16 for SD and StableSR, float32 for
 - a whole `t2i` job through the task runner (records, encoding, atomic writes) against the
   sampling alone: the tool's per-item overhead;
 - the batch-invariant mode's cost on one guided UNet forward (1 and 4 images);
+- `tts` real-time factor against the official Grad-TTS and HiFi-GAN code;
 - `--compile` against eager diffusers at batch 1 and 8, compile time included for a 50-image job;
-- `sr` 4x of a 512 px and a 2048 px input (reduced steps: time per step and peak memory);
-- `tts` real-time factor against the official Grad-TTS and HiFi-GAN code.
+- `sr` 4x of a 512 px and a 2048 px input (reduced steps: time per step and peak memory).
 
 Sections run in that order within --budget seconds; one that would not fit, or fails, becomes a
 row saying so, and the table is rewritten to --out after each. `--device cpu --quick` runs every
