@@ -152,7 +152,10 @@ def peak_memory(device: torch.device, into: dict):
 
 
 def gib(result: dict) -> str:
-    return f"{result['peak_gib']:.2f} GiB" if "peak_gib" in result else "–"
+    """The peak, and how much of it the block itself added over the weights already resident."""
+    if "peak_gib" not in result:
+        return "–"
+    return f"{result['peak_gib']:.2f} GiB ({result['peak_gib'] - result['resident_before_gib']:.2f} above resident)"
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ builder that imports diffusers when it runs, so the command line can list the na
 
 from __future__ import annotations
 
+import weakref
+
 from dataclasses import dataclass, field
 
 from models.errors import UnsupportedSetting
@@ -60,6 +62,20 @@ def build(name: str, model_config, karras: bool = False):
     return getattr(diffusers, sampler.cls).from_config(model_config, **extra)
 
 
+_DEVICE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # scheduler → {device: (table, copy)}
+
+
+def _alphas_on(scheduler, device):
+    """A float32 copy of the scheduler's ᾱ table on `device`, made once per scheduler and device."""
+    import torch
+
+    table = scheduler.alphas_cumprod
+    copies = _DEVICE_COPIES.setdefault(scheduler, {})
+    if device not in copies or copies[device][0] is not table:
+        copies[device] = (table, table.to(device=device, dtype=torch.float32))
+    return copies[device][1]
+
+
 def noise_level(scheduler, x, t):
     """(ᾱ of the current model evaluation, x as the UNet sees it: √ᾱ x₀ + √(1 − ᾱ) ε), in float32:
     what converting a v or x₀ prediction to ε needs.
@@ -75,7 +91,10 @@ def noise_level(scheduler, x, t):
         c_in = scheduler.scale_model_input(torch.ones((), device=x.device), t).float()
         return c_in.square(), c_in * x
     if not hasattr(scheduler, "sigmas"):
-        return scheduler.alphas_cumprod.to(device=x.device, dtype=torch.float32)[torch.as_tensor(t).long()], x
+        # Indexed on x's device by a one-element tensor: a 0-d index goes through int(t), and a copy
+        # from host memory waits for the device, each a host sync per call on a GPU.
+        index = torch.as_tensor(t, device=x.device).long().reshape(1)
+        return _alphas_on(scheduler, x.device)[index].squeeze(0), x
     index = scheduler.step_index if scheduler.step_index is not None else scheduler.index_for_timestep(t)
     sigma = scheduler.sigmas[index].to(device=x.device, dtype=torch.float32)
     return 1 / (1 + sigma.square()), x
