@@ -311,9 +311,8 @@ def check_settings(opts: T2ISettings) -> None:
         raise UsageError(f"--refiner {opts.refiner.name} applies each step again, which {sampler.name}'s scheduler does not "
                          f"allow (it keeps a step counter, a history of outputs or draws its own noise); use --scheduler {usable}")
     require(*sampler.requires, purpose=f"--scheduler {sampler.name}", extra="samplers")
-    if opts.compile and opts.batch_invariant:
-        raise UsageError("--compile fuses the kernels that --batch-invariant runs one image at a time; "
-                         "drop one of them (--compile: fast, the same bytes for the same --batch-size)")
+    if opts.compile:
+        check_compile(opts)
     if opts.config is not None and not Path(opts.model).expanduser().is_file():
         raise UsageError(f"--config gives a single-file checkpoint's configs; --model {excerpt(opts.model)} is not a file "
                          "(a diffusers folder or hub id carries its own)")
@@ -323,6 +322,25 @@ def check_settings(opts: T2ISettings) -> None:
                              "never unpickling; pass PATH or PATH:SCALE)")
     if opts.loras:
         require("peft", purpose="--lora", extra="lora")
+
+
+def check_compile(opts: T2ISettings) -> None:
+    """--compile with what it cannot work with, refused before loading: the kernels --batch-invariant
+    splits, accelerate's offload hooks (which move weights inside the traced forward), and a
+    PyTorch without Module.compile or Inductor's deterministic mode."""
+    import torch
+
+    if opts.batch_invariant:
+        raise UsageError("--compile fuses the kernels that --batch-invariant runs one image at a time; "
+                         "drop one of them (--compile: fast, the same bytes for the same --batch-size)")
+    if opts.cpu_offload:
+        raise UsageError("--compile cannot trace through --cpu-offload's hooks, which move weights during the forward; "
+                         "drop one of them")
+    import torch._inductor.config
+
+    if not hasattr(torch.nn.Module, "compile") or not hasattr(torch._inductor.config, "deterministic"):
+        raise UsageError(f"--compile needs a PyTorch with Module.compile and Inductor's deterministic mode; "
+                         f"torch {torch.__version__} has not: upgrade torch, or drop --compile")
 
 
 LORA_SCALE = 10.0  # beyond ±10 a LoRA's delta swamps the model it adapts

@@ -71,8 +71,13 @@ class MemoryOptions:
 def compile_for_speed(pipe) -> None:
     """torch.compile (Inductor) of the UNet and the VAE decoder, channels-last first: diffusers'
     own recipe (docs/source/en/optimization/fp16.md, "torch.compile"). Shapes are static, so each
-    batch size and image size compiles once, on its first batch; after that the fused kernels give
-    the same bytes run after run, though not the eager kernels' (fusion rounds differently)."""
+    batch size and image size compiles once, on its first batch. Inductor's deterministic mode
+    skips the on-device timing that picks among kernel configurations that round differently, so
+    another process (a shard, a resume) compiles the same kernels and writes the same bytes; they
+    still differ from the eager kernels' (fusion rounds differently)."""
+    import torch._inductor.config
+
+    torch._inductor.config.deterministic = True
     for module in (pipe.unet, pipe.vae.decoder):
         module.to(memory_format=torch.channels_last)
         module.compile(dynamic=False)

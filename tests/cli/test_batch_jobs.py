@@ -233,13 +233,16 @@ def test_memory_knobs_are_recorded_and_cpu_offload_needs_a_gpu(tiny_sd, tmp_path
     assert offload.returncode == 2 and "--cpu-offload" in offload.stderr and not (tmp_path / "o.png").exists()
 
 
-def test_compile_with_batch_invariant_is_refused_before_loading(tmp_path):
-    """--compile fuses the very kernels --batch-invariant splits per image: one or the other (the
-    compiled path itself runs in tests/benchmarks/test_gpu_suite.py, a compile being ~30 s here)."""
-    result = run_cli("t2i", "a cat", "--model", str(tmp_path / "no-such-model"), "--compile", "--batch-invariant",
+@pytest.mark.parametrize(("other", "needle"), [("--batch-invariant", "--compile fuses the kernels that --batch-invariant"),
+                                              ("--cpu-offload", "--compile cannot trace through --cpu-offload's hooks")])
+def test_compile_with_what_it_cannot_work_with_is_refused_before_loading(tmp_path, other, needle):
+    """--compile fuses the very kernels --batch-invariant splits per image, and cannot trace the
+    offload hooks: one or the other, before any model loads (the compiled path itself runs in
+    tests/benchmarks/test_gpu_suite.py, a compile being ~30 s here)."""
+    result = run_cli("t2i", "a cat", "--model", str(tmp_path / "no-such-model"), "--compile", other,
                      "-o", str(tmp_path / "c.png"))
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith("diffier: error: --compile fuses the kernels that --batch-invariant")
+    assert result.stderr.splitlines()[-1].startswith(f"diffier: error: {needle}")
     assert not list(tmp_path.iterdir())
 
 
