@@ -76,7 +76,7 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> "Plan":
         if quick:
-            return cls(size=64, steps=4, repeats=1, batches=(1, 2), compile_batches=(1,), job_items=2,
+            return cls(size=64, steps=4, repeats=1, batches=(1, 2), compile_batches=(1, 2), job_items=2,
                        sr_inputs=((32, 2), (96, 1)), tts_text="Hello there.", tts_steps=2)
         return cls(size=768, steps=50, repeats=2, batches=(1, 4), compile_batches=(1, 8), job_items=4,
                    sr_inputs=((512, 4), (2048, 1)),
