@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.invariant_cost import cost as invariant_cost  # noqa: E402
-from benchmarks.refine_overhead import SD21_UNET, sync, timed  # noqa: E402
+from benchmarks.refine_overhead import SD21_UNET, alternating, sync, timed  # noqa: E402
 
 PROMPT = "a puppy eating a cheeseburger"
 JOB_IMAGES = 50  # the job length --compile's compile time is spread over
@@ -231,16 +229,8 @@ def t2i_against_pipeline(suite: Suite, folder: Path, backbone, pipe) -> None:
     for batch in plan.batches:
         runners = {"pipeline": theirs(batch), "baseline": ours(baseline, batch), "refined": ours(refined, batch)}
         outputs = {name: run() for name, run in runners.items()}  # warm-up, and the pixels compared
-        times, memory = {name: [] for name in runners}, {name: {} for name in runners}
-        for _ in range(plan.repeats):
-            for name, run in runners.items():
-                with peak_memory(device, memory[name]):
-                    sync(device)
-                    start = time.perf_counter()
-                    run()
-                    sync(device)
-                times[name].append(time.perf_counter() - start)
-        wall = {name: statistics.median(values) for name, values in times.items()}
+        memory = {name: {} for name in runners}
+        wall = alternating(runners, device, plan.repeats, around=lambda name: peak_memory(device, memory[name]))
         same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(outputs["baseline"], outputs["pipeline"]))
         results[f"batch {batch}"] = {"wall_s": wall, "memory": memory, "identical_pixels_baseline_vs_pipeline": same}
         suite.row(f"t2i batch {batch}: `--baseline` / StableDiffusionPipeline, wall",

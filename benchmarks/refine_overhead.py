@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -57,6 +58,21 @@ def timed(fn, device, repeats: int) -> float:
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def alternating(runners: dict, device: torch.device, repeats: int, around=lambda name: nullcontext()) -> dict[str, float]:
+    """Median wall time of each runner over rounds that call them in turn, so drifting clocks or
+    load fall on all alike; each call synchronised, and wrapped in `around(name)` (a memory probe)."""
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            with around(name):
+                sync(device)
+                start = time.perf_counter()
+                run()
+                sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure(name: str, config: dict, device: torch.device, dtype: torch.dtype, unet_repeats: int) -> dict:

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.refine_overhead import sync, timed  # noqa: E402
+from benchmarks.refine_overhead import alternating, timed  # noqa: E402
 from diffier_cli.refine import DiffIER  # noqa: E402
 from diffier_cli.sampling import denoise  # noqa: E402
 from models.gradtts.adapter import GradTTSBackbone  # noqa: E402
@@ -105,18 +103,10 @@ def measure(reference, ref_vocoder, port, vocoder, device: torch.device, repeats
         return go
 
     seconds_of_audio = run_ours(None)().shape[-1] / 22050
-    timings = {"reference": [], "baseline": [], "refined": []}
     runners = {"reference": run_reference, "baseline": run_ours(None), "refined": run_ours(DiffIER())}
     for runner in runners.values():
         runner()  # warm-up
-    for _ in range(repeats):
-        for name, runner in runners.items():
-            sync(device)
-            start = time.perf_counter()
-            runner()
-            sync(device)
-            timings[name].append(time.perf_counter() - start)
-    wall = {name: statistics.median(values) for name, values in timings.items()}
+    wall = alternating(runners, device, repeats)
 
     # the refinement's share of one reverse step, on this utterance's mel
     with torch.no_grad():
