@@ -9,7 +9,6 @@ builder that imports diffusers when it runs, so the command line can list the na
 from __future__ import annotations
 
 import weakref
-
 from dataclasses import dataclass, field
 
 from models.errors import UnsupportedSetting
@@ -62,18 +61,20 @@ def build(name: str, model_config, karras: bool = False):
     return getattr(diffusers, sampler.cls).from_config(model_config, **extra)
 
 
-_DEVICE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # scheduler → {device: (table, copy)}
+_DEVICE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # scheduler → {(name, device): (table, copy)}
 
 
-def _alphas_on(scheduler, device):
-    """A float32 copy of the scheduler's ᾱ table on `device`, made once per scheduler and device."""
+def _table_on(scheduler, name: str, device):
+    """A float32 copy of one of the scheduler's tables (ᾱ, σ) on `device`, made again only when the
+    scheduler replaces the table (σ at every set_timesteps): copying from host memory on every call
+    would wait for the device each time."""
     import torch
 
-    table = scheduler.alphas_cumprod
+    table = getattr(scheduler, name)
     copies = _DEVICE_COPIES.setdefault(scheduler, {})
-    if device not in copies or copies[device][0] is not table:
-        copies[device] = (table, table.to(device=device, dtype=torch.float32))
-    return copies[device][1]
+    if (name, device) not in copies or copies[name, device][0] is not table:
+        copies[name, device] = (table, table.to(device=device, dtype=torch.float32))
+    return copies[name, device][1]
 
 
 def noise_level(scheduler, x, t):
@@ -91,12 +92,11 @@ def noise_level(scheduler, x, t):
         c_in = scheduler.scale_model_input(torch.ones((), device=x.device), t).float()
         return c_in.square(), c_in * x
     if not hasattr(scheduler, "sigmas"):
-        # Indexed on x's device by a one-element tensor: a 0-d index goes through int(t), and a copy
-        # from host memory waits for the device, each a host sync per call on a GPU.
+        # Indexed by a one-element tensor: a 0-d index goes through int(t), a host sync on a GPU.
         index = torch.as_tensor(t, device=x.device).long().reshape(1)
-        return _alphas_on(scheduler, x.device)[index].squeeze(0), x
+        return _table_on(scheduler, "alphas_cumprod", x.device)[index].squeeze(0), x
     index = scheduler.step_index if scheduler.step_index is not None else scheduler.index_for_timestep(t)
-    sigma = scheduler.sigmas[index].to(device=x.device, dtype=torch.float32)
+    sigma = _table_on(scheduler, "sigmas", x.device)[index]
     return 1 / (1 + sigma.square()), x
 
 
