@@ -333,10 +333,24 @@ class JobRun:
 
     def _checked(self, batch: list[Planned]) -> Iterator[list[Planned]]:
         if self._stop_requested_at is not None:
-            self.drain()
-            done = self.written + len(self.failures)
-            raise Interrupted(f"interrupted after {done} of {len(self.plan.to_write)} item(s); rerun {self.resume} to resume")
+            def interrupted() -> Interrupted:
+                done = self.written + len(self.failures)
+                return Interrupted(f"interrupted after {done} of {len(self.plan.to_write)} item(s); rerun {self.resume} to resume")
+
+            with self._said_if_overtaken(lambda: str(interrupted())):
+                self.drain()
+            raise interrupted()
         yield batch
+
+    @contextmanager
+    def _said_if_overtaken(self, message: Callable[[], str]) -> Iterator[None]:
+        """An earlier item's failure (a write still in flight) stops the run before this one's can:
+        say this one on stderr first, so that neither is lost."""
+        try:
+            yield
+        except Exception:
+            self.reporter.message(message())
+            raise
 
     @contextmanager
     def attempt(self, batch: list[Planned], label: Callable[[Item], str], earlier: Callable[[], None] = lambda: None
@@ -351,10 +365,11 @@ class JobRun:
             error = exc if isinstance(exc, DiffierError) else as_diffier_error(exc)
             if error is None:
                 raise
-            earlier()
+            where = ", ".join(label(planned.item) for planned in batch)
+            with self._said_if_overtaken(lambda: f"failed: {where}: {error}"):
+                earlier()
             if error.code == ExitCode.OUT_OF_MEMORY:
                 _release_cached_memory()
-            where = ", ".join(label(planned.item) for planned in batch)
             if not self.keep_going:
                 if self.plan.total > 1 or self.name_single_item:  # say which item, then stop with its own code
                     raise DiffierError(f"{where}: {error}", error.code) from exc

@@ -131,13 +131,23 @@ class Writer:
         self.queued.append((planned, made, seconds, self.pool.submit(write, planned, made)))
 
     def settle(self) -> None:
-        """Wait for every queued write and report it, oldest first."""
+        """Wait for every queued write and report it, oldest first. A failed write that stops the
+        run (no --keep-going) is raised after the rest of the queue, whose files are on disk by
+        then: they are reported and counted too, and any further failure is said on stderr."""
+        stop: Exception | None = None
         while self.queued:
             planned, made, seconds, future = self.queued.popleft()
-            with self.job.attempt([planned], self.label):
-                size = future.result()
-                report(planned, made, size, seconds, self.mode, self.json_lines, self.reporter)
-                self.job.wrote()
+            try:
+                with self.job.attempt([planned], self.label):
+                    size = future.result()
+                    report(planned, made, size, seconds, self.mode, self.json_lines, self.reporter)
+                    self.job.wrote()
+            except Exception as exc:  # noqa: BLE001 - the first is raised below, once the queue is done
+                if stop is not None:
+                    self.reporter.message(f"failed: {exc}")
+                stop = stop or exc
+        if stop is not None:
+            raise stop
 
     def close(self) -> None:
         """On any way out, let queued writes finish: each is atomic, and none is left half done."""

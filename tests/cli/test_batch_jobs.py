@@ -285,3 +285,86 @@ def test_keep_going_fails_one_write_of_a_batch_without_counting_others_twice(tin
     assert result.returncode == 5
     assert [(r["index"], "error" in r) for r in result.records] == [(0, False), (1, True), (2, False)]
     assert result.stderr.splitlines()[-1].startswith("diffier: error: 1 of 3 item(s) failed (2 written)")
+
+
+def test_a_failed_write_that_stops_the_run_still_reports_the_later_writes_on_disk(tiny_sd, tmp_path, monkeypatch):
+    """Without --keep-going the first failed write stops the run, but the writes queued behind it
+    are already on disk: each is reported (message, --json line) and counted before the error."""
+    from diffier_cli import task
+    from diffier_cli.errors import DiffierError
+
+    real_write = task.write_atomically
+
+    def full_disk_for_item_1(files, replace):
+        if any(path.name.startswith("00001-") for path in files):
+            time.sleep(0.3)  # item 2's write is done by now
+            raise DiffierError("cannot write: No space left on device")
+        real_write(files, replace)
+
+    monkeypatch.setattr(task, "write_atomically", full_disk_for_item_1)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\n")
+    out = tmp_path / "out"
+    result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{out}/", "--batch-size", "3", "--json"))
+    assert result.returncode == 1
+    assert [r["index"] for r in result.records] == [0, 2] and all("error" not in r for r in result.records)
+    assert sorted(path.name[:5] for path in out.iterdir()) == ["00000", "00002"]
+    assert [line for line in result.stderr.splitlines() if line.startswith("wrote ")] == [
+        f"wrote {r['path']} (seed {r['seed']}, refined, {r['wall_time_s']:.1f} s)"
+        for r in result.records]
+    assert result.stderr.splitlines()[-1] == "diffier: error: item 1 (line 2): cannot write: No space left on device"
+
+
+def test_a_batch_failure_overtaken_by_an_earlier_failed_write_is_still_said(tiny_sd, tmp_path, monkeypatch):
+    """Item 0's write fails while item 1 is sampled, and item 1 fails too: the run stops with item
+    0's error (the earlier item), and item 1's is said on stderr before it, not lost."""
+    from diffier_cli import t2i, task
+    from diffier_cli.errors import DiffierError
+
+    real_generate = t2i.generate
+
+    def slow_full_disk(files, replace):
+        time.sleep(0.3)
+        raise DiffierError("cannot write: No space left on device")
+
+    def second_batch_fails(backbone, opts, items, *args, **kwargs):
+        if items[0].index == 1:
+            raise DiffierError("the decoded image overflowed")
+        return real_generate(backbone, opts, items, *args, **kwargs)
+
+    monkeypatch.setattr(task, "write_atomically", slow_full_disk)
+    monkeypatch.setattr(t2i, "generate", second_batch_fails)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\n")
+    result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path}/out/"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == ["failed: item 1 (line 2): the decoded image overflowed",
+                                               "diffier: error: item 0 (line 1): cannot write: No space left on device"]
+
+
+def test_an_interrupt_overtaken_by_an_earlier_failed_write_is_still_said(tiny_sd, tmp_path, monkeypatch):
+    """Ctrl-C during item 0, whose write then fails: the run stops with the write's error, and the
+    interrupt's own line (how many were done, how to resume) comes before it."""
+    from diffier_cli import t2i, task
+    from diffier_cli.errors import DiffierError
+
+    real_generate = t2i.generate
+
+    def slow_full_disk(files, replace):
+        time.sleep(0.3)
+        raise DiffierError("cannot write: No space left on device")
+
+    def interrupted_during_item_0(backbone, opts, items, *args, **kwargs):
+        if items[0].index == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # the run's handler: stop after the current item
+        return real_generate(backbone, opts, items, *args, **kwargs)
+
+    monkeypatch.setattr(task, "write_atomically", slow_full_disk)
+    monkeypatch.setattr(t2i, "generate", interrupted_during_item_0)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\n")
+    result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path}/out/", "--seed", "3"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        "interrupted after 0 of 2 item(s); rerun the same command with --skip-existing to resume",
+        "diffier: error: item 0 (line 1): cannot write: No space left on device"]
