@@ -315,9 +315,25 @@ def test_a_failed_write_that_stops_the_run_still_reports_the_later_writes_on_dis
     assert result.stderr.splitlines()[-1] == "diffier: error: item 1 (line 2): cannot write: No space left on device"
 
 
-def test_a_batch_failure_overtaken_by_an_earlier_failed_write_is_still_said(tiny_sd, tmp_path, monkeypatch):
-    """Item 0's write fails while item 1 is sampled, and item 1 fails too: the run stops with item
-    0's error (the earlier item), and item 1's is said on stderr before it, not lost."""
+def _fail_item_1(items):
+    from diffier_cli.errors import DiffierError
+
+    if items[0].index == 1:
+        raise DiffierError("the decoded image overflowed")
+
+
+def _interrupt_during_item_0(items):
+    if items[0].index == 0:
+        os.kill(os.getpid(), signal.SIGINT)  # the run's handler: stop after the current item
+
+
+@pytest.mark.parametrize(("during_sampling", "said"), [
+    (_fail_item_1, "failed: item 1 (line 2): the decoded image overflowed"),
+    (_interrupt_during_item_0, "interrupted after 0 of 2 item(s); rerun the same command with --skip-existing to resume"),
+], ids=["batch failure", "interrupt"])
+def test_what_an_earlier_failed_write_overtakes_is_still_said(tiny_sd, tmp_path, monkeypatch, during_sampling, said):
+    """Item 0's write fails late, after item 1 has failed or Ctrl-C has asked to stop: the run stops
+    with item 0's error (the earliest item's), and what it overtook is said on stderr just before."""
     from diffier_cli import t2i, task
     from diffier_cli.errors import DiffierError
 
@@ -327,44 +343,14 @@ def test_a_batch_failure_overtaken_by_an_earlier_failed_write_is_still_said(tiny
         time.sleep(0.3)
         raise DiffierError("cannot write: No space left on device")
 
-    def second_batch_fails(backbone, opts, items, *args, **kwargs):
-        if items[0].index == 1:
-            raise DiffierError("the decoded image overflowed")
+    def sampling(backbone, opts, items, *args, **kwargs):
+        during_sampling(items)
         return real_generate(backbone, opts, items, *args, **kwargs)
 
     monkeypatch.setattr(task, "write_atomically", slow_full_disk)
-    monkeypatch.setattr(t2i, "generate", second_batch_fails)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a\nb\n")
-    result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path}/out/"))
-    assert result.returncode == 1
-    assert result.stderr.splitlines()[-2:] == ["failed: item 1 (line 2): the decoded image overflowed",
-                                               "diffier: error: item 0 (line 1): cannot write: No space left on device"]
-
-
-def test_an_interrupt_overtaken_by_an_earlier_failed_write_is_still_said(tiny_sd, tmp_path, monkeypatch):
-    """Ctrl-C during item 0, whose write then fails: the run stops with the write's error, and the
-    interrupt's own line (how many were done, how to resume) comes before it."""
-    from diffier_cli import t2i, task
-    from diffier_cli.errors import DiffierError
-
-    real_generate = t2i.generate
-
-    def slow_full_disk(files, replace):
-        time.sleep(0.3)
-        raise DiffierError("cannot write: No space left on device")
-
-    def interrupted_during_item_0(backbone, opts, items, *args, **kwargs):
-        if items[0].index == 0:
-            os.kill(os.getpid(), signal.SIGINT)  # the run's handler: stop after the current item
-        return real_generate(backbone, opts, items, *args, **kwargs)
-
-    monkeypatch.setattr(task, "write_atomically", slow_full_disk)
-    monkeypatch.setattr(t2i, "generate", interrupted_during_item_0)
+    monkeypatch.setattr(t2i, "generate", sampling)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\n")
     result = run_cli(*t2i_args(tiny_sd["epsilon"], "--prompts-file", str(prompts), "-o", f"{tmp_path}/out/", "--seed", "3"))
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-2:] == [
-        "interrupted after 0 of 2 item(s); rerun the same command with --skip-existing to resume",
-        "diffier: error: item 0 (line 1): cannot write: No space left on device"]
+    assert result.stderr.splitlines()[-2:] == [said, "diffier: error: item 0 (line 1): cannot write: No space left on device"]
