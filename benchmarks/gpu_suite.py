@@ -206,28 +206,33 @@ def prompted(count: int):
             for i in range(count)]
 
 
+def ours(backbone, opts, batch: int, size: int):
+    """diffier's sampling of one batch (prepare → loop → decode → PIL), as `t2i` runs it."""
+    from diffier_cli.t2i import generate
+
+    return lambda: generate(backbone, opts, prompted(batch), size, size)[0]
+
+
+def theirs(pipe, plan: "Plan", batch: int):
+    """StableDiffusionPipeline on the same prompts, seeds (one CPU generator per image), steps and ω."""
+    return lambda: pipe([PROMPT] * batch, num_inference_steps=plan.steps, guidance_scale=7.5, height=plan.size,
+                        width=plan.size, generator=[torch.Generator().manual_seed(i) for i in range(batch)]).images
+
+
 # --- sections -----------------------------------------------------------------------------------
 
 def t2i_against_pipeline(suite: Suite, folder: Path, backbone, pipe) -> None:
     """diffier's sampling (prepare → loop → decode → PIL) against pipe(...) on the same folder."""
     import numpy as np
 
-    from diffier_cli.t2i import generate
-
     plan, device = suite.plan, suite.device
     size = plan.size
     baseline, refined = t2i_settings(folder, suite, False), t2i_settings(folder, suite, True)
 
-    def ours(opts, batch):
-        return lambda: generate(backbone, opts, prompted(batch), size, size)[0]
-
-    def theirs(batch):
-        return lambda: pipe([PROMPT] * batch, num_inference_steps=plan.steps, guidance_scale=7.5, height=size, width=size,
-                            generator=[torch.Generator().manual_seed(i) for i in range(batch)]).images
-
     results = suite.results.setdefault("t2i", {})
     for batch in plan.batches:
-        runners = {"pipeline": theirs(batch), "baseline": ours(baseline, batch), "refined": ours(refined, batch)}
+        runners = {"pipeline": theirs(pipe, plan, batch), "baseline": ours(backbone, baseline, batch, size),
+                   "refined": ours(backbone, refined, batch, size)}
         outputs = {name: run() for name, run in runners.items()}  # warm-up, and the pixels compared
         memory = {name: {} for name in runners}
         wall = alternating(runners, device, plan.repeats, around=lambda name: peak_memory(device, memory[name]))
@@ -272,7 +277,7 @@ def job_overhead(suite: Suite, folder: Path, backbone) -> None:
 
     plan, size = suite.plan, suite.plan.size
     settings = t2i_settings(folder, suite, False)
-    sampling = timed(lambda: t2i.generate(backbone, settings, prompted(1), size, size), suite.device, plan.repeats)
+    sampling = timed(ours(backbone, settings, 1, size), suite.device, plan.repeats)
     prompts = suite.scratch / "prompts.txt"
     prompts.write_text("\n".join([PROMPT] * plan.job_items) + "\n")
     options = t2i.T2IOptions(**vars(settings), prompt=None, prompts_file=str(prompts), seed=0, quiet=True,
@@ -306,21 +311,14 @@ def compiled(suite: Suite, folder: Path, backbone, pipe) -> None:
     smaller batch too: counted as one more compile of the same length)."""
     import numpy as np
 
-    from diffier_cli.t2i import generate
     from models.sd import compile_for_speed
 
     plan, device, size = suite.plan, suite.device, suite.plan.size
     settings = t2i_settings(folder, suite, False)
 
-    def ours(batch):
-        return lambda: generate(backbone, settings, prompted(batch), size, size)[0]
-
-    def theirs(batch):
-        return lambda: pipe([PROMPT] * batch, num_inference_steps=plan.steps, guidance_scale=7.5, height=size, width=size,
-                            generator=[torch.Generator().manual_seed(i) for i in range(batch)]).images
-
-    eager = {batch: {"pipeline_s": timed(theirs(batch), device, plan.repeats), "diffier_s": timed(ours(batch), device, plan.repeats),
-                     "pixels": ours(batch)()} for batch in plan.compile_batches}
+    eager = {batch: {"pipeline_s": timed(theirs(pipe, plan, batch), device, plan.repeats),
+                     "diffier_s": timed(ours(backbone, settings, batch, size), device, plan.repeats),
+                     "pixels": ours(backbone, settings, batch, size)()} for batch in plan.compile_batches}
     compile_for_speed(backbone.pipe)
     results = suite.results.setdefault("compile", {})
     for batch in plan.compile_batches:
@@ -329,12 +327,12 @@ def compiled(suite: Suite, folder: Path, backbone, pipe) -> None:
             continue
         sync(device)
         start = time.perf_counter()
-        first = ours(batch)()
+        first = ours(backbone, settings, batch, size)()
         sync(device)
         first_s = time.perf_counter() - start
         suite.results.setdefault("compile_first_call_s", first_s)
-        steady = timed(ours(batch), device, plan.repeats)
-        again = ours(batch)()
+        steady = timed(ours(backbone, settings, batch, size), device, plan.repeats)
+        again = ours(backbone, settings, batch, size)()
         repeat_same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
         versus_eager = max(int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
                            for a, b in zip(first, eager[batch]["pixels"]))
